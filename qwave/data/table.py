@@ -1,0 +1,297 @@
+"""Embedding tables (CSV, CSV.GZ, Parquet, NPZ) -> a validated ``Dataset``: features, labels, folds, groups.
+
+Which column plays which role is stated by a ``TableSpec``; every other numeric column is a feature unless its
+name is a well-known metadata name (``fold``, ``class_id``, ``take``, ...), so a second label column such as
+ESC-50's ``class_id`` never leaks into the features. Problems raise ``DataError`` naming file and column.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from qwave.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Column names that describe a sample rather than measure it (ESC-50, UrbanSound8K, FSDD and generic layouts);
+# compared case-insensitively and never used as features unless listed in ``TableSpec.features``.
+METADATA_NAMES = frozenset(
+    name.lower()
+    for name in (
+        "folder", "fold", "name", "label", "category", "class_id", "target", "clip", "take", "speaker",
+        "filename", "fsID", "slice_file_name", "classID", "class", "id", "group", "start", "end", "salience",
+    )
+)
+EXTENSIONS = (".csv", ".csv.gz", ".parquet", ".npz")
+
+
+@dataclass
+class TableSpec:
+    """Where a table is and which of its columns are label, fold, group, sample id and features."""
+
+    path: str
+    label: str = "label"
+    fold: str | None = None
+    group: str | None = None
+    id: str | None = None
+    features: list[str] | None = None
+    drop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Dataset:
+    """Features ``X`` (float32 [n, d]) with integer labels ``y`` (0..C-1) and the metadata folds need."""
+
+    X: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+    fold: np.ndarray | None
+    group: np.ndarray | None
+    ids: np.ndarray
+    feature_names: list[str]
+    source: str
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def n_features(self) -> int:
+        return self.X.shape[1]
+
+    def subset(self, idx: np.ndarray) -> Dataset:
+        """The rows ``idx`` (indices or boolean mask), keeping the full class list so codes stay stable."""
+        return Dataset(
+            X=self.X[idx],
+            y=self.y[idx],
+            classes=list(self.classes),
+            fold=None if self.fold is None else self.fold[idx],
+            group=None if self.group is None else self.group[idx],
+            ids=self.ids[idx],
+            feature_names=list(self.feature_names),
+            source=self.source,
+        )
+
+
+def load_table(spec: TableSpec) -> Dataset:
+    """Read and validate the table described by ``spec``."""
+    path = Path(spec.path)
+    ext = _extension(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found.")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty.")
+    if ext == ".npz":
+        return _load_npz(path, spec)
+    return _load_frame(path, _read_frame(path, ext), spec)
+
+
+def _extension(path: Path) -> str:
+    name = path.name.lower()
+    for ext in EXTENSIONS:
+        if name.endswith(ext):
+            return ext
+    raise DataError(f"{path}: unsupported file extension; use one of {', '.join(EXTENSIONS)}.")
+
+
+def _read_frame(path: Path, ext: str) -> pd.DataFrame:
+    try:
+        frame = pd.read_parquet(path) if ext == ".parquet" else pd.read_csv(path, low_memory=False)
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path}: file is empty.") from exc
+    except (OSError, ValueError, EOFError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read the file as {ext} ({type(exc).__name__}: {exc}).") from exc
+    if len(frame) == 0:
+        raise DataError(f"{path}: table has a header but no data rows.")
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def _shorten(names: list[str], head: int = 8, tail: int = 2) -> str:
+    if len(names) <= head + tail + 2:
+        return ", ".join(names)
+    return ", ".join([*names[:head], "...", *names[len(names) - tail :]]) + f" ({len(names)} in all)"
+
+
+def _require_column(path: Path, columns: list[str], role: str, name: str) -> None:
+    if name in columns:
+        return
+    close = difflib.get_close_matches(name, columns, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise DataError(f"{path}: {role} column {name!r} not found{hint}; available: {_shorten(columns)}.")
+
+
+def _rows(mask: np.ndarray, limit: int = 5) -> str:
+    """'rows 3, 7, 9 (of 12)' for the first ``limit`` 0-based data rows where ``mask`` holds."""
+    rows = np.flatnonzero(mask)
+    listed = ", ".join(str(r) for r in rows[:limit])
+    return f"rows {listed}" + (f" (of {len(rows)})" if len(rows) > limit else "")
+
+
+def _load_frame(path: Path, frame: pd.DataFrame, spec: TableSpec) -> Dataset:
+    columns = list(frame.columns)
+    roles = {"label": spec.label, "fold": spec.fold, "group": spec.group, "id": spec.id}
+    roles = {role: name for role, name in roles.items() if name is not None}
+    for role, name in roles.items():
+        _require_column(path, columns, role, name)
+    for name in spec.drop:
+        _require_column(path, columns, "drop", name)
+    taken = set(roles.values()) | set(spec.drop)
+
+    if spec.features is not None:
+        for name in spec.features:
+            _require_column(path, columns, "feature", name)
+            if name in roles.values():
+                raise DataError(
+                    f"{path}: column {name!r} is listed as a feature but is also the {_role(roles, name)}."
+                )
+            if not pd.api.types.is_numeric_dtype(frame[name]):
+                raise DataError(
+                    f"{path}: feature column {name!r} is not numeric (e.g. value {_first(frame[name])!r})."
+                )
+        features = list(spec.features)
+        ignored = [c for c in columns if c not in taken and c not in features]
+    else:
+        rest = [c for c in columns if c not in taken]
+        numeric = [c for c in rest if pd.api.types.is_numeric_dtype(frame[c])]
+        features = [c for c in numeric if c.lower() not in METADATA_NAMES]
+        ignored = [c for c in rest if c not in features]
+    if not features:
+        raise DataError(f"{path}: no numeric feature columns left after label/fold/group/id/drop; columns: "
+                        f"{_shorten(columns)}.")
+
+    X = _features(path, frame[features].to_numpy(dtype=np.float32), features)
+    y, classes = _encode_labels(path, spec.label, frame[spec.label].to_numpy())
+    fold = None if spec.fold is None else _encode_folds(path, spec.fold, frame[spec.fold].to_numpy())
+    group = None if spec.group is None else _strings(path, spec.group, frame[spec.group].to_numpy())
+    ids = np.arange(len(frame)).astype(str)
+    if spec.id is not None:
+        ids = _strings(path, spec.id, frame[spec.id].to_numpy())
+    log.info(
+        "%s: %d rows; label=%s fold=%s group=%s id=%s; %d features (%s .. %s); ignored as metadata: %s",
+        path, len(frame), spec.label, spec.fold, spec.group, spec.id,
+        len(features), features[0], features[-1], ", ".join(ignored + list(spec.drop)) or "none",
+    )
+    return Dataset(X, y, classes, fold, group, ids, features, str(path))
+
+
+def _role(roles: dict[str, str], name: str) -> str:
+    return next(f"{role} column" for role, col in roles.items() if col == name)
+
+
+def _first(values: pd.Series) -> object:
+    """The first value that does not parse as a number (for error messages)."""
+    bad = pd.to_numeric(values, errors="coerce").isna() & values.notna()
+    return values[bad].iloc[0] if bad.any() else values.iloc[0]
+
+
+def _features(path: Path, X: np.ndarray, names: list[str]) -> np.ndarray:
+    bad = ~np.isfinite(X)
+    if bad.any():
+        cols = [names[j] for j in np.flatnonzero(bad.any(axis=0))]
+        raise DataError(
+            f"{path}: NaN or infinite feature values in column(s) {_shorten([repr(c) for c in cols], 5, 0)} at "
+            f"{_rows(bad.any(axis=1))} (0-based data rows)."
+        )
+    return np.ascontiguousarray(X)
+
+
+def _encode_labels(path: Path, column: str, values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Codes 0..C-1 in sorted class order (numeric order for numbers) and the class names as strings."""
+    missing = pd.isna(values)
+    if missing.any():
+        raise DataError(f"{path}: label column {column!r} is empty at {_rows(missing)} (0-based data rows).")
+    if values.dtype.kind in "biuf":
+        numbers = values.astype(np.float64)
+        if np.all(numbers == np.round(numbers)):
+            values = numbers.astype(np.int64)
+    else:
+        values = values.astype(str)
+    uniq, y = np.unique(values, return_inverse=True)
+    if len(uniq) < 2:
+        raise DataError(f"{path}: label column {column!r} has one class only ('{uniq[0]}'); need two.")
+    return y.astype(np.int64), [str(v) for v in uniq]
+
+
+def _encode_folds(path: Path, column: str, values: np.ndarray) -> np.ndarray:
+    """Integer fold ids; strings such as 'fold3' give 3."""
+    missing = pd.isna(values)
+    if missing.any():
+        raise DataError(f"{path}: fold column {column!r} is empty at {_rows(missing)} (0-based data rows).")
+    if values.dtype.kind in "biu":
+        return values.astype(np.int64)
+    if values.dtype.kind == "f":
+        bad = values != np.round(values)
+        if bad.any():
+            raise DataError(f"{path}: fold column {column!r} has non-integer value {values[bad][0]}.")
+        return values.astype(np.int64)
+    codes = {}
+    for value in np.unique(values.astype(str)):
+        match = re.fullmatch(r"\D*(\d+)", value.strip())
+        if match is None:
+            raise DataError(f"{path}: fold column {column!r} has value '{value}' with no fold number.")
+        codes[value] = int(match.group(1))
+    return np.array([codes[v] for v in values.astype(str)], dtype=np.int64)
+
+
+def _strings(path: Path, column: str, values: np.ndarray) -> np.ndarray:
+    missing = pd.isna(values)
+    if missing.any():
+        raise DataError(f"{path}: column {column!r} is empty at {_rows(missing)} (0-based data rows).")
+    return values.astype(str).astype(object)
+
+
+def _load_npz(path: Path, spec: TableSpec) -> Dataset:
+    """NPZ arrays ``X`` and ``y`` (required), ``fold``, ``group``, ``ids``, ``classes`` (optional).
+
+    With ``classes``, ``y`` holds integer codes into it; otherwise ``y`` holds label values, coded like a
+    label column.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: cannot read the file as .npz ({type(exc).__name__}: {exc}).") from exc
+    for key in ("X", "y"):
+        if key not in arrays:
+            raise DataError(f"{path}: array {key!r} missing; the archive holds {_shorten(sorted(arrays))}.")
+    X = arrays["X"]
+    if X.ndim != 2 or X.shape[0] == 0 or X.dtype.kind not in "biuf":
+        raise DataError(f"{path}: array 'X' must be a non-empty numeric [rows, features] matrix, got "
+                        f"{X.dtype} {X.shape}.")
+    n = X.shape[0]
+    for key in ("y", "fold", "group", "ids"):
+        if key in arrays and arrays[key].shape != (n,):
+            raise DataError(f"{path}: array {key!r} has shape {arrays[key].shape} but 'X' has {n} rows.")
+    names = [str(j) for j in range(X.shape[1])]
+    if spec.features is not None:
+        for name in spec.features:
+            _require_column(path, names, "feature", name)
+        X, names = X[:, [int(name) for name in spec.features]], list(spec.features)
+    X = _features(path, X.astype(np.float32), names)
+    if "classes" in arrays:
+        y, classes = _coded_labels(path, arrays["y"], [str(c) for c in arrays["classes"]])
+    else:
+        y, classes = _encode_labels(path, "y", arrays["y"])
+    fold = _encode_folds(path, "fold", arrays["fold"]) if "fold" in arrays else None
+    group = _strings(path, "group", arrays["group"]) if "group" in arrays else None
+    ids = _strings(path, "ids", arrays["ids"]) if "ids" in arrays else np.arange(n).astype(str)
+    log.info("%s: %d rows, %d classes, %d features; fold=%s group=%s ids=%s", path, n, len(classes),
+             X.shape[1], "fold" in arrays, "group" in arrays, "ids" in arrays)
+    return Dataset(X, y, classes, fold, group, ids, names, str(path))
+
+
+def _coded_labels(path: Path, y: np.ndarray, classes: list[str]) -> tuple[np.ndarray, list[str]]:
+    if y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= len(classes):
+        raise DataError(f"{path}: array 'y' must hold integer codes 0..{len(classes) - 1} into 'classes'.")
+    if len(np.unique(y)) < 2:
+        raise DataError(f"{path}: array 'y' has one class only ('{classes[y[0]]}'); need two.")
+    return y.astype(np.int64), classes

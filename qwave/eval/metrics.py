@@ -1,0 +1,102 @@
+"""Classification metrics from predicted probabilities, and mean / std / 95% CI over folds x seeds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "roc_auc_macro", "ece")
+
+
+def classification_metrics(
+    y_true: np.ndarray, proba: np.ndarray, class_names: list[str] | None = None
+) -> dict:
+    """Accuracy, macro F1 (headline), weighted F1, ROC-AUC, ECE, NLL, per-class scores and confusion matrix.
+
+    ``proba`` is [n, C] with rows summing to 1; the prediction is its argmax. Macro and weighted F1 average
+    over the classes present in ``y_true`` or the predictions (scikit-learn's rule); per-class scores and the
+    confusion matrix cover all C classes. ROC-AUC is the one-vs-rest mean over classes with both positives and
+    negatives in ``y_true`` (None when there is none).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or len(proba) != len(y_true) or len(y_true) == 0:
+        raise ValueError(f"proba must be [n, C] with n = len(y_true) = {len(y_true)} > 0, got {proba.shape}.")
+    n_classes = proba.shape[1]
+    if y_true.min() < 0 or y_true.max() >= n_classes:
+        raise ValueError(f"y_true must hold codes 0..{n_classes - 1}, got {y_true.min()}..{y_true.max()}.")
+    names = [str(c) for c in range(n_classes)] if class_names is None else list(class_names)
+    if len(names) != n_classes:
+        raise ValueError(f"class_names has {len(names)} names for {n_classes} probability columns.")
+    pred = proba.argmax(axis=1)
+    labels = list(range(n_classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, pred, labels=labels, zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(y_true, pred)),
+        "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, pred, average="weighted", zero_division=0)),
+        "roc_auc_macro": _roc_auc_ovr(y_true, proba),
+        "ece": expected_calibration_error(y_true, proba),
+        "nll": float(-np.mean(np.log(np.clip(proba[np.arange(len(y_true)), y_true], 1e-15, 1.0)))),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)
+        },
+        "confusion": confusion_matrix(y_true, pred, labels=labels).tolist(),
+        "n": len(y_true),
+    }
+
+
+def _roc_auc_ovr(y_true: np.ndarray, proba: np.ndarray) -> float | None:
+    scores = [
+        roc_auc_score(y_true == c, proba[:, c])
+        for c in range(proba.shape[1])
+        if 0 < np.sum(y_true == c) < len(y_true)
+    ]
+    return float(np.mean(scores)) if scores else None
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> float:
+    """ECE = sum_b |B_b| / n * |acc_b - conf_b| over equal-width confidence bins (lo, hi] on [0, 1]."""
+    proba = np.asarray(proba, dtype=np.float64)
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == np.asarray(y_true)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.digitize(confidence, edges[1:-1], right=True)
+    ece = 0.0
+    for b in np.unique(bins):
+        member = bins == b
+        ece += member.mean() * abs(correct[member].mean() - confidence[member].mean())
+    return float(ece)
+
+
+def aggregate(values: list[float | None]) -> dict:
+    """Mean, std (ddof=1), 95% CI half-width t_{0.975, n-1} * std / sqrt(n), n, min, max.
+
+    None and NaN values (a metric undefined on some run) are left out and not counted in n; std is 0 for one
+    value and ci95 is None below two values, as is every statistic when no value remains.
+    """
+    arr = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+    n = len(arr)
+    if n == 0:
+        return {"mean": None, "std": None, "ci95": None, "n": 0, "min": None, "max": None}
+    std = float(arr.std(ddof=1)) if n > 1 else 0.0
+    ci95 = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else None
+    return {"mean": float(arr.mean()), "std": std, "ci95": ci95, "n": n, "min": float(arr.min()),
+            "max": float(arr.max())}
+
+
+def summarize(runs: list[dict], keys: tuple[str, ...] = SUMMARY_KEYS) -> dict[str, dict]:
+    """``aggregate`` of each metric in ``keys`` over runs (e.g. every fold x seed)."""
+    return {key: aggregate([run.get(key) for run in runs]) for key in keys}
