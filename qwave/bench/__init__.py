@@ -1,0 +1,1 @@
+"""The cross-validation benchmark: configs, model kinds, the runner, per-fold outputs and summaries."""

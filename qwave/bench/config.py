@@ -1,0 +1,74 @@
+"""Dataclass configuration of a benchmark run; registered as the schema of the Hydra config ``bench.yaml``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+
+from qwave.train import TrainConfig
+
+
+def bundled_table() -> str:
+    """Path of the small real FSDD embedding table shipped inside the package."""
+    return str(resources.files("qwave") / "datasets" / "fsdd_logmel.parquet")
+
+
+@dataclass
+class DataConfig:
+    """Which table to read and which columns play which role (None = bundled table / column absent)."""
+
+    path: str | None = None
+    label: str = "label"
+    fold: str | None = "fold"
+    group: str | None = None
+    id: str | None = "name"
+    features: list[str] | None = None
+    drop: list[str] = field(default_factory=list)
+    normalize: str = "standard"
+
+
+@dataclass
+class CVConfig:
+    """``folds``: official (from the fold column), stratified (seeded, grouped when a group column exists), auto."""
+
+    folds: str = "auto"
+    n_folds: int = 5
+    val_fraction: float = 0.15
+
+
+@dataclass
+class ModelConfig:
+    """Classifier shape and quantization policy shared by every single model."""
+
+    hidden: list[int] = field(default_factory=lambda: [640, 320])
+    dropout: float = 0.2
+    layer_norm: bool = False
+    keep_last_fp: bool = False
+    group_size: int | None = None
+    layer_formats: list[str] | None = None
+
+
+@dataclass
+class BenchConfig:
+    """A benchmark: models x seeds x folds on one table, written under ``output_dir/tag``."""
+
+    tag: str = "default"
+    models: list[str] = field(default_factory=lambda: ["fp32"])
+    seed: int = 0
+    seeds: list[int] | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: str = "auto"
+    threads: int | None = None
+    output_dir: str = "outputs"
+    resume: bool = False
+    quiet: bool = False
+    save_artifacts: bool = True
+    plots: bool = True
+    energy: bool = False
+
+    def seed_list(self) -> list[int]:
+        """The seeds to run: ``seeds`` when given, else the single ``seed``."""
+        return list(self.seeds) if self.seeds else [self.seed]

@@ -1,0 +1,121 @@
+"""Model kinds a benchmark can name: a registered format (QAT), ``ptq<format>`` (PTQ), or a registered kind.
+
+A kind says how to build the training module and how to turn the trained module into the packed module that is
+saved, reloaded and evaluated. Later kinds (e.g. ``moe``) register themselves with ``register_kind``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from qwave.bench.config import BenchConfig
+from qwave.data.normalize import Normalize
+from qwave.errors import ConfigError, FormatError
+from qwave.formats import canonical_name
+from qwave.nn.mlp import MLPClassifier
+from qwave.nn.surgery import calibrate, pack_model, ptq, quantize_model
+
+
+@dataclass
+class BuildContext:
+    """Everything a kind may use to build and deploy one model of one fold: never the test rows."""
+
+    in_dim: int
+    num_classes: int
+    normalize: Normalize
+    cfg: BenchConfig
+    seed: int
+    X_fit: np.ndarray
+    y_fit: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """How to build a trainable module, deploy (quantize + pack) it, and simulate the deployed model.
+
+    ``simulate`` returns the float module whose logits the packed artifact must reproduce: the trained QAT
+    module itself, or for PTQ a fake-quantized copy of the trained FP32 module. ``evaluate`` (optional) lets a
+    kind write its own per-fold outputs from the loaded artifact and return extra metrics for metrics.json.
+    """
+
+    name: str
+    build: Callable[[BuildContext], nn.Module]
+    deploy: Callable[[nn.Module, BuildContext], nn.Module]
+    method: str = "qat"
+    simulate: Callable[[nn.Module, BuildContext], nn.Module] = lambda model, ctx: model
+    evaluate: Callable[[nn.Module, FoldData, Path], dict] | None = None
+
+
+@dataclass
+class FoldData:
+    """The held-out fold as a kind's ``evaluate`` hook sees it (after training and deployment)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    ids: np.ndarray
+    classes: list[str]
+    ctx: BuildContext
+
+
+_KINDS: dict[str, Callable[[str], ModelKind]] = {}
+
+
+def register_kind(name: str, factory: Callable[[str], ModelKind]) -> None:
+    """Register a model kind (e.g. ``moe``) under ``name``; ``factory(name)`` builds its ModelKind."""
+    _KINDS[name] = factory
+
+
+def mlp(ctx: BuildContext) -> MLPClassifier:
+    """A fresh FP32 MLP of the configured shape with the fold's fitted normaliser."""
+    m = ctx.cfg.model
+    return MLPClassifier(ctx.in_dim, ctx.num_classes, m.hidden, m.dropout, m.layer_norm, ctx.normalize)
+
+
+def _quant_options(ctx: BuildContext) -> dict:
+    m = ctx.cfg.model
+    options: dict = {"keep_last_fp": m.keep_last_fp, "layer_formats": m.layer_formats}
+    if m.group_size:
+        options["group_size"] = m.group_size
+    return options
+
+
+def _qat_kind(name: str, fmt: str) -> ModelKind:
+    def build(ctx: BuildContext) -> nn.Module:
+        return quantize_model(mlp(ctx), fmt, **_quant_options(ctx))
+
+    def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
+        return pack_model(model)
+
+    return ModelKind(name, build, deploy, "qat" if fmt != "fp32" else "fp32")
+
+
+def _ptq_kind(name: str, fmt: str) -> ModelKind:
+    def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
+        return ptq(model, fmt, calib=ctx.X_fit, **_quant_options(ctx))
+
+    def simulate(model: nn.Module, ctx: BuildContext) -> nn.Module:
+        return calibrate(model, fmt, ctx.X_fit, **_quant_options(ctx))
+
+    return ModelKind(name, mlp, deploy, "ptq", simulate)
+
+
+def resolve_kind(name: str) -> ModelKind:
+    """The ModelKind for a config name: ``fp32``, ``4``, ``bitnet``, ``ptq8``, ``moe``, ..."""
+
+    key = str(name).strip()
+    if key in _KINDS:
+        return _KINDS[key](key)
+    try:
+        if key.lower().startswith("ptq") and key[3:]:
+            return _ptq_kind(key, canonical_name(key[3:]))
+        return _qat_kind(key, canonical_name(key))
+    except FormatError as err:
+        extra = f"; other model kinds: {', '.join(sorted(_KINDS))}" if _KINDS else ""
+        raise ConfigError(f"models: {err}{extra}") from None

@@ -1,0 +1,180 @@
+"""Cross-validation runner: models x seeds x folds, each fold trained on its training folds only.
+
+Per fold: carve an inner validation split from the training folds, fit the normaliser on the fit rows, train with
+early stopping on the inner split, deploy (quantize + pack), save the artifact, load it back and evaluate the
+*loaded* artifact on the held-out fold. The reported fold is never seen by training or model selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from qwave import artifact
+from qwave.bench import report
+from qwave.bench.config import BenchConfig, bundled_table
+from qwave.bench.energy import EnergyMeter
+from qwave.bench.models import BuildContext, FoldData, ModelKind, resolve_kind
+from qwave.bench.progress import BenchProgress
+from qwave.bench.summary import summarize_model, write_tag_summary
+from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
+from qwave.errors import ConfigError
+from qwave.eval.metrics import classification_metrics
+from qwave.size import artifact_report
+from qwave.train import predict_logits, resolve_device, train_model
+
+log = logging.getLogger(__name__)
+
+AGREEMENT_MIN = 0.995
+LOGIT_ATOL = 1e-3
+
+
+@dataclass
+class FoldJob:
+    """One unit of work: a model kind on one fold with one seed, written to ``out_dir``."""
+
+    kind: ModelKind
+    fold: Fold
+    seed: int
+    out_dir: Path
+
+
+def load_dataset(cfg: BenchConfig) -> Dataset:
+    """The configured table (or the bundled FSDD table when ``data.path`` is unset)."""
+    d = cfg.data
+    spec = TableSpec(
+        path=d.path or bundled_table(),
+        label=d.label,
+        fold=d.fold,
+        group=d.group,
+        id=d.id,
+        features=list(d.features) if d.features else None,
+        drop=list(d.drop),
+    )
+    return load_table(spec)
+
+
+def fold_dir(root: Path, model: str, fold: int, seed: int) -> Path:
+    """``<root>/<model>/fold_<k>`` for seed 0; ``fold_<k>_seed_<s>`` for other seeds, so sweeps never collide."""
+    return root / model / (f"fold_{fold}_seed_{seed}" if seed else f"fold_{fold}")
+
+
+def agreement(reference: torch.Tensor, deployed: torch.Tensor) -> dict:
+    """Top-1 agreement and largest absolute logit difference between two models' logits."""
+    same = (reference.argmax(1) == deployed.argmax(1)).float().mean().item() if len(reference) else 1.0
+    diff = (reference - deployed).abs().max().item() if len(reference) else 0.0
+    return {"top1_agreement": same, "max_abs_logit_diff": diff}
+
+
+def check_agreement(stats: dict, where: str) -> None:
+    """The deployed artifact must reproduce the model it was made from (up to float summation order)."""
+    if stats["top1_agreement"] < AGREEMENT_MIN:
+        raise RuntimeError(
+            f"{where}: the loaded artifact disagrees with the model it was saved from "
+            f"(top-1 agreement {stats['top1_agreement']:.4f} < {AGREEMENT_MIN}); this is a qwave bug"
+        )
+
+
+def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, progress: BenchProgress) -> dict:
+    """Train, deploy, save, reload and evaluate one fold; write its outputs; return its metrics record."""
+    fit, val = inner_split(ds, job.fold.train, cfg.cv.val_fraction, job.seed)
+    normalize = fit_normalizer(ds.X[fit], cfg.data.normalize)
+    ctx = BuildContext(
+        ds.n_features, ds.n_classes, normalize, cfg, job.seed, ds.X[fit], ds.y[fit], ds.X[val], ds.y[val]
+    )
+    torch.manual_seed(job.seed)
+    np.random.seed(job.seed)
+    meter = EnergyMeter(cfg.energy)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = job.kind.build(ctx)
+    with meter:
+        trained = train_model(
+            model, ctx.X_fit, ctx.y_fit, ctx.X_val, ctx.y_val, ds.n_classes, cfg.train, job.seed, device,
+            on_epoch=progress.epoch,
+        )
+    model.cpu().eval()
+    deployed = job.kind.deploy(model, ctx)
+    X_test = torch.as_tensor(ds.X[job.fold.test])
+    reference_logits = predict_logits(job.kind.simulate(model, ctx), X_test)
+    art_dir = job.out_dir / "artifact"
+    with tempfile.TemporaryDirectory() as tmp:
+        target = art_dir if cfg.save_artifacts else Path(tmp) / "artifact"
+        artifact.save(deployed, target, classes=ds.classes, config=OmegaConf.to_container(OmegaConf.structured(cfg)))
+        sizes = artifact_report(target)
+        loaded = artifact.load(target)
+    start = time.perf_counter()
+    logits = predict_logits(loaded, X_test)
+    infer_seconds = time.perf_counter() - start
+    agree = agreement(reference_logits, logits)
+    check_agreement(agree, f"{job.kind.name} fold {job.fold.k}")
+    proba = torch.softmax(logits, 1).numpy()
+    y_test = ds.y[job.fold.test]
+    record = {
+        "model": job.kind.name,
+        "method": job.kind.method,
+        "fold": int(job.fold.k),
+        "seed": job.seed,
+        "n_fit": len(fit),
+        "n_val": len(val),
+        "n_test": len(job.fold.test),
+        **classification_metrics(y_test, proba, ds.classes),
+        "train": {k: v for k, v in asdict(trained).items() if k != "history"},
+        "history": trained.history,
+        "inference_seconds": infer_seconds,
+        "inference_ms_per_sample": 1e3 * infer_seconds / max(len(y_test), 1),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        "stored_bytes": sizes.stored_bytes,
+        "artifact_file_bytes": sizes.file_bytes,
+        "artifact_agreement": agree,
+        "energy": meter.result(),
+    }
+    if job.kind.evaluate is not None:
+        fold_data = FoldData(ds.X[job.fold.test], y_test, ds.ids[job.fold.test], ds.classes, ctx)
+        record.update(job.kind.evaluate(loaded, fold_data, job.out_dir))
+    report.write_fold(job.out_dir, record, ds.ids[job.fold.test], y_test, proba, ds.classes, cfg.plots)
+    return record
+
+
+def plan(cfg: BenchConfig, ds: Dataset) -> list[FoldJob]:
+    """Every (model, seed, fold) job of the run, validated before any training starts."""
+    if not cfg.models:
+        raise ConfigError("models is empty; name at least one model, e.g. models=[fp32]")
+    kinds = [resolve_kind(name) for name in cfg.models]
+    seeds = cfg.seed_list()
+    folds = make_folds(ds, cfg.cv.folds, cfg.cv.n_folds, seed=cfg.seed)
+    root = Path(cfg.output_dir) / cfg.tag
+    return [
+        FoldJob(kind, fold, seed, fold_dir(root, kind.name, fold.k, seed))
+        for kind in kinds
+        for seed in seeds
+        for fold in folds
+    ]
+
+
+def run_benchmark(cfg: BenchConfig) -> list[dict]:
+    """Run (or resume) every job, write per-model and per-tag summaries, and return the summary rows."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    ds = load_dataset(cfg)
+    jobs = plan(cfg, ds)
+    root = Path(cfg.output_dir) / cfg.tag
+    with BenchProgress(len(jobs), cfg.train.epochs, quiet=cfg.quiet) as progress:
+        for job in jobs:
+            progress.start(f"{job.kind.name} fold {job.fold.k} seed {job.seed}")
+            if not (cfg.resume and (job.out_dir / "metrics.json").exists()):
+                run_fold(ds, job, cfg, device, progress)
+            progress.advance()
+    for name in dict.fromkeys(job.kind.name for job in jobs):
+        summarize_model(root / name)
+    return write_tag_summary(root)

@@ -1,0 +1,63 @@
+"""The ``qwave`` command: a thin dispatcher to one module per subcommand in ``qwave.commands``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from qwave.errors import QwaveError
+
+SUBCOMMANDS: dict[str, str] = {
+    "bench": "cross-validated benchmark of models x folds x seeds (Hydra overrides, -m for sweeps)",
+    "gather": "merge the summaries of several runs or a multirun into one table",
+    "size": "stored and active bytes per model and format, from packed tensors (no training needed)",
+    "speed": "latency and throughput of packed kernels against FP32 and peer int8 backends",
+    "train": "train one deployable artifact on a table",
+    "quantize": "turn an FP32 artifact into packed PTQ artifacts",
+    "compare": "compare a quantized artifact with its original (logits, predictions, speed, size)",
+    "compare-all": "compare every artifact under a directory with the original, one table",
+    "study": "quantization studies: ptq-int8, qat-vs-ptq, bit-sweep",
+    "extract": "audio or spectrogram images -> embedding table",
+    "doctor": "versions, CPU flags, backends and kernel self-checks for a bug report",
+}
+
+EXAMPLES = """examples:
+  qwave bench                                   # default benchmark on the bundled FSDD table
+  qwave bench data.path=esc50.csv data.label=class_id data.fold=folder models=[fp32] cv.folds=official tag=my_run
+  qwave bench -m seed=0,1,2 models=[fp32],[4]   # Hydra multirun sweep, then: qwave gather outputs/multirun
+  qwave size --formats fp32,16,8,4,2,1,bitnet,qesc
+  qwave <command> --help                        # each command's own options and examples
+"""
+
+
+def _usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name.ljust(width)}  {text}" for name, text in SUBCOMMANDS.items()]
+    return "usage: qwave <command> [options]\n\ncommands:\n" + "\n".join(lines) + "\n\n" + EXAMPLES
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``qwave`` script; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"qwave: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    module = importlib.import_module(f"qwave.commands.{name.replace('-', '_')}")
+    try:
+        return int(module.run(rest) or 0)
+    except QwaveError as err:
+        print(f"qwave {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"qwave {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``qwave`` subcommand; each exposes ``run(argv: list[str]) -> int``."""

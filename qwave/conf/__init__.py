@@ -1,0 +1,1 @@
+"""Hydra configuration files of the ``qwave`` commands (package data)."""

@@ -1,0 +1,200 @@
+"""The one interface every quantization format implements, and the registry that names them.
+
+A format turns a float weight matrix ``w`` of shape ``[out_features, in_features]`` into integer codes plus
+scales (``quantize``), into the tensors actually stored (``pack``), and back (``unpack``, ``dequantize``).
+``matmul(x, packed, shape)`` is the inference recipe: it includes the format's activation handling
+(weight-only formats keep float activations; int8 quantizes activations per row; binary and qesc binarise /
+ternarise them). ``fake_quant`` / ``fake_quant_input`` simulate exactly that recipe for quantization-aware
+training with a straight-through estimator.
+
+Packed layouts (row-major, one row per output channel, rows padded independently):
+
+* ``fp32``: ``weight`` float32 ``[out, in]``.
+* ``fp16`` / ``bf16``: ``weight`` float16 / bfloat16 ``[out, in]``.
+* ``int<k>`` (k in 2..8): ``codes`` uint8 ``[out, ceil(in*k/8)]``, each row a little-endian bit stream of
+  k-bit two's-complement codes in ``[-(2^(k-1)-1), 2^(k-1)-1]`` (k=8: the uint8 view of int8 codes; k=4:
+  low nibble first); ``scale`` float16 ``[out, n_groups]`` (``n_groups = 1`` per channel, else
+  ``ceil(in / group_size)``).
+* ``binary``: ``bits`` int64 ``[out, ceil(in/64)]`` (the uint64 words' bit pattern), bit ``j`` of word ``i``
+  is set when element ``64*i + j`` is ``+1``; padding bits are 0; ``scale`` float16 ``[out, 1]``.
+* ``ternary``: ``codes`` uint8 ``[out, ceil(in/5)]``, byte = ``sum_i (t_i + 1) * 3**i`` over five trits
+  (padding trits are 0, i.e. digit 1); ``scale`` float16 ``[out, 1]``.
+* ``qesc``: ``plus`` and ``minus`` int64 ``[out, ceil(in/64)]`` bit-planes (bit set where the trit is +1 /
+  -1, same bit order as binary); ``scale`` float16 ``[out, 1]``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from qwave.errors import FormatError
+
+
+@dataclass
+class QuantizedTensor:
+    """Integer codes and their scales, not yet packed: the exact value a format stores."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    shape: tuple[int, int]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def equal(self, other: QuantizedTensor) -> bool:
+        """Bit-for-bit equality of codes, scales and extras."""
+        same_extra = self.extra.keys() == other.extra.keys() and all(
+            torch.equal(v, other.extra[k]) for k, v in self.extra.items()
+        )
+        return (
+            self.shape == other.shape
+            and torch.equal(self.codes, other.codes)
+            and torch.equal(self.scale, other.scale)
+            and same_extra
+        )
+
+
+@runtime_checkable
+class QuantFormat(Protocol):
+    """What every registered format provides (see the module docstring for the packed layouts)."""
+
+    name: str
+    bits: float
+    activations: str  # "float", "int8", "binary" or "ternary": what matmul does to its input
+
+    def fake_quant(self, w: torch.Tensor) -> torch.Tensor: ...
+
+    def fake_quant_input(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def quantize(self, w: torch.Tensor) -> QuantizedTensor: ...
+
+    def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]: ...
+
+    def unpack(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> QuantizedTensor: ...
+
+    def dequantize(self, q: QuantizedTensor) -> torch.Tensor: ...
+
+    def matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor: ...
+
+    def options(self) -> dict: ...
+
+
+FormatFactory = Callable[..., QuantFormat]
+_REGISTRY: dict[str, FormatFactory] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(name: str, *aliases: str) -> Callable[[FormatFactory], FormatFactory]:
+    """Class/function decorator: make ``get_format(name or alias, **options)`` build this format."""
+
+    def wrap(factory: FormatFactory) -> FormatFactory:
+        _REGISTRY[name] = factory
+        for alias in aliases:
+            _ALIASES[alias] = name
+        return factory
+
+    return wrap
+
+
+def canonical_name(name: str | int) -> str:
+    """Registry key for a config name or alias ("4" -> "int4", "esc" -> "fp32")."""
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        known = ", ".join(sorted(set(_REGISTRY) | set(_ALIASES)))
+        raise FormatError(f"unknown quantization format {name!r}; known formats: {known}")
+    return key
+
+
+def get_format(name: str | int, **options) -> QuantFormat:
+    """Build the format registered under ``name`` (or an alias) with its options (e.g. ``group_size``)."""
+    key = canonical_name(name)
+    try:
+        return _REGISTRY[key](**options)
+    except TypeError as err:
+        raise FormatError(f"format {key!r} does not take the options {sorted(options)}: {err}") from None
+
+
+def format_option_names(name: str | int) -> set[str]:
+    """Names of the options the format ``name`` takes (e.g. ``{"group_size"}`` for integer formats)."""
+    return set(inspect.signature(_REGISTRY[canonical_name(name)]).parameters)
+
+
+def registered_formats() -> list[str]:
+    """Canonical names of every registered format, in registration order."""
+    return list(_REGISTRY)
+
+
+def check_finite(w: torch.Tensor, what: str = "weight") -> None:
+    """Refuse NaN or infinite values: quantizing them would silently produce garbage codes."""
+    if not torch.isfinite(w).all():
+        bad = (~torch.isfinite(w)).nonzero()[0].tolist()
+        raise FormatError(f"{what} has a non-finite value (NaN or inf) at index {bad}; cannot quantize it")
+
+
+FP16_MAX = 65504.0  # largest finite float16: scales saturate here instead of overflowing to inf
+
+
+def scaled_codes(x: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
+    """``clamp(round(x / scale), -qmax, qmax)`` as floats, with code 0 wherever ``scale`` is 0."""
+    divisor = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.where(scale > 0, (x / divisor).round().clamp(-qmax, qmax), torch.zeros_like(x))
+
+
+def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Straight-through estimator: forward value exactly ``q`` (``x - x.detach()`` is exactly 0), gradient
+    identity to ``x``."""
+    return q.to(x.dtype).detach() + (x - x.detach())
+
+
+def as_rows(x: torch.Tensor, in_features: int) -> torch.Tensor:
+    """View the input of a matmul as float32 rows ``[batch, in_features]`` (leading dims flattened)."""
+    if x.shape[-1] != in_features:
+        raise FormatError(f"matmul input has {x.shape[-1]} features in its last dimension; expected {in_features}")
+    return x.reshape(-1, in_features).float()
+
+
+class FormatBase:
+    """Behaviour shared by the built-in formats; a subclass implements ``_quantize`` (no input checks),
+    ``pack``, ``unpack``, ``dequantize`` and ``matmul``.
+
+    ``kernel`` names the implementation the last ``matmul`` call used, so ``PackedLinear`` can report it;
+    a fast kernel hooked into a format's ``matmul`` sets it to its own name.
+    """
+
+    name: str
+    bits: float
+    activations: str = "float"
+    kernel: str = "reference-torch"
+
+    def _quantize(self, w: torch.Tensor) -> QuantizedTensor:
+        raise NotImplementedError
+
+    def dequantize(self, q: QuantizedTensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def quantize(self, w: torch.Tensor) -> QuantizedTensor:
+        """Codes and scales of a finite 2-D float weight ``[out, in]``."""
+        if w.ndim != 2:
+            raise FormatError(f"{self.name} quantizes 2-D weights [out, in]; got shape {tuple(w.shape)}")
+        check_finite(w)
+        return self._quantize(w.detach().float())
+
+    def fake_quant(self, w: torch.Tensor) -> torch.Tensor:
+        """``dequantize(quantize(w))`` in the forward pass, identity gradient (straight-through)."""
+        return ste(w, self.dequantize(self._quantize(w.detach().float())))
+
+    def fake_quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What ``matmul`` does to its input, with a straight-through gradient (identity here: float input)."""
+        return x
+
+    def options(self) -> dict:
+        """Constructor options: ``get_format(self.name, **self.options())`` rebuilds this format."""
+        return {}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({self.name!r}{', ' + opts if opts else ''})"

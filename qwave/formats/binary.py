@@ -1,0 +1,72 @@
+"""1-bit weights and activations (XNOR-Net style): ``w -> sign(w)`` (``w >= 0 -> +1``) with a per-channel
+absmean scale ``mean|w|`` in fp16; each activation row becomes ``sign(x)`` with scale ``mean|x|`` (float32,
+computed at run time).
+
+Inference is the XNOR-popcount form over the packed bit words: with ``n`` valid inputs,
+``dot = n - 2 * popcount(x_bits XOR w_bits)`` (padding bits are 0 on both sides, so they never differ) and
+``y = float(dot) * s_x * s_w``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qwave.formats.base import FP16_MAX, FormatBase, QuantizedTensor, as_rows, register, ste
+from qwave.formats.packing import pack_words, popcount, unpack_words
+
+# Largest [batch, out, words] block the reference popcount matmul materialises at once.
+BLOCK_ELEMENTS = 1 << 22
+
+
+def binarize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signs (+-1 floats, ``x >= 0 -> +1``) and absmean scales of each row of ``x``."""
+    signs = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    return signs, x.abs().mean(dim=-1, keepdim=True)
+
+
+def row_blocks(batch: int, per_row: int) -> list[slice]:
+    """Slices of the batch such that ``rows * per_row`` stays within ``BLOCK_ELEMENTS`` (one block if empty)."""
+    step = max(1, BLOCK_ELEMENTS // max(1, per_row))
+    return [slice(start, start + step) for start in range(0, max(batch, 1), step)]
+
+
+class Binary(FormatBase):
+    """Sign codes packed 64 per int64 word, fp16 absmean scale per output channel, binarised activations."""
+
+    name, bits, activations = "binary", 1.0, "binary"
+
+    def _quantize(self, w: torch.Tensor) -> QuantizedTensor:
+        signs, scale = binarize_rows(w)
+        return QuantizedTensor(codes=signs.to(torch.int8), scale=scale.clamp(max=FP16_MAX).half(), shape=tuple(w.shape))
+
+    def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
+        return {"bits": pack_words(q.codes > 0), "scale": q.scale}
+
+    def unpack(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> QuantizedTensor:
+        signs = unpack_words(packed["bits"], shape[1]).to(torch.int8) * 2 - 1
+        return QuantizedTensor(codes=signs, scale=packed["scale"], shape=tuple(shape))
+
+    def dequantize(self, q: QuantizedTensor) -> torch.Tensor:
+        return q.codes.float() * q.scale.float()
+
+    def fake_quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        signs, scale = binarize_rows(x.detach().float())
+        return ste(x, signs * scale)
+
+    def matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+        self.kernel = "reference-torch"
+        rows = as_rows(x, shape[1])
+        signs, x_scale = binarize_rows(rows)
+        x_bits = pack_words(signs > 0)
+        w_bits = packed["bits"].unsqueeze(0)
+        blocks = row_blocks(rows.shape[0], w_bits.numel())
+        differ = torch.cat([popcount(x_bits[b].unsqueeze(1) ^ w_bits).sum(-1) for b in blocks])
+        dot = shape[1] - 2 * differ
+        y = dot.float() * x_scale * packed["scale"].float().T
+        return y.reshape(*x.shape[:-1], shape[0])
+
+
+@register("binary", "1")
+def binary() -> Binary:
+    """1 bit per weight, XNOR-popcount inference."""
+    return Binary()

@@ -1,0 +1,49 @@
+"""BitNet b1.58-style ternary weights: ``scale = mean|w|`` per output channel (BitNet uses one scale per
+tensor; per channel is a deliberate refinement that costs 2 bytes per row), rounded to fp16 first, then
+``codes = clamp(round(w / scale), -1, 1)``. Packed five trits per byte (1.6 bits per weight).
+
+Weight-only: activations stay float and ``y = x @ dequantize(q).T``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qwave.formats.base import FP16_MAX, FormatBase, QuantizedTensor, as_rows, register, scaled_codes
+from qwave.formats.packing import pack_trits, unpack_trits
+
+
+def ternarize(w: torch.Tensor) -> QuantizedTensor:
+    """Absmean ternary codes (int8 in {-1, 0, 1}) and fp16 per-row scales of a float matrix ``[out, in]``."""
+    scale = w.abs().mean(dim=-1, keepdim=True).clamp(max=FP16_MAX).half()
+    codes = scaled_codes(w, scale.float(), 1).to(torch.int8)
+    return QuantizedTensor(codes=codes, scale=scale, shape=tuple(w.shape))
+
+
+class Ternary(FormatBase):
+    """Ternary codes packed 5 per byte with an fp16 absmean scale per output channel; float activations."""
+
+    name, bits = "ternary", 1.6
+
+    def _quantize(self, w: torch.Tensor) -> QuantizedTensor:
+        return ternarize(w)
+
+    def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
+        return {"codes": pack_trits(q.codes), "scale": q.scale}
+
+    def unpack(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> QuantizedTensor:
+        return QuantizedTensor(codes=unpack_trits(packed["codes"], shape[1]), scale=packed["scale"], shape=tuple(shape))
+
+    def dequantize(self, q: QuantizedTensor) -> torch.Tensor:
+        return q.codes.float() * q.scale.float()
+
+    def matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+        self.kernel = "reference-torch"
+        y = as_rows(x, shape[1]) @ self.dequantize(self.unpack(packed, shape)).T
+        return y.reshape(*x.shape[:-1], shape[0])
+
+
+@register("ternary", "bitnet")
+def ternary() -> Ternary:
+    """BitNet b1.58 ternary weights, 1.6 bits per weight."""
+    return Ternary()

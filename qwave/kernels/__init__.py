@@ -1,0 +1,108 @@
+"""Fast matmuls over packed weights, behind one small registry that ``PackedLinear`` consults.
+
+A ``Kernel`` serves one or more formats on one device type: ``prepare`` turns the packed tensors into its own
+layout once (kept on the layer, never saved; ``cached_bytes`` says what that copy costs in memory), ``run`` does
+the matmul. ``kernel_for`` returns the registered kernel for a format and device, or ``None``, in which case the
+format's pure-PyTorch reference ``matmul`` runs and the layer's audit says so.
+
+``FAST_KERNELS`` is false when numba is missing, the CPU lacks AVX2, or ``QWAVE_DISABLE_FAST_KERNELS`` is set to
+a true value; ``status()`` says which and why.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+FALLBACK = "torch-reference"
+
+
+def _disabled() -> bool:
+    return os.environ.get("QWAVE_DISABLE_FAST_KERNELS", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _probe() -> tuple[bool, str]:
+    if _disabled():
+        return False, "disabled by QWAVE_DISABLE_FAST_KERNELS"
+    try:
+        from qwave.kernels._simd import HAS_AVX2
+    except ImportError as err:  # numba or llvmlite missing
+        return False, f"numba unavailable ({err})"
+    if not HAS_AVX2:
+        return False, "CPU lacks AVX2"
+    return True, "numba + AVX2"
+
+
+FAST_KERNELS, REASON = _probe()
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One fast implementation of ``x @ W.T`` for packed weights of the listed formats on one device type."""
+
+    name: str
+    formats: tuple[str, ...]
+    device: str  # "cpu" or "cuda"
+    prepare: Callable[[Any, dict[str, torch.Tensor], tuple[int, int]], Any]  # (fmt, packed, shape) -> state
+    run: Callable[[Any, torch.Tensor], torch.Tensor]  # (state, x [batch, in] float32) -> [batch, out] float32
+    cached_bytes: Callable[[Any], int] = lambda state: 0
+    supports: Callable[[Any], bool] = lambda fmt: True  # e.g. only some format options
+    # Optional NumPy entry point for the fused whole-model path: (state, x float32 [batch, in], bias float32
+    # [out] or empty, relu) -> float32 [batch, out], with bias and ReLU applied inside the kernel.
+    run_np: Callable[[Any, Any, Any, bool], Any] | None = None
+
+
+_KERNELS: list[Kernel] = []
+_enabled = {"fast": FAST_KERNELS}
+
+
+def register_kernel(kernel: Kernel) -> Kernel:
+    """Add a kernel; a later registration for the same format and device takes precedence."""
+    _KERNELS.insert(0, kernel)
+    return kernel
+
+
+def set_fast_kernels(enabled: bool) -> bool:
+    """Switch the fast kernels on or off at run time (tests, audits); returns the previous setting."""
+    previous = _enabled["fast"]
+    _enabled["fast"] = bool(enabled) and FAST_KERNELS
+    return previous
+
+
+def kernel_for(fmt: Any, device: torch.device | str = "cpu") -> Kernel | None:
+    """The fast kernel for ``fmt`` on ``device``, or ``None`` when only the reference recipe applies."""
+    if not _enabled["fast"]:
+        return None
+    _load_builtin()
+    kind = torch.device(device).type
+    for kernel in _KERNELS:
+        if fmt.name in kernel.formats and kernel.device == kind and kernel.supports(fmt):
+            return kernel
+    return None
+
+
+_loaded = {"builtin": False}
+
+
+def _load_builtin() -> None:
+    """Import the built-in kernel modules once (they register themselves)."""
+    if _loaded["builtin"]:
+        return
+    _loaded["builtin"] = True
+    import importlib
+
+    for module in BUILTIN:
+        importlib.import_module(module)
+
+
+BUILTIN: tuple[str, ...] = ()
+
+
+def status() -> dict:
+    """Which kernel family runs, and why (for ``qwave doctor`` and benchmark records)."""
+    reason = REASON if _enabled["fast"] or not FAST_KERNELS else "switched off by set_fast_kernels(False)"
+    return {"fast_kernels": _enabled["fast"], "available": FAST_KERNELS, "reason": reason}

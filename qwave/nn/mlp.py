@@ -1,0 +1,63 @@
+"""The MLP classifier over a frozen embedding: normalisation stored in the model, then Linear/ReLU blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from qwave.data.normalize import Normalize
+
+
+class MLPClassifier(nn.Module):
+    """``Normalize -> [Linear -> (LayerNorm) -> ReLU -> Dropout] x len(hidden) -> Linear`` producing logits.
+
+    The normaliser is part of the module so a saved artifact carries its train-split statistics.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        hidden: Sequence[int] = (640, 320),
+        dropout: float = 0.1,
+        layer_norm: bool = False,
+        normalize: Normalize | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_dim, self.num_classes = int(in_dim), int(num_classes)
+        self.hidden, self.dropout, self.layer_norm = tuple(int(h) for h in hidden), float(dropout), bool(layer_norm)
+        self.norm = normalize if normalize is not None else Normalize("raw", torch.zeros(in_dim), torch.ones(in_dim))
+        layers: list[nn.Module] = []
+        width = self.in_dim
+        for h in self.hidden:
+            layers.append(nn.Linear(width, h))
+            if self.layer_norm:
+                layers.append(nn.LayerNorm(h))
+            layers += [nn.ReLU(), nn.Dropout(self.dropout)]
+            width = h
+        layers.append(nn.Linear(width, self.num_classes))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.norm(x))
+
+    def config(self) -> dict:
+        """Constructor arguments (without the fitted normaliser, whose buffers are saved as tensors)."""
+        return {
+            "in_dim": self.in_dim,
+            "num_classes": self.num_classes,
+            "hidden": list(self.hidden),
+            "dropout": self.dropout,
+            "layer_norm": self.layer_norm,
+            "normalize_mode": self.norm.mode,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> MLPClassifier:
+        """Rebuild an untrained module of the same shape (tensors are loaded afterwards)."""
+        args = {k: v for k, v in config.items() if k != "normalize_mode"}
+        d = int(config["in_dim"])
+        norm = Normalize(config.get("normalize_mode", "raw"), torch.zeros(d), torch.ones(d))
+        return cls(**args, normalize=norm)

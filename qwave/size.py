@@ -1,0 +1,291 @@
+"""Size accounting from the tensors a model actually stores: per tensor, per layer, shared storage counted once.
+
+``report(module)`` counts every parameter and saved buffer of any ``nn.Module`` (Linear, Embedding, Conv, GRU,
+norms, packed codes and scales, normaliser statistics); bytes of storage already counted for another tensor
+(tied weights) are not counted again. ``artifact_report(dir)`` reads the same numbers from a saved artifact's
+safetensors header. ``size_table`` is the no-training size calculator behind ``qwave size``: it builds models
+with random weights, quantizes and packs them, and measures the packed tensors.
+
+Other model families add rows to the calculator with ``register_size_model(name, build)``, where
+``build(spec: SizeSpec, fmt: str) -> nn.Module`` returns the *packed* model for one format name (``fmt`` is
+``"mixed"`` when ``spec.layer_formats`` is set). A model with a method ``active_bytes(report) -> int`` gets
+its active size (bytes one inference touches, e.g. router plus top-k experts) in the ``active_bytes`` column.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qwave.errors import ArtifactError, ConfigError, FormatError
+from qwave.formats import canonical_name
+from qwave.nn.mlp import MLPClassifier
+from qwave.nn.packed_linear import PackedLinear
+from qwave.nn.quant_linear import QuantLinear
+from qwave.nn.surgery import pack_model, quantize_model
+
+
+@dataclass
+class TensorSize:
+    """One stored tensor; ``bytes`` excludes storage already counted for ``shared_with``."""
+
+    name: str
+    layer: str
+    dtype: str
+    numel: int
+    bytes: int
+    shared_with: str | None = None
+
+
+@dataclass
+class LayerSize:
+    """Bytes and weight count of one module's own tensors."""
+
+    layer: str
+    kind: str
+    format: str
+    weights: int
+    bytes: int
+
+
+@dataclass
+class SizeReport:
+    """Stored bytes of a module, per tensor and per layer."""
+
+    rows: list[TensorSize]
+    layers: list[LayerSize]
+    stored_bytes: int
+    weight_count: int
+    params: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        """All stored bytes x 8 / weights of the linear layers (so scales, biases and norms are paid for)."""
+        return self.stored_bytes * 8 / self.weight_count if self.weight_count else float("nan")
+
+    def bytes_under(self, prefix: str) -> int:
+        """Bytes of the tensors of the module at ``prefix`` and its submodules (``""``: everything)."""
+        if not prefix:
+            return self.stored_bytes
+        return sum(r.bytes for r in self.rows if r.layer == prefix or r.layer.startswith(prefix + "."))
+
+
+def _layer_format(module: nn.Module | None) -> str:
+    if isinstance(module, (PackedLinear, QuantLinear)):
+        return module.fmt.name
+    return "-"
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    if isinstance(module, (nn.Linear, PackedLinear)):
+        return module.out_features, module.in_features
+    return None
+
+
+def _uncovered(intervals: list[tuple[int, int, str]], start: int, end: int) -> tuple[int, str | None]:
+    """Bytes of ``[start, end)`` not inside any of ``intervals``, and the name of the first one it overlaps."""
+    cuts = sorted((max(s, start), min(e, end)) for s, e, _ in intervals if s < end and e > start)
+    covered, reach = 0, start
+    for s, e in cuts:
+        covered += max(0, e - max(s, reach))
+        reach = max(reach, e)
+    owner = next((n for s, e, n in intervals if s < end and e > start), None)
+    return end - start - covered, owner
+
+
+def report(module: nn.Module) -> SizeReport:
+    """Per-tensor and per-layer stored bytes of ``module`` (parameters and saved buffers)."""
+    storages: dict[int, list[tuple[int, int, str]]] = {}
+    rows: list[TensorSize] = []
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        size = tensor.numel() * tensor.element_size()
+        start = tensor.storage_offset() * tensor.element_size()
+        intervals = storages.setdefault(tensor.untyped_storage().data_ptr(), [])
+        new_bytes, owner = _uncovered(intervals, start, start + size) if size else (0, None)
+        intervals.append((start, start + size, name))
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        rows.append(TensorSize(name, name.rpartition(".")[0], dtype, tensor.numel(), new_bytes, owner))
+    modules = dict(module.named_modules(remove_duplicate=False))
+    weight_keys: set[tuple] = set()
+    weight_count, params = 0, 0
+    layers: dict[str, LayerSize] = {}
+    for row in rows:
+        sub = modules.get(row.layer)
+        entry = layers.get(row.layer)
+        if entry is None:
+            shape = _linear_shape(sub) if sub is not None else None
+            weights = 0
+            if shape is not None:
+                ref = sub.weight if isinstance(sub, nn.Linear) else next(iter(sub.packed.values()))
+                key = (ref.untyped_storage().data_ptr(), ref.storage_offset(), shape)
+                weights = 0 if key in weight_keys else shape[0] * shape[1]
+                weight_keys.add(key)
+            entry = layers[row.layer] = LayerSize(row.layer, type(sub).__name__, _layer_format(sub), weights, 0)
+            weight_count += weights
+            if isinstance(sub, PackedLinear):
+                params += weights + (0 if sub.bias is None else sub.bias.numel())
+        entry.bytes += row.bytes
+        if not isinstance(sub, PackedLinear) and row.shared_with is None:
+            params += row.numel
+    stored = sum(r.bytes for r in rows)
+    return SizeReport(rows, list(layers.values()), stored, weight_count, params)
+
+
+@dataclass
+class ArtifactSize:
+    """Sizes read from an artifact directory: tensor data, safetensors header and manifest, and the file."""
+
+    directory: Path
+    stored_bytes: int
+    header_bytes: int
+    manifest_bytes: int
+    file_bytes: int
+    weight_count: int
+    rows: list[TensorSize] = field(default_factory=list)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.stored_bytes * 8 / self.weight_count if self.weight_count else float("nan")
+
+
+def read_safetensors_header(path: str | Path) -> tuple[int, dict]:
+    """Length and parsed JSON of a safetensors header (the 8-byte little-endian length, then the JSON)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path} has no readable safetensors header: {err}") from None
+    return length, header
+
+
+def artifact_report(directory: str | Path) -> ArtifactSize:
+    """Stored bytes of a saved artifact from its safetensors header offsets, plus header and manifest bytes."""
+    from qwave.artifact import MANIFEST, WEIGHTS, read_manifest
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    path = directory / WEIGHTS
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing")
+    header_bytes, header = read_safetensors_header(path)
+    rows = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        numel = 1
+        for s in info["shape"]:
+            numel *= s
+        rows.append(TensorSize(name, name.rpartition(".")[0], info["dtype"], numel, end - begin))
+    weights = sum(spec["shape"][0] * spec["shape"][1] for spec in manifest["layers"].values())
+    return ArtifactSize(
+        directory=directory,
+        stored_bytes=sum(r.bytes for r in rows),
+        header_bytes=header_bytes,
+        manifest_bytes=os.path.getsize(directory / MANIFEST),
+        file_bytes=os.path.getsize(path),
+        weight_count=weights,
+        rows=rows,
+    )
+
+
+@dataclass
+class SizeSpec:
+    """Shape and quantization options of the models the size calculator builds."""
+
+    in_dim: int = 1536
+    num_classes: int = 50
+    hidden: tuple[int, ...] = (640, 320)
+    group_size: int | None = None
+    keep_last_fp: bool = False
+    layer_formats: tuple[str, ...] | None = None
+    seed: int = 0
+
+
+SizeBuilder = Callable[[SizeSpec, str], nn.Module]
+_SIZE_MODELS: dict[str, SizeBuilder] = {}
+
+
+def register_size_model(name: str, build: SizeBuilder) -> SizeBuilder:
+    """Add a model family to the size calculator (see the module docstring for ``build``'s contract)."""
+    _SIZE_MODELS[name] = build
+    return build
+
+
+def quantization_options(spec: SizeSpec, fmt: str) -> dict:
+    """``quantize_model`` keyword arguments for ``fmt`` under ``spec`` (``fmt="mixed"``: spec.layer_formats)."""
+    options: dict = {"keep_last_fp": spec.keep_last_fp}
+    if fmt == "mixed":
+        options["layer_formats"] = list(spec.layer_formats or ())
+    if spec.group_size:
+        options["group_size"] = spec.group_size
+    return options
+
+
+def build_mlp(spec: SizeSpec, fmt: str) -> nn.Module:
+    """The packed MLP classifier of ``spec`` (random weights) in format ``fmt``."""
+    model = MLPClassifier(spec.in_dim, spec.num_classes, spec.hidden)
+    return pack_model(quantize_model(model, "fp32" if fmt == "mixed" else fmt, **quantization_options(spec, fmt)))
+
+
+register_size_model("mlp", build_mlp)
+
+
+def _format_label(spec: SizeSpec, fmt: str) -> str:
+    return "mixed[" + ",".join(canonical_name(f) for f in spec.layer_formats or ()) + "]" if fmt == "mixed" else fmt
+
+
+def size_table(
+    spec: SizeSpec, formats: Sequence[str], *, models: Sequence[str] = ("mlp",), per_layer: bool = False
+) -> list[dict]:
+    """One row per model x format (plus a ``mixed`` row when ``spec.layer_formats`` is set), measured on the
+    packed model; with ``per_layer``, each row carries its per-layer breakdown under ``layers``."""
+    unknown = [m for m in models if m not in _SIZE_MODELS]
+    if unknown:
+        raise ConfigError(f"--models: unknown model {unknown[0]!r}; known: {', '.join(sorted(_SIZE_MODELS))}")
+    try:
+        names = [canonical_name(f) for f in formats]
+    except FormatError as err:
+        raise ConfigError(f"--formats: {err}") from None
+    if spec.layer_formats:
+        names.append("mixed")
+    rows = []
+    for model_name in models:
+        build = _SIZE_MODELS[model_name]
+        baseline = None
+        for fmt in ["fp32", *[n for n in names if n != "fp32"]]:
+            torch.manual_seed(spec.seed)
+            packed = build(copy.deepcopy(spec), fmt)
+            rep = report(packed)
+            if fmt == "fp32":
+                baseline = rep.stored_bytes
+                if "fp32" not in names:
+                    continue
+            active = packed.active_bytes(rep) if hasattr(packed, "active_bytes") else rep.stored_bytes
+            row = {
+                "model": model_name,
+                "format": _format_label(spec, fmt),
+                "bits_per_weight": rep.bits_per_weight,
+                "params": rep.params,
+                "weights": rep.weight_count,
+                "stored_bytes": rep.stored_bytes,
+                "active_bytes": int(active),
+                "kb": rep.stored_bytes / 1e3,
+                "mb": rep.stored_bytes / 1e6,
+                "reduction_vs_fp32": baseline / rep.stored_bytes,
+            }
+            if per_layer:
+                row["layers"] = [vars(layer).copy() for layer in rep.layers]
+                row["tensors"] = [vars(t).copy() for t in rep.rows]
+            rows.append(row)
+    return rows

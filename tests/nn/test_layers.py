@@ -1,0 +1,145 @@
+"""QuantLinear (QAT) and PackedLinear (inference) agree for every format; PackedLinear stores only packed bytes
+and caches a fast kernel's prepared state correctly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qwave import kernels
+from qwave.errors import FormatError
+from qwave.formats import get_format, registered_formats
+from qwave.nn import MLPClassifier, PackedLinear, QuantLinear, pack_model, quantize_model
+
+CASES = [(name, {}) for name in registered_formats()] + [("int4", {"group_size": 64}), ("int8", {"group_size": 32})]
+IDS = [name + "".join(f"-{k}{v}" for k, v in opts.items()) for name, opts in CASES]
+# QAT forward vs packed forward: the same quantized values summed in a different float order.
+TOLERANCE = 1e-4
+
+
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_quant_linear_initialises_like_nn_linear_and_shares_parameters_in_from_linear():
+    torch.manual_seed(3)
+    reference = nn.Linear(30, 7)
+    torch.manual_seed(3)
+    layer = QuantLinear(30, 7, fmt="4")
+    assert torch.equal(layer.weight, reference.weight) and torch.equal(layer.bias, reference.bias)
+    wrapped = QuantLinear.from_linear(reference, "binary")
+    assert wrapped.weight is reference.weight and wrapped.bias is reference.bias
+    assert wrapped.fmt.name == "binary"
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=IDS)
+def test_quant_linear_forward_is_linear_of_fake_quantized_input_and_dequantized_codes(name, options):
+    layer = QuantLinear(130, 9, fmt=name, **options)
+    x = randn(5, 130, seed=1)
+    fmt = layer.fmt
+    expected = F.linear(fmt.fake_quant_input(x), fmt.dequantize(fmt.quantize(layer.weight)), layer.bias)
+    assert torch.equal(layer(x), expected)
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=IDS)
+def test_packed_layer_matches_the_qat_layer_for_every_format(name, options):
+    layer = QuantLinear(200, 33, fmt=name, **options)
+    packed = pack_model(layer)
+    x = randn(2, 4, 200, seed=2)
+    with torch.no_grad():
+        expected = layer(x)
+    got = packed(x)
+    assert isinstance(packed, PackedLinear) and got.dtype == torch.float32 and got.shape == (2, 4, 33)
+    assert (got - expected).abs().max() <= TOLERANCE * (1 + expected.abs().max())
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=IDS)
+def test_packed_mlp_keeps_top1_predictions_of_the_qat_mlp(name, options):
+    torch.manual_seed(0)
+    qat = quantize_model(MLPClassifier(96, 12, (64, 32)), name, **options).eval()
+    packed = pack_model(qat)
+    x = randn(400, 96, seed=4)
+    with torch.no_grad():
+        agreement = (qat(x).argmax(1) == packed(x).argmax(1)).float().mean().item()
+    assert agreement >= 0.995
+
+
+def test_packed_state_dict_is_exactly_the_packed_tensors_and_bias():
+    fmt = get_format("int4", group_size=16)
+    w = randn(6, 40)
+    packed = fmt.pack(fmt.quantize(w))
+    layer = PackedLinear(fmt, packed, (6, 40), torch.ones(6))
+    state = layer.state_dict()
+    assert list(state) == ["codes", "scale", "bias"]
+    assert all(torch.equal(state[k], packed[k]) for k in packed)
+    assert not list(layer.parameters())
+    no_bias = PackedLinear(fmt, packed, (6, 40), None)
+    assert list(no_bias.state_dict()) == ["codes", "scale"]
+
+
+def test_packed_forward_rejects_a_wrong_input_width():
+    layer = pack_model(QuantLinear(8, 3, fmt="8"))
+    with pytest.raises(FormatError, match="8 input features"):
+        layer(torch.zeros(2, 9))
+
+
+class CountingKernel:
+    """A stand-in fast kernel (dequantize then matmul) that counts how often it prepares its state."""
+
+    def __init__(self) -> None:
+        self.prepared = 0
+        self.kernel = kernels.Kernel("counting-test", ("int4",), "cpu", self.prepare, self.run, lambda s: s.nbytes)
+
+    def prepare(self, fmt, packed, shape):
+        self.prepared += 1
+        return fmt.dequantize(fmt.unpack(packed, shape)).contiguous()
+
+    @staticmethod
+    def run(state, x):
+        return x @ state.T
+
+
+@pytest.fixture
+def counting(monkeypatch) -> CountingKernel:
+    fake = CountingKernel()
+    monkeypatch.setattr(kernels, "kernel_for", lambda fmt, device: fake.kernel if fmt.name == "int4" else None)
+    return fake
+
+
+def test_kernel_state_is_prepared_once_and_rebuilt_after_buffers_are_reloaded(counting):
+    torch.manual_seed(1)
+    qat = QuantLinear(48, 10, fmt="4")
+    layer = pack_model(qat)
+    x = randn(3, 48)
+    first = layer(x)
+    layer(x)
+    assert counting.prepared == 1 and layer.last_kernel == "counting-test"
+    assert layer.kernel_cached_bytes == 10 * 48 * 4
+    assert torch.allclose(first, layer.fmt.matmul(x, layer.packed, layer.shape) + layer.bias, atol=1e-5)
+    other = pack_model(QuantLinear(48, 10, fmt="4"))
+    layer.load_state_dict(other.state_dict())
+    assert torch.allclose(layer(x), other(x), atol=1e-6)
+    assert counting.prepared == 3  # once for the reloaded layer, once for `other`
+    assert "_kernel_state" not in layer.state_dict()
+    assert copy.deepcopy(layer)._kernel_state is None and layer.kernel_cached_bytes > 0
+
+
+def test_fallback_is_recorded_when_no_kernel_applies(counting):
+    layer = pack_model(QuantLinear(20, 4, fmt="binary"))
+    assert layer.last_kernel is None and layer.kernel_cached_bytes == 0
+    layer(randn(2, 20))
+    assert layer.last_kernel == kernels.FALLBACK and counting.prepared == 0
+
+
+def test_switching_fast_kernels_off_uses_the_reference_path():
+    previous = kernels.set_fast_kernels(False)
+    try:
+        layer = pack_model(QuantLinear(64, 8, fmt="8"))
+        layer(randn(2, 64))
+        assert layer.last_kernel == kernels.FALLBACK
+    finally:
+        kernels.set_fast_kernels(previous)
