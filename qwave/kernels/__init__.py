@@ -99,7 +99,12 @@ def _load_builtin() -> None:
         importlib.import_module(module)
 
 
-BUILTIN: tuple[str, ...] = ()
+BUILTIN: tuple[str, ...] = (
+    "qwave.kernels.weight_only",
+    "qwave.kernels.int8",
+    "qwave.kernels.popcount",
+    "qwave.kernels.cuda",
+)
 
 
 def status() -> dict:

@@ -1,0 +1,228 @@
+"""``qwave speed``: latency and throughput of packed models against FP32 eager and peer int8 backends, one run.
+
+Every method runs side by side in one process with the same thread count, inputs and timing rules. Methods:
+FP32 PyTorch eager, torch ``quantize_dynamic`` int8, each qwave format (packed per-layer path and the fused
+whole-model path), torchao int8 and ONNX Runtime FP32/int8 when installed. A per-layer audit table names the
+kernel each packed layer actually ran and warns about any fallback to the PyTorch reference recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qwave import kernels
+from qwave.errors import ConfigError
+from qwave.eval import speed
+
+log = logging.getLogger(__name__)
+DEFAULT_FORMATS = "int8,binary,qesc,int4,int2,ternary,fp16,bf16"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="qwave speed", description=__doc__.splitlines()[0])
+    p.add_argument("--formats", default=DEFAULT_FORMATS, help=f"qwave formats of the reference MLP ({DEFAULT_FORMATS})")
+    p.add_argument("--artifact", action="append", default=[], help="saved artifact directory (repeatable)")
+    p.add_argument("--no-reference", action="store_true", help="skip the reference MLP (time only --artifact)")
+    p.add_argument("--batch-sizes", default="1,32,256,4096")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=50, help="timed calls per method and batch (at least)")
+    p.add_argument("--max-seconds", type=float, default=3.0, help="time budget per method and batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-fused", action="store_true", help="skip the fused whole-model rows")
+    p.add_argument("--output-dir", type=Path, default=None, help="write speed.csv, speed.json (and speed.png)")
+    p.add_argument("--plot", action="store_true", help="draw p50 latency vs batch size (needs --output-dir)")
+    args = p.parse_args(argv)
+    try:
+        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(f"--batch-sizes must be comma-separated integers; got {args.batch_sizes!r}") from None
+    if not args.batch_sizes or min(args.batch_sizes) < 1:
+        raise ConfigError(f"--batch-sizes must be positive integers; got {args.batch_sizes}")
+    if args.plot and args.output_dir is None:
+        raise ConfigError("--plot needs --output-dir to write the picture")
+    return args
+
+
+def _peer_methods(model: nn.Module, in_dim: int, notes: list[str]) -> dict[str, Callable]:
+    """torch dynamic int8 always; torchao and ONNX Runtime only when installed."""
+    methods: dict[str, Callable] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dyn = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    methods["torch-dynamic-int8"] = dyn
+    try:
+        import copy
+
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        ao_model = copy.deepcopy(model)
+        quantize_(ao_model, Int8DynamicActivationInt8WeightConfig())
+        methods["torchao-int8"] = ao_model
+    except ImportError:
+        notes.append("torchao not installed: torchao-int8 skipped (pip install 'qwave[torchao]')")
+    except Exception as err:  # a torchao version without this config or CPU support
+        notes.append(f"torchao int8 unavailable here: {err}")
+    try:
+        methods.update(_onnx_methods(model, in_dim))
+    except ImportError:
+        notes.append("onnxruntime/onnx not installed: ONNX Runtime rows skipped (pip install 'qwave[onnx]')")
+    except Exception as err:
+        notes.append(f"ONNX Runtime rows failed: {err}")
+    return methods
+
+
+def _onnx_methods(model: nn.Module, in_dim: int) -> dict[str, Callable]:
+    import tempfile
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = Path(tempfile.mkdtemp(prefix="qwave-onnx-"))
+    fp32_path, int8_path = folder / "model.onnx", folder / "model.int8.onnx"
+    torch.onnx.export(model, (torch.zeros(1, in_dim),), str(fp32_path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    methods = {}
+    for name, path in (("onnxruntime-fp32", fp32_path), ("onnxruntime-int8", int8_path)):
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        methods[name] = lambda x, s=session: s.run(None, {"x": x.numpy()})[0]
+    return methods
+
+
+def _models(args: argparse.Namespace, notes: list[str]) -> list[tuple[str, nn.Module, dict[str, nn.Module], int]]:
+    """(model label, float model or None, packed models by format, input width) for every model to time."""
+    models = []
+    if not args.no_reference:
+        ref = speed.reference_mlp(args.seed)
+        formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+        packed = {f: speed.packed_reference(ref, f) for f in formats}
+        models.append(("reference-mlp", ref, packed, speed.REFERENCE_DIMS[0]))
+    for folder in args.artifact:
+        from qwave import artifact
+
+        model = artifact.load(folder)
+        in_dim = int(getattr(model, "in_dim", 0)) or next(
+            m.in_features for m in model.modules() if hasattr(m, "in_features")
+        )
+        models.append((Path(folder).name, None, {"artifact": model.eval()}, in_dim))
+    if not models:
+        raise ConfigError("nothing to time: drop --no-reference or give --artifact DIR")
+    return models
+
+
+def run(argv: list[str]) -> int:
+    args = _parse(argv)
+    speed.set_threads(args.threads)
+    notes: list[str] = []
+    if not kernels.status()["fast_kernels"]:
+        notes.append(f"WARNING: fast kernels are off ({kernels.status()['reason']}): packed rows run the reference")
+    rows: list[dict] = []
+    audits: list[dict] = []
+    from qwave.kernels.fused import compile_model
+
+    for label, ref, packed, in_dim in _models(args, notes):
+        methods: dict[str, Callable] = {}
+        if ref is not None:
+            methods["fp32-eager"] = ref
+            methods.update(_peer_methods(ref, in_dim, notes))
+        for fmt, model in packed.items():
+            methods[f"qwave-{fmt}"] = model
+            fused = None if args.no_fused else compile_model(model)
+            if fused is not None:
+                methods[f"qwave-{fmt}-fused"] = fused
+        for batch in args.batch_sizes:
+            x = torch.randn(batch, in_dim, generator=torch.Generator().manual_seed(args.seed))
+            with torch.inference_mode():
+                for name, fn in methods.items():
+                    times = speed.time_fn(lambda fn=fn, x=x: fn(x), warmup=args.warmup, repeats=args.repeats,
+                                          max_seconds=args.max_seconds)
+                    rows.append({"model": label, "method": name, **speed.latency_stats(times, batch).as_dict()})
+        probe = torch.randn(min(args.batch_sizes[-1], 256), in_dim)
+        for fmt, model in packed.items():
+            for layer in speed.layer_audit(model, probe):
+                audits.append({"model": label, "method": f"qwave-{fmt}", **layer.as_dict()})
+    _add_ratios(rows)
+    print(_table(rows, args))
+    print(_audit_table(audits))
+    for note in notes:
+        print(note)
+    if args.output_dir is not None:
+        _write(args, rows, audits, notes)
+    return 0
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """Throughput relative to FP32 eager of the same model and batch (missing for artifact-only models)."""
+    base = {(r["model"], r["batch"]): r["samples_per_s"] for r in rows if r["method"] == "fp32-eager"}
+    for r in rows:
+        ref = base.get((r["model"], r["batch"]))
+        r["x_fp32"] = None if ref is None else r["samples_per_s"] / ref
+
+
+def _table(rows: list[dict], args: argparse.Namespace) -> str:
+    status = kernels.status()
+    head = (f"qwave speed: threads={args.threads}, fast kernels={status['fast_kernels']} ({status['reason']}); "
+            "p50 ms (throughput x FP32 eager)")
+    batches = args.batch_sizes
+    lines = [head, f"{'model':<16} {'method':<28} " + " ".join(f"{'batch ' + str(b):>20}" for b in batches)]
+    keys = dict.fromkeys((r["model"], r["method"]) for r in rows)
+    for model, method in keys:
+        cells = []
+        for b in batches:
+            r = next(r for r in rows if (r["model"], r["method"], r["batch"]) == (model, method, b))
+            ratio = "" if r["x_fp32"] is None else f" ({r['x_fp32']:.2f}x)"
+            cells.append(f"{r['p50_ms']:.3f}{ratio}".rjust(20))
+        lines.append(f"{model:<16} {method:<28} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def _audit_table(audits: list[dict]) -> str:
+    lines = ["\nper-layer kernel audit", f"{'method':<20} {'layer':<10} {'format':<8} {'kernel':<24} "
+             f"{'stored B':>10} {'cached B':>10} {'time':>6}"]
+    for a in audits:
+        warn = "  WARNING: fallback to the PyTorch reference (no fast kernel)" if a["fallback"] else ""
+        lines.append(f"{a['method']:<20} {a['path']:<10} {a['format']:<8} {a['kernel']:<24} {a['stored_bytes']:>10} "
+                     f"{a['cached_bytes']:>10} {a['time_share']:>6.0%}{warn}")
+    return "\n".join(lines)
+
+
+def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes: list[str]) -> None:
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "speed.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {"threads": args.threads, "kernels": kernels.status(), "notes": notes}
+    from qwave.commands.doctor import cpu_info
+
+    meta["cpu"] = cpu_info()
+    (out / "speed.json").write_text(json.dumps({"meta": meta, "results": rows, "audit": audits}, indent=2))
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for model, method in dict.fromkeys((r["model"], r["method"]) for r in rows):
+            pts = sorted((r["batch"], r["p50_ms"]) for r in rows if (r["model"], r["method"]) == (model, method))
+            ax.plot(*zip(*pts, strict=True), marker="o", label=f"{model}:{method}")
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency (ms)")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "speed.png", dpi=120)
+        plt.close(fig)
+    log.info("wrote %s", out)

@@ -1,0 +1,161 @@
+"""Latency and throughput measurement shared by ``qwave speed`` and ``qwave compare``.
+
+``time_fn`` times calls after a warm-up; ``latency_stats`` turns per-call seconds into p50/p95/p99 latency and
+samples/s; ``set_threads`` fixes torch's and numba's thread counts; ``layer_audit`` says, per packed layer, which
+kernel actually ran (``PackedLinear.last_kernel``), its bytes and its share of the model's time, flagging any
+layer that fell back to the PyTorch reference recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from qwave import kernels
+from qwave.errors import ConfigError
+
+REFERENCE_DIMS = (1536, (640, 320), 50)  # in_dim, hidden, classes of the reference MLP
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency percentiles (milliseconds per call) and throughput of one method at one batch size."""
+
+    batch: int
+    repeats: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    samples_per_s: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` threads in torch and in numba's parallel kernels (when numba is present)."""
+    if threads < 1:
+        raise ConfigError(f"--threads must be at least 1; got {threads}")
+    torch.set_num_threads(threads)
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+
+
+def time_fn(
+    fn: Callable[[], object], *, warmup: int = 3, repeats: int = 30, min_seconds: float = 0.0, max_seconds: float = 5.0
+) -> np.ndarray:
+    """Seconds per call of ``fn()``: ``warmup`` untimed calls, then at least ``repeats`` timed calls (more while
+    under ``min_seconds`` in total), stopping early once ``max_seconds`` is spent (at least 3 calls are timed)."""
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        spent = time.perf_counter() - start
+        if len(times) >= 3 and spent >= max_seconds:
+            break
+        if len(times) >= repeats and spent >= min_seconds:
+            break
+    return np.asarray(times)
+
+
+def latency_stats(times: np.ndarray, batch: int) -> LatencyStats:
+    """Percentiles of per-call ``times`` (seconds) and the throughput ``batch / median``."""
+    ms = np.asarray(times, dtype=np.float64) * 1e3
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return LatencyStats(
+        batch=int(batch),
+        repeats=int(ms.size),
+        p50_ms=float(p50),
+        p95_ms=float(p95),
+        p99_ms=float(p99),
+        mean_ms=float(ms.mean()),
+        samples_per_s=float(batch / (p50 / 1e3)) if p50 > 0 else float("inf"),
+    )
+
+
+def reference_mlp(seed: int = 0) -> nn.Module:
+    """The reference MLP 1536 -> 640 -> 320 -> 50 (ReLU) with seeded random weights, in eval mode."""
+    from qwave.nn.mlp import MLPClassifier
+
+    torch.manual_seed(seed)
+    in_dim, hidden, classes = REFERENCE_DIMS
+    return MLPClassifier(in_dim, classes, hidden=hidden, dropout=0.0).eval()
+
+
+def packed_reference(model: nn.Module, fmt: str, **options) -> nn.Module:
+    """A packed copy of a float model in format ``fmt`` (every Linear layer), ready for inference."""
+    from qwave.nn.surgery import pack_model, quantize_model
+
+    return pack_model(quantize_model(copy.deepcopy(model), fmt, **options))
+
+
+@dataclass(frozen=True)
+class LayerAudit:
+    """What one packed layer stores and which implementation ran its last forward."""
+
+    path: str
+    format: str
+    kernel: str
+    stored_bytes: int
+    cached_bytes: int
+    time_share: float  # fraction of the summed layer times
+    fallback: bool  # ran the PyTorch reference recipe instead of a fast kernel
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_audit(model: nn.Module, x: torch.Tensor, repeats: int = 5) -> list[LayerAudit]:
+    """Run ``model(x)`` ``repeats`` times with timing hooks on every ``PackedLinear`` and report each layer."""
+    from qwave.nn.packed_linear import PackedLinear
+
+    layers = [(path, m) for path, m in model.named_modules() if isinstance(m, PackedLinear)]
+    spent = {path: 0.0 for path, _ in layers}
+    starts: dict[str, float] = {}
+    handles = []
+    for path, module in layers:
+        start = lambda m, a, p=path: starts.__setitem__(p, time.perf_counter())  # noqa: E731
+        handles.append(module.register_forward_pre_hook(start))
+        handles.append(
+            module.register_forward_hook(
+                lambda m, a, o, p=path: spent.__setitem__(p, spent[p] + time.perf_counter() - starts[p])
+            )
+        )
+    try:
+        with torch.inference_mode():
+            for _ in range(max(1, repeats)):
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    total = sum(spent.values()) or 1.0
+    return [
+        LayerAudit(
+            path=path,
+            format=module.fmt.name,
+            kernel=str(module.last_kernel),
+            stored_bytes=int(sum(t.nbytes for t in module.packed.values()))
+            + (0 if module.bias is None else int(module.bias.nbytes)),
+            cached_bytes=module.kernel_cached_bytes,
+            time_share=spent[path] / total,
+            fallback=module.last_kernel == kernels.FALLBACK,
+        )
+        for path, module in layers
+    ]

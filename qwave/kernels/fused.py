@@ -1,0 +1,99 @@
+"""A fused whole-model path for packed MLPs on CPU: one NumPy pipeline instead of one module call per layer.
+
+At batch 1 the per-layer path spends most of its time in Python (module calls, torch <-> NumPy hops, a separate
+bias add and ReLU). ``compile_model(model)`` walks a packed ``MLPClassifier`` (``norm`` then ``body``) or a plain
+``nn.Sequential`` of ``PackedLinear`` / ``ReLU`` / ``Dropout`` / ``Identity`` modules and returns a ``FusedMLP``
+whose ``__call__`` gives the same logits bit for bit: each layer's kernel applies bias and ReLU itself
+(``Kernel.run_np``); layers whose kernel has no NumPy entry point run their per-layer recipe in between.
+It returns ``None`` when a module it cannot fuse is present (e.g. LayerNorm) or fast kernels are off; the
+per-layer path stays the default and is always correct.
+
+Usage: ``fused = compile_model(packed_model); logits = fused(x) if fused else packed_model(x)``.
+Weights are prepared at compile time: recompile after loading new weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qwave import kernels
+from qwave.nn.packed_linear import PackedLinear
+
+
+@dataclass
+class FusedLayer:
+    """One packed linear layer with its prepared kernel state and the ReLU that follows it (if any)."""
+
+    layer: PackedLinear
+    kernel: kernels.Kernel
+    state: Any
+    bias: np.ndarray  # float32 [out] or empty
+    relu: bool
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.kernel.run_np is not None:
+            return self.kernel.run_np(self.state, x, self.bias, self.relu)
+        y = self.kernel.run(self.state, torch.from_numpy(x))
+        if self.bias.shape[0]:
+            y = y + torch.from_numpy(self.bias)
+        return (torch.relu(y) if self.relu else y).numpy()
+
+
+class FusedMLP:
+    """``norm`` then a chain of fused layers; records ``last_kernels`` like ``PackedLinear.last_kernel``."""
+
+    def __init__(self, norm: nn.Module | None, layers: list[FusedLayer]) -> None:
+        self.norm, self.layers = norm, layers
+
+    @property
+    def kernel_names(self) -> list[str]:
+        return [f"{layer.kernel.name}+fused" for layer in self.layers]
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        rows = x.reshape(-1, x.shape[-1]).float()
+        if self.norm is not None:
+            rows = self.norm(rows)
+        h = rows.contiguous().numpy()
+        for layer in self.layers:
+            h = layer(h)
+        for layer in self.layers:
+            layer.layer.last_kernel = f"{layer.kernel.name}+fused"
+        return torch.from_numpy(h).reshape(*lead, h.shape[-1])
+
+
+def _modules(model: nn.Module) -> tuple[nn.Module | None, list[nn.Module]] | None:
+    if isinstance(model, nn.Sequential):
+        return None, list(model)
+    body, norm = getattr(model, "body", None), getattr(model, "norm", None)
+    if isinstance(body, nn.Sequential):
+        return norm, list(body)
+    return None
+
+
+def compile_model(model: nn.Module) -> FusedMLP | None:
+    """A ``FusedMLP`` computing ``model(x)`` on CPU, or ``None`` when the model has a module it cannot fuse."""
+    found = _modules(model)
+    if found is None or model.training:
+        return None
+    norm, modules = found
+    layers: list[FusedLayer] = []
+    for module in modules:
+        if isinstance(module, PackedLinear):
+            kernel = kernels.kernel_for(module.fmt, "cpu")
+            if kernel is None:
+                return None
+            state = kernel.prepare(module.fmt, module.packed, module.shape)
+            bias = np.empty(0, np.float32) if module.bias is None else module.bias.detach().float().numpy().copy()
+            layers.append(FusedLayer(module, kernel, state, bias, relu=False))
+        elif isinstance(module, nn.ReLU) and layers and not layers[-1].relu:
+            layers[-1].relu = True
+        elif not isinstance(module, (nn.Dropout, nn.Identity)):
+            return None
+    return FusedMLP(norm, layers) if layers else None

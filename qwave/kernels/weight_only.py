@@ -1,0 +1,38 @@
+"""Weight-only formats (int2..int7, ternary, fp16, bf16, fp32) on CPU: a cached float32 copy of the weights.
+
+These formats keep float activations, so their recipe is ``x @ dequantize(w).T``. The kernel dequantizes once in
+``prepare`` and multiplies with PyTorch's float32 GEMM; it never unpacks per call. The copy costs 4 bytes per
+weight in memory (``cached_bytes``; 0 for fp32, whose stored tensor is used as is), while the artifact on disk
+stays packed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qwave.kernels import Kernel, register_kernel
+
+FORMATS = ("fp32", "fp16", "bf16", "int7", "int6", "int5", "int4", "int3", "int2", "ternary")
+
+
+def prepare(fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    """``(float32 weight [out, in], bytes it adds in memory)``; fp32 reuses its stored tensor."""
+    if fmt.name == "fp32":
+        return packed["weight"].float(), 0
+    weight = fmt.dequantize(fmt.unpack(packed, shape)).float().contiguous()
+    return weight, int(weight.nbytes)
+
+
+def build(device: str) -> Kernel:
+    """The cached-copy kernel for one device type (the same recipe on CPU and GPU)."""
+    return Kernel(
+        name="dequant-cached-fp32" if device == "cpu" else f"dequant-cached-fp32-{device}",
+        formats=FORMATS,
+        device=device,
+        prepare=prepare,
+        run=lambda state, x: x @ state[0].T,
+        cached_bytes=lambda state: state[1],
+    )
+
+
+KERNEL = register_kernel(build("cpu"))

@@ -1,0 +1,54 @@
+"""Timing helpers and the per-layer kernel audit, including the fallback warning when fast kernels are off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qwave import kernels
+from qwave.errors import ConfigError
+from qwave.eval import speed
+from qwave.nn.mlp import MLPClassifier
+
+
+def test_latency_stats_percentiles_and_throughput():
+    stats = speed.latency_stats(np.array([0.001, 0.002, 0.003, 0.004, 0.010]), batch=8)
+    assert stats.p50_ms == pytest.approx(3.0)
+    assert stats.p99_ms <= 10.0 and stats.p95_ms >= stats.p50_ms
+    assert stats.samples_per_s == pytest.approx(8 / 0.003)
+
+
+def test_time_fn_counts_warmup_apart_and_repeats():
+    calls = []
+    times = speed.time_fn(lambda: calls.append(1), warmup=2, repeats=5)
+    assert len(times) == 5 and len(calls) == 7
+
+
+def test_time_fn_rejects_bad_repeats():
+    with pytest.raises(ConfigError):
+        speed.time_fn(lambda: None, repeats=0)
+
+
+def _small_packed(fmt: str):
+    torch.manual_seed(0)
+    return speed.packed_reference(MLPClassifier(70, 4, hidden=(12,), dropout=0.0).eval(), fmt)
+
+
+@pytest.mark.skipif(not kernels.FAST_KERNELS, reason="fast kernels unavailable")
+def test_audit_names_the_fast_kernel_of_each_layer():
+    audit = speed.layer_audit(_small_packed("int8"), torch.randn(3, 70), repeats=2)
+    assert [a.path for a in audit] == ["body.0", "body.3"]
+    assert all(a.kernel.startswith("int8-numba") and not a.fallback for a in audit)
+    assert sum(a.time_share for a in audit) == pytest.approx(1.0)
+    assert audit[0].stored_bytes == 12 * 70 + 12 * 2 + 12 * 4  # int8 codes, fp16 scales, fp32 bias
+
+
+def test_audit_flags_fallback_when_fast_path_forced_off():
+    model = _small_packed("binary")
+    previous = kernels.set_fast_kernels(False)
+    try:
+        audit = speed.layer_audit(model, torch.randn(2, 70), repeats=1)
+    finally:
+        kernels.set_fast_kernels(previous)
+    assert all(a.fallback and a.kernel == kernels.FALLBACK for a in audit)
