@@ -28,14 +28,14 @@ SAMPLERS = ("none", "balanced")
 class TrainConfig:
     """Optimiser, schedule and early-stopping settings shared by every model kind."""
 
-    epochs: int = 60
+    epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup_epochs: int = 2
-    label_smoothing: float = 0.05
-    patience: int = 15
+    label_smoothing: float = 0.1
+    patience: int = 30
     class_weights: bool = True
     sampler: str = "none"
     grad_clip: float = 1.0

@@ -38,14 +38,22 @@ class CVConfig:
 
 @dataclass
 class ModelConfig:
-    """Classifier shape and quantization policy shared by every single model."""
+    """Classifier shape and quantization policy shared by every single model.
+
+    ``layer_formats`` gives every linear layer its own format (mixed precision; a model name such as ``1-1-8``
+    does the same per model). ``ptq_min_agreement`` is the PTQ gate: a ``ptq*`` model whose top-1 agreement with
+    its FP32 model on the calibration rows falls below it is reported with a warning, or refused when
+    ``ptq_strict``.
+    """
 
     hidden: list[int] = field(default_factory=lambda: [640, 320])
-    dropout: float = 0.2
+    dropout: float = 0.3
     layer_norm: bool = False
     keep_last_fp: bool = False
     group_size: int | None = None
     layer_formats: list[str] | None = None
+    ptq_min_agreement: float = 0.9
+    ptq_strict: bool = False
 
 
 @dataclass

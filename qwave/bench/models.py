@@ -78,44 +78,60 @@ def mlp(ctx: BuildContext) -> MLPClassifier:
     return MLPClassifier(ctx.in_dim, ctx.num_classes, m.hidden, m.dropout, m.layer_norm, ctx.normalize)
 
 
-def _quant_options(ctx: BuildContext) -> dict:
+def _quant_options(ctx: BuildContext, layer_formats: list[str] | None = None) -> dict:
     m = ctx.cfg.model
-    options: dict = {"keep_last_fp": m.keep_last_fp, "layer_formats": m.layer_formats}
+    options: dict = {"keep_last_fp": m.keep_last_fp, "layer_formats": layer_formats or m.layer_formats}
     if m.group_size:
         options["group_size"] = m.group_size
     return options
 
 
-def _qat_kind(name: str, fmt: str) -> ModelKind:
+def _qat_kind(name: str, fmt: str, layer_formats: list[str] | None = None) -> ModelKind:
     def build(ctx: BuildContext) -> nn.Module:
-        return quantize_model(mlp(ctx), fmt, **_quant_options(ctx))
+        return quantize_model(mlp(ctx), fmt, **_quant_options(ctx, layer_formats))
 
     def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
         return pack_model(model)
 
-    return ModelKind(name, build, deploy, "qat" if fmt != "fp32" else "fp32")
+    method = "fp32" if fmt == "fp32" and not layer_formats else "qat"
+    return ModelKind(name, build, deploy, method)
 
 
-def _ptq_kind(name: str, fmt: str) -> ModelKind:
+def _ptq_kind(name: str, fmt: str, layer_formats: list[str] | None = None) -> ModelKind:
     def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
-        return ptq(model, fmt, calib=ctx.X_fit, **_quant_options(ctx))
+        m = ctx.cfg.model
+        return ptq(
+            model, fmt, calib=ctx.X_fit, calib_labels=ctx.y_fit, min_agreement=m.ptq_min_agreement,
+            strict=m.ptq_strict, **_quant_options(ctx, layer_formats),
+        )
 
     def simulate(model: nn.Module, ctx: BuildContext) -> nn.Module:
-        return calibrate(model, fmt, ctx.X_fit, **_quant_options(ctx))
+        return calibrate(model, fmt, ctx.X_fit, **_quant_options(ctx, layer_formats))
 
     return ModelKind(name, mlp, deploy, "ptq", simulate)
 
 
+def _mixed(spec: str) -> list[str]:
+    """``"1-1-8"`` -> ``["binary", "binary", "int8"]``: one format per linear layer, in order."""
+    return [canonical_name(part) for part in spec.split("-")]
+
+
 def resolve_kind(name: str) -> ModelKind:
-    """The ModelKind for a config name: ``fp32``, ``4``, ``bitnet``, ``ptq8``, ``moe``, ..."""
+    """The ModelKind for a config name: ``fp32``, ``4``, ``bitnet``, ``ptq8``, ``moe``, ...
+
+    A name of formats joined by ``-`` (``1-1-8``; ``ptq1-1-8`` for PTQ) gives each linear layer its own format
+    (mixed precision), in module order.
+    """
 
     key = str(name).strip()
     if key in _KINDS:
         return _KINDS[key](key)
     try:
-        if key.lower().startswith("ptq") and key[3:]:
-            return _ptq_kind(key, canonical_name(key[3:]))
-        return _qat_kind(key, canonical_name(key))
+        ptq_name = key.lower().startswith("ptq") and key[3:]
+        spec = key[3:] if ptq_name else key
+        layer_formats = _mixed(spec) if "-" in spec else None
+        fmt = layer_formats[0] if layer_formats else canonical_name(spec)
+        return (_ptq_kind if ptq_name else _qat_kind)(key, fmt, layer_formats)
     except FormatError as err:
         extra = f"; other model kinds: {', '.join(sorted(_KINDS))}" if _KINDS else ""
         raise ConfigError(f"models: {err}{extra}") from None

@@ -138,6 +138,8 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
         "artifact_agreement": agree,
         "energy": meter.result(),
     }
+    if getattr(deployed, "ptq_report", None) is not None:
+        record["ptq_report"] = deployed.ptq_report
     if job.kind.evaluate is not None:
         fold_data = FoldData(ds.X[job.fold.test], y_test, ds.ids[job.fold.test], ds.classes, ctx)
         record.update(job.kind.evaluate(loaded, fold_data, job.out_dir))

@@ -111,3 +111,20 @@ def test_unknown_model_is_a_config_error(fast_config, models):
     fast_config.models = models
     with pytest.raises(ConfigError, match="models"):
         run_benchmark(fast_config)
+
+
+def test_quantized_mixed_and_ptq_models_deploy_and_agree_with_their_simulation(fast_config):
+    fast_config.models = ["8", "1-1", "ptq4", "ptq1"]
+    fast_config.plots = False
+    rows = run_benchmark(fast_config)
+    root = Path(fast_config.output_dir) / "t"
+    assert {r["model"] for r in rows} == {"8", "1-1", "ptq4", "ptq1"}
+    for name in ("8", "1-1", "ptq4"):
+        metrics = json.loads((root / name / "fold_1" / "metrics.json").read_text())
+        assert metrics["artifact_agreement"]["top1_agreement"] >= 0.995
+    manifest = json.loads((root / "1-1" / "fold_1" / "artifact" / "manifest.json").read_text())
+    assert "binary" in json.dumps(manifest["layers"])
+    ptq = json.loads((root / "ptq4" / "fold_1" / "metrics.json").read_text())
+    assert ptq["method"] == "ptq" and 0.0 <= ptq["ptq_report"]["agreement"] <= 1.0
+    fp32_bytes = json.loads((root / "8" / "fold_1" / "metrics.json").read_text())["stored_bytes"]
+    assert ptq["stored_bytes"] < fp32_bytes
