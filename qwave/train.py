@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 from torch import nn
 
 from qwave.data.balance import class_weights
 from qwave.errors import ConfigError
+from qwave.eval.metrics import macro_f1
 
 SCHEDULES = ("cosine", "constant", "onecycle")
 SAMPLERS = ("none", "balanced")
@@ -135,7 +135,8 @@ def train_model(
     weight = class_weights(y_fit, num_classes).to(device) if cfg.class_weights and cfg.sampler == "none" else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     val_criterion = nn.CrossEntropyLoss()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The fused AdamW kernel (CPU and CUDA) halves the step time of these small models; same update rule.
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     result = TrainResult()
     best_state, best_f1, stale = None, -1.0, 0
     start = time.perf_counter()
@@ -160,7 +161,7 @@ def train_model(
             total += float(loss.detach()) * len(idx)
         val_logits = predict_logits(model, Xv)
         val_pred = val_logits.argmax(1).cpu().numpy()
-        val_f1 = float(f1_score(y_val, val_pred, average="macro", zero_division=0)) if len(y_val) else 0.0
+        val_f1 = macro_f1(y_val, val_pred)
         val_loss = float(val_criterion(val_logits, torch.as_tensor(y_val, device=device))) if len(y_val) else 0.0
         record = {"epoch": epoch + 1, "train_loss": total / len(Xf), "val_loss": val_loss, "val_macro_f1": val_f1}
         result.history.append(record)

@@ -58,6 +58,22 @@ def classification_metrics(
     }
 
 
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro F1 over the classes present in ``y_true`` or ``y_pred`` (scikit-learn's rule, zero_division=0).
+
+    A bincount version of ``f1_score(average="macro")`` cheap enough to call every epoch:
+    ``F1_c = 2 tp_c / (2 tp_c + fp_c + fn_c)``.
+    """
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if len(y_true) == 0:
+        return 0.0
+    n = int(max(y_true.max(), y_pred.max())) + 1
+    tp = np.bincount(y_true[y_true == y_pred], minlength=n)
+    true_count, pred_count = np.bincount(y_true, minlength=n), np.bincount(y_pred, minlength=n)
+    present = (true_count + pred_count) > 0
+    return float(np.mean(2 * tp[present] / (true_count[present] + pred_count[present])))
+
+
 def _roc_auc_ovr(y_true: np.ndarray, proba: np.ndarray) -> float | None:
     scores = [
         roc_auc_score(y_true == c, proba[:, c])

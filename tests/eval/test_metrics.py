@@ -62,3 +62,14 @@ def test_bad_shapes_are_refused() -> None:
         classification_metrics(np.array([0, 1]), np.ones((3, 2)) / 2)
     with pytest.raises(ValueError, match="codes 0..1"):
         classification_metrics(np.array([0, 2]), np.ones((2, 2)) / 2)
+
+
+def test_fast_macro_f1_equals_scikit_learn_on_random_labels() -> None:
+    from sklearn.metrics import f1_score
+
+    from qwave.eval.metrics import macro_f1
+
+    rng = np.random.default_rng(0)
+    for n_classes in (2, 5, 17):
+        y, pred = rng.integers(0, n_classes, 60), rng.integers(0, n_classes - 1, 60)
+        assert macro_f1(y, pred) == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
