@@ -12,8 +12,9 @@ The integer dot products are exact. The activation scale ``mean|x|`` is summed i
 from the reference's float32 mean in the last bit (and a qesc trit exactly at a rounding boundary may flip):
 tests compare the integer dots exactly and the float outputs to float32 rounding.
 
-The inner loop runs over the words of one (activation row, weight row) pair for a 4 x 2 register tile; LLVM
-vectorizes the popcounts (``vpopcntq`` with AVX512-VPOPCNTDQ, a nibble lookup with plain AVX2). Small batches
+The weight planes are stored transposed (``[words, outputs]``), so one 8-word vector load serves 8 outputs and
+each activation word is broadcast: a register tile of 4 rows x 16 outputs keeps its 8 accumulators in registers
+over the whole reduction (``vpopcntq`` with AVX512-VPOPCNTDQ, LLVM's nibble lookup on plain AVX2). Small batches
 stay on one thread.
 """
 
@@ -28,13 +29,14 @@ from qwave.kernels import FAST_KERNELS, Kernel, register_kernel
 
 PARALLEL_WORDS = 1 << 15  # below this many (row, output, word) triples a call stays on one thread
 ROW_CHUNK, COL_BLOCK = 64, 64
+VEC_TILE = 16  # outputs per register tile: two vectors of 8 words
 
 
 @dataclass
 class BitWeights:
     """Transposed uint64 copies of the weight bit-planes (binary: one; qesc: ``plus``, ``minus``), float32 scales."""
 
-    planes: tuple[np.ndarray, ...]  # uint64 [words, out]: transposed, so the kernel vectorizes over outputs
+    planes: tuple[np.ndarray, ...]  # uint64 [words, out padded to 16]: transposed, so one load feeds 8 outputs
     scale: np.ndarray  # float32 [out]
     out_features: int
     in_features: int
@@ -45,7 +47,10 @@ class BitWeights:
 
 
 def _words(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().cpu().numpy().view(np.uint64).T)
+    words = t.detach().cpu().numpy().view(np.uint64).T
+    out = np.zeros((words.shape[0], -(-words.shape[1] // VEC_TILE) * VEC_TILE), dtype=np.uint64)
+    out[:, : words.shape[1]] = words
+    return out
 
 
 def prepare_bits(planes: tuple[torch.Tensor, ...], scale: torch.Tensor, shape: tuple[int, int]) -> BitWeights:
@@ -61,7 +66,14 @@ def prepare_bits(planes: tuple[torch.Tensor, ...], scale: torch.Tensor, shape: t
 if FAST_KERNELS:
     from numba import njit, prange
 
-    from qwave.kernels._simd import popcount64
+    from qwave.kernels._simd import (
+        bcast_i64x8,
+        load_i64x8,
+        store_i64x8,
+        trit_popcount_add,
+        xor_popcount_add,
+        zero_i64x8,
+    )
 
     @njit(cache=True, boundscheck=False, nogil=True, fastmath={"reassoc", "nsz", "contract"})
     def _abs_mean(row):
@@ -150,61 +162,88 @@ if FAST_KERNELS:
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _binary_block(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, relu, out):
-        """Rows ``r0:r1`` x outputs ``c0:c1``: 4 activation rows share each weight word, vectorized over outputs."""
-        width = c1 - c0
-        acc = np.empty((4, width), dtype=np.int64)
-        for r in range(r0, r1, 4):
-            rows = min(4, r1 - r)
-            acc[:] = 0
-            a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
-            for k in range(xb.shape[1]):
-                w = wt[k, c0:c1]
+        """Rows ``r0:r1`` x outputs ``c0:c1``: register tiles of 4 rows x 16 outputs (two 8-word vectors)."""
+        stride = wt.shape[1]
+        wf = wt.reshape(-1)
+        acc = np.empty((4, VEC_TILE), dtype=np.int64)
+        flat = acc.reshape(-1)
+        for c in range(c0, c1, VEC_TILE):
+            width = min(VEC_TILE, c1 - c)
+            for r in range(r0, r1, 4):
+                rows = min(4, r1 - r)
                 if rows == 4:
-                    x0, x1, x2, x3 = xb[r, k], xb[r + 1, k], xb[r + 2, k], xb[r + 3, k]
-                    for c in range(width):
-                        a0[c] += popcount64(np.int64(x0 ^ w[c]))
-                        a1[c] += popcount64(np.int64(x1 ^ w[c]))
-                        a2[c] += popcount64(np.int64(x2 ^ w[c]))
-                        a3[c] += popcount64(np.int64(x3 ^ w[c]))
+                    a00 = zero_i64x8(); a01 = zero_i64x8(); a10 = zero_i64x8(); a11 = zero_i64x8()  # noqa: E702
+                    a20 = zero_i64x8(); a21 = zero_i64x8(); a30 = zero_i64x8(); a31 = zero_i64x8()  # noqa: E702
+                    for k in range(xb.shape[1]):
+                        w0, w1 = load_i64x8(wf, k * stride + c), load_i64x8(wf, k * stride + c + 8)
+                        x = bcast_i64x8(xb[r, k])
+                        a00 = xor_popcount_add(a00, x, w0); a01 = xor_popcount_add(a01, x, w1)  # noqa: E702
+                        x = bcast_i64x8(xb[r + 1, k])
+                        a10 = xor_popcount_add(a10, x, w0); a11 = xor_popcount_add(a11, x, w1)  # noqa: E702
+                        x = bcast_i64x8(xb[r + 2, k])
+                        a20 = xor_popcount_add(a20, x, w0); a21 = xor_popcount_add(a21, x, w1)  # noqa: E702
+                        x = bcast_i64x8(xb[r + 3, k])
+                        a30 = xor_popcount_add(a30, x, w0); a31 = xor_popcount_add(a31, x, w1)  # noqa: E702
+                    store_i64x8(flat, 0, a00); store_i64x8(flat, 8, a01); store_i64x8(flat, 16, a10)  # noqa: E702
+                    store_i64x8(flat, 24, a11); store_i64x8(flat, 32, a20); store_i64x8(flat, 40, a21)  # noqa: E702
+                    store_i64x8(flat, 48, a30); store_i64x8(flat, 56, a31)  # noqa: E702
                 else:
                     for i in range(rows):
-                        xi, ai = xb[r + i, k], acc[i]
-                        for c in range(width):
-                            ai[c] += popcount64(np.int64(xi ^ w[c]))
-            for i in range(rows):
-                for c in range(width):
-                    acc[i, c] = n - 2 * acc[i, c]
-            _emit(acc, rows, r, c0, width, x_scale, w_scale, bias, relu, out)
+                        a00 = zero_i64x8(); a01 = zero_i64x8()  # noqa: E702
+                        for k in range(xb.shape[1]):
+                            x = bcast_i64x8(xb[r + i, k])
+                            a00 = xor_popcount_add(a00, x, load_i64x8(wf, k * stride + c))
+                            a01 = xor_popcount_add(a01, x, load_i64x8(wf, k * stride + c + 8))
+                        store_i64x8(flat, i * VEC_TILE, a00); store_i64x8(flat, i * VEC_TILE + 8, a01)  # noqa: E702
+                for i in range(rows):
+                    for j in range(width):
+                        acc[i, j] = n - 2 * acc[i, j]
+                _emit(acc, rows, r, c, width, x_scale, w_scale, bias, relu, out)
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _qesc_block(xp, xm, x_scale, wpt, wmt, w_scale, r0, r1, c0, c1, bias, relu, out):
-        """Rows ``r0:r1`` x outputs ``c0:c1``: 2 activation rows share each weight word pair."""
-        width = c1 - c0
-        acc = np.empty((2, width), dtype=np.int64)
-        for r in range(r0, r1, 2):
-            rows = min(2, r1 - r)
-            acc[:] = 0
-            a0, a1 = acc[0], acc[1]
-            for k in range(xp.shape[1]):
-                wp, wm = wpt[k, c0:c1], wmt[k, c0:c1]
-                p0, m0 = xp[r, k], xm[r, k]
-                if rows == 2:
-                    p1, m1 = xp[r + 1, k], xm[r + 1, k]
-                    for c in range(width):
-                        a0[c] += popcount64(np.int64((p0 & wp[c]) | (m0 & wm[c]))) - popcount64(
-                            np.int64((p0 & wm[c]) | (m0 & wp[c])))
-                        a1[c] += popcount64(np.int64((p1 & wp[c]) | (m1 & wm[c]))) - popcount64(
-                            np.int64((p1 & wm[c]) | (m1 & wp[c])))
+        """Rows ``r0:r1`` x outputs ``c0:c1``: register tiles of 4 rows x 16 outputs over both trit planes."""
+        stride = wpt.shape[1]
+        wpf, wmf = wpt.reshape(-1), wmt.reshape(-1)
+        acc = np.empty((4, VEC_TILE), dtype=np.int64)
+        flat = acc.reshape(-1)
+        for c in range(c0, c1, VEC_TILE):
+            width = min(VEC_TILE, c1 - c)
+            for r in range(r0, r1, 4):
+                rows = min(4, r1 - r)
+                if rows == 4:
+                    a00 = zero_i64x8(); a01 = zero_i64x8(); a10 = zero_i64x8(); a11 = zero_i64x8()  # noqa: E702
+                    a20 = zero_i64x8(); a21 = zero_i64x8(); a30 = zero_i64x8(); a31 = zero_i64x8()  # noqa: E702
+                    for k in range(xp.shape[1]):
+                        o = k * stride + c
+                        p0, p1 = load_i64x8(wpf, o), load_i64x8(wpf, o + 8)
+                        q0, q1 = load_i64x8(wmf, o), load_i64x8(wmf, o + 8)
+                        xa, xb_ = bcast_i64x8(xp[r, k]), bcast_i64x8(xm[r, k])
+                        a00 = trit_popcount_add(a00, xa, xb_, p0, q0); a01 = trit_popcount_add(a01, xa, xb_, p1, q1)  # noqa: E702
+                        xa, xb_ = bcast_i64x8(xp[r + 1, k]), bcast_i64x8(xm[r + 1, k])
+                        a10 = trit_popcount_add(a10, xa, xb_, p0, q0); a11 = trit_popcount_add(a11, xa, xb_, p1, q1)  # noqa: E702
+                        xa, xb_ = bcast_i64x8(xp[r + 2, k]), bcast_i64x8(xm[r + 2, k])
+                        a20 = trit_popcount_add(a20, xa, xb_, p0, q0); a21 = trit_popcount_add(a21, xa, xb_, p1, q1)  # noqa: E702
+                        xa, xb_ = bcast_i64x8(xp[r + 3, k]), bcast_i64x8(xm[r + 3, k])
+                        a30 = trit_popcount_add(a30, xa, xb_, p0, q0); a31 = trit_popcount_add(a31, xa, xb_, p1, q1)  # noqa: E702
+                    store_i64x8(flat, 0, a00); store_i64x8(flat, 8, a01); store_i64x8(flat, 16, a10)  # noqa: E702
+                    store_i64x8(flat, 24, a11); store_i64x8(flat, 32, a20); store_i64x8(flat, 40, a21)  # noqa: E702
+                    store_i64x8(flat, 48, a30); store_i64x8(flat, 56, a31)  # noqa: E702
                 else:
-                    for c in range(width):
-                        a0[c] += popcount64(np.int64((p0 & wp[c]) | (m0 & wm[c]))) - popcount64(
-                            np.int64((p0 & wm[c]) | (m0 & wp[c])))
-            _emit(acc, rows, r, c0, width, x_scale, w_scale, bias, relu, out)
+                    for i in range(rows):
+                        a00 = zero_i64x8(); a01 = zero_i64x8()  # noqa: E702
+                        for k in range(xp.shape[1]):
+                            o = k * stride + c
+                            xa, xb_ = bcast_i64x8(xp[r + i, k]), bcast_i64x8(xm[r + i, k])
+                            a00 = trit_popcount_add(a00, xa, xb_, load_i64x8(wpf, o), load_i64x8(wmf, o))
+                            a01 = trit_popcount_add(a01, xa, xb_, load_i64x8(wpf, o + 8), load_i64x8(wmf, o + 8))
+                        store_i64x8(flat, i * VEC_TILE, a00); store_i64x8(flat, i * VEC_TILE + 8, a01)  # noqa: E702
+                _emit(acc, rows, r, c, width, x_scale, w_scale, bias, relu, out)
 
     @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
     def binary_gemm(xb, x_scale, wt, w_scale, n, bias, relu, out, parallel):
         """``out[i, j] = relu?((n - 2 popcount(xb[i] ^ w[j])) * s_x[i] * s_w[j] + bias[j])``, ``wt = w.T``."""
-        m, n_out = xb.shape[0], wt.shape[1]
+        m, n_out = xb.shape[0], w_scale.shape[0]
         if not parallel:
             for c0 in range(0, n_out, COL_BLOCK):
                 _binary_block(xb, x_scale, wt, w_scale, n, 0, m, c0, min(n_out, c0 + COL_BLOCK), bias, relu, out)
@@ -220,7 +259,7 @@ if FAST_KERNELS:
     @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
     def qesc_gemm(xp, xm, x_scale, wpt, wmt, w_scale, bias, relu, out, parallel):
         """``out[i, j] = relu?(ternary dot(x[i], w[j]) * s_x[i] * s_w[j] + bias[j])`` from transposed planes."""
-        m, n_out = xp.shape[0], wpt.shape[1]
+        m, n_out = xp.shape[0], w_scale.shape[0]
         if not parallel:
             for c0 in range(0, n_out, COL_BLOCK):
                 _qesc_block(xp, xm, x_scale, wpt, wmt, w_scale, 0, m, c0, min(n_out, c0 + COL_BLOCK), bias, relu, out)

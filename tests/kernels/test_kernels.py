@@ -26,6 +26,12 @@ def _case(name: str, shape: tuple[int, int], batch: int, seed: int = 0, **option
     return fmt, packed, x, kernel, kernel.prepare(fmt, packed, shape)
 
 
+def _int8_isas() -> list[str]:
+    from qwave.kernels import int8
+
+    return sorted({"avx2", int8.ISA})  # the AVX2 variant (Zen 3's) is always checked, plus the one this CPU picks
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("group_size", [None, 32, 50])
@@ -34,18 +40,33 @@ def test_int8_kernel_equals_reference_bit_for_bit(shape, batch, group_size):
     assert torch.equal(kernel.run(state, x), fmt.matmul(x, packed, shape))
 
 
-def test_int8_integer_accumulators_equal_brute_force():
+@pytest.mark.parametrize("isa", _int8_isas())
+@pytest.mark.parametrize(("shape", "batch", "group_size"), [((7, 77), 1, None), ((13, 130), 6, 50), ((70, 301), 9, 40),
+                                                           ((37, 301), 300, None), ((3, 1), 2, None)])
+def test_int8_each_variant_equals_reference_bit_for_bit(isa, shape, batch, group_size):
     from qwave.kernels import int8
 
-    fmt, packed, x, _, state = _case("int8", (5, 77), 3, group_size=40)
-    a, b, _ = int8.quantize_rows_serial(x.numpy(), state.group_size, 2, state.padded_group, int8.HAS_VNNI)
-    acc = int8.int_dot(a, b, state.codes, state.offset, 5, 2, state.padded_group)
-    from qwave.formats.intk import quantize_rows_int8
+    fmt, packed, x, _, _ = _case("int8", shape, batch, group_size=group_size)
+    x[:, 0] = 127.0  # s_x = 1 on most rows, so the codes below sit exactly on rounding ties
+    x[:, 1 : min(shape[1], 40)] = (torch.arange(min(shape[1], 40) - 1) - 19).float() * 0.5
+    state = int8.prepare_codes(packed["codes"], packed["scale"], shape, group_size, isa)
+    bias = torch.randn(shape[0]).numpy()
+    got = int8.linear_np(state, x.numpy(), bias, True)
+    assert torch.equal(torch.from_numpy(got), torch.relu(fmt.matmul(x, packed, shape) + torch.from_numpy(bias)))
 
+
+@pytest.mark.parametrize("isa", _int8_isas())
+def test_int8_integer_accumulators_equal_brute_force(isa):
+    from qwave.formats.intk import quantize_rows_int8
+    from qwave.kernels import int8
+
+    fmt, packed, x, _, _ = _case("int8", (5, 77), 3, group_size=40)
+    state = int8.prepare_codes(packed["codes"], torch.ones(5, 2), (5, 77), 40, isa)
+    x[:, 0] = 127.0  # s_x = 1: the outputs are the integer dot products, exact in float32 at this size
+    got = int8.linear_np(state, x.numpy(), np.empty(0, np.float32), False)
     xq = quantize_rows_int8(x)[0].long()
     wq = fmt.unpack(packed, (5, 77)).codes.long()
-    for g, cols in enumerate((slice(0, 40), slice(40, 77))):
-        assert np.array_equal(acc[:, :, g], (xq[:, cols] @ wq[:, cols].T).numpy())
+    assert np.array_equal(got, (xq @ wq.T).float().numpy())
 
 
 def test_int8_large_batch_takes_parallel_path_and_stays_exact():
