@@ -1,0 +1,151 @@
+"""``qwave quantize``: post-training quantization of an FP32 artifact into one packed artifact per format, each
+gated by its top-1 agreement with the FP32 model on the calibration rows."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from qwave import artifact
+from qwave.commands.compare import add_table_arguments, table_spec
+from qwave.data import load_table
+from qwave.errors import ArtifactError, ConfigError, DataError, FormatError
+from qwave.formats import canonical_name
+from qwave.nn import PackedLinear, ptq
+from qwave.nn.recurrent import PackedRecurrent, pack_recurrent
+
+log = logging.getLogger(__name__)
+
+FLOAT_FORMATS = ("fp32", "fp16", "bf16")
+EPILOG = """examples:
+  qwave quantize models/fp32 --formats 8,4,2,1,bitnet,qesc --calib esc50.csv.gz --label class_id --out models/
+  qwave quantize models/fp32 --layer-formats 1,1,8 --calib esc50.csv.gz --out models/   # mixed precision
+  qwave quantize models/fp32 --formats 1 --calib t.csv --out models/ --min-agreement 0.95 --strict
+"""
+
+
+def float_model(model: nn.Module, source: Path) -> nn.Module:
+    """A trainable float copy of a loaded FP32 artifact: each float PackedLinear back to ``nn.Linear``."""
+    model = copy.deepcopy(model)
+    for path, module in list(model.named_modules()):
+        if isinstance(module, PackedRecurrent):
+            raise ArtifactError(f"{source}: its recurrent layer is already packed; quantize the FP32 artifact")
+        if not isinstance(module, PackedLinear):
+            continue
+        if module.fmt.name not in FLOAT_FORMATS:
+            raise ArtifactError(f"{source}: layer {path!r} is already quantized ({module.fmt.name}); "
+                                "quantize the FP32 artifact it was made from")
+        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(module.fmt.dequantize(module.fmt.unpack(module.packed, module.shape)))
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        parent, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, name, linear)
+    return model
+
+
+def _has_recurrent(model: nn.Module) -> bool:
+    return any(type(m) in (nn.GRU, nn.LSTM) for m in model.modules())
+
+
+def quantize_one(model: nn.Module, fmt: str, calib: np.ndarray | None, labels: np.ndarray | None,
+                 args: argparse.Namespace, layer_formats: list[str] | None) -> nn.Module:
+    """PTQ of the float ``model``; a GRU/LSTM is packed in ``fmt`` too and the agreement gate then covers it."""
+    options = {"group_size": args.group_size} if args.group_size else {}
+    recurrent = _has_recurrent(model)
+    packed = ptq(model, fmt, None if recurrent else calib, keep_last_fp=args.keep_last_fp,
+                 layer_formats=layer_formats, calib_labels=None if recurrent else labels,
+                 min_agreement=args.min_agreement, strict=args.strict, **options)
+    if recurrent:
+        report = packed.ptq_report
+        packed = pack_recurrent(packed, fmt, **options)
+        if calib is not None:
+            with torch.no_grad():
+                ref = model.eval()(torch.as_tensor(calib)).argmax(-1)
+                got = packed(torch.as_tensor(calib)).argmax(-1)
+            report.update(rows=len(calib), agreement=float((ref == got).float().mean()), unit="frames",
+                          min_agreement=args.min_agreement)
+            report["passed"] = report["agreement"] >= args.min_agreement
+            if not report["passed"]:
+                message = (f"PTQ to {fmt} keeps only {report['agreement']:.1%} frame agreement with the float model "
+                           f"on {len(calib)} calibration rows, below min_agreement={args.min_agreement}; "
+                           "train this format with QAT instead")
+                if args.strict:
+                    raise FormatError(message)
+                log.warning(message)
+        packed.ptq_report = report
+    return packed
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="qwave quantize", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifact", type=Path, help="FP32 artifact directory (from qwave train)")
+    parser.add_argument("--formats", default=None, help="comma-separated formats, e.g. 8,4,2,1,bitnet,qesc")
+    parser.add_argument("--layer-formats", default=None, help="one format per Linear layer, e.g. 1,1,8 (mixed)")
+    parser.add_argument("--out", type=Path, required=True, help="directory receiving one artifact per format")
+    add_table_arguments(parser, data_required=False)
+    parser.add_argument("--calib", default=None, help="calibration table (same columns options as --data)")
+    parser.add_argument("--keep-last-fp", action="store_true", help="keep the last Linear in fp32")
+    parser.add_argument("--group-size", type=int, default=None, help="integer formats: scales per group of inputs")
+    parser.add_argument("--min-agreement", type=float, default=0.9, help="PTQ gate threshold (default 0.9)")
+    parser.add_argument("--strict", action="store_true", help="fail instead of warn below --min-agreement")
+    args = parser.parse_args(argv)
+    if not args.formats and not args.layer_formats:
+        raise ConfigError("give --formats (e.g. 8,4,1) or --layer-formats (e.g. 1,1,8)")
+    if not 0.0 <= args.min_agreement <= 1.0:
+        raise ConfigError(f"--min-agreement must be in [0, 1], got {args.min_agreement}")
+
+    source = artifact.load(args.artifact)
+    model = float_model(source, args.artifact)
+    calib, labels, note = _calibration_rows(args, source)
+    plans: list[tuple[str, str, list[str] | None]] = []
+    for name in filter(None, (args.formats or "").split(",")):
+        plans.append((canonical_name(name), name.strip(), None))
+    if args.layer_formats:
+        layer_formats = [f.strip() for f in args.layer_formats.split(",")]
+        label = "mixed_" + "_".join(canonical_name(f) for f in layer_formats)
+        plans.append((label, layer_formats[0], layer_formats))
+    print(f"quantizing {args.artifact} ({note})")
+    for out_name, fmt, layer_formats in plans:
+        packed = quantize_one(model, fmt, calib, labels, args, layer_formats)
+        report = packed.ptq_report
+        extra = {"source": str(args.artifact), "method": "ptq", "format": out_name, "ptq_report": report,
+                 "test_fold": (source.manifest.get("extra") or {}).get("test_fold"), "calibration": note}
+        target = artifact.save(packed, args.out / out_name, classes=source.classes,
+                               config=source.manifest.get("config"), extra=extra)
+        gate = "" if "agreement" not in report else f"  agreement {report['agreement']:.2%}" + (
+            "" if report.get("passed", True) else "  BELOW THE GATE: prefer QAT")
+        print(f"  {out_name:16s} -> {target}{gate}")
+    return 0
+
+
+def _calibration_rows(args: argparse.Namespace, source: nn.Module) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """Rows of ``--calib`` (labels mapped onto the model's classes), without the source's held-out fold."""
+    if args.calib is None:
+        return None, None, "no calibration rows"
+    args.data = args.calib
+    ds = load_table(table_spec(args))
+    in_dim = getattr(source, "in_dim", None)
+    if in_dim is not None and ds.n_features != in_dim:
+        raise DataError(f"{args.calib}: the table has {ds.n_features} feature columns but {args.artifact} takes "
+                        f"{in_dim} input features")
+    keep = np.ones(len(ds.y), dtype=bool)
+    test_fold = (source.manifest.get("extra") or {}).get("test_fold")
+    note = f"calibration: {args.calib}"
+    if test_fold is not None and ds.fold is not None:
+        keep = ds.fold.astype(str) != str(test_fold)
+        note += f", fold {test_fold} (held out by training) excluded"
+    labels = None
+    classes = list(source.classes or [])
+    if classes and set(ds.classes) <= set(classes):
+        index = {c: i for i, c in enumerate(classes)}
+        labels = np.array([index[ds.classes[c]] for c in ds.y[keep]])
+    return ds.X[keep], labels, note + f", {int(keep.sum())} rows"

@@ -1,0 +1,54 @@
+"""``qwave study NAME``: quantization studies (ptq-int8, qat-vs-ptq, bit-sweep); each writes results.json,
+table.md and plot.png under OUTPUT_DIR/TAG."""
+
+from __future__ import annotations
+
+import argparse
+
+from qwave.commands.compare import add_table_arguments, table_spec
+from qwave.studies import StudyConfig, bit_sweep, ptq_int8, qat_vs_ptq
+from qwave.train import TrainConfig
+
+EPILOG = """examples:
+  qwave study ptq-int8 --data esc50_specs.csv.gz --label class_id --tag esc50_ptq_int8
+  qwave study qat-vs-ptq --bits 8 --data esc50_specs.csv.gz --label class_id --seeds 0 1 2
+  qwave study bit-sweep --bits 32 16 8 4 2 1 --data fsdd_logmel.csv.gz --epochs 30
+"""
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="qwave study", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=["ptq-int8", "qat-vs-ptq", "bit-sweep"])
+    add_table_arguments(parser)
+    parser.add_argument("--bits", nargs="+", default=None,
+                        help="qat-vs-ptq: one format (default 8); bit-sweep: widths (default 32 16 8 4 2 1)")
+    parser.add_argument("--tag", default=None, help="output folder name (default: the study name)")
+    parser.add_argument("--output-dir", default="outputs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--folds", type=int, nargs="+", default=None, help="only these folds (default: all)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[640, 320])
+    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--patience", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    cfg = StudyConfig(
+        data=table_spec(args), tag=args.tag or args.name, output_dir=args.output_dir, hidden=args.hidden,
+        dropout=args.dropout, seeds=args.seeds, folds=args.folds, device=args.device, threads=args.threads,
+        train=TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr),
+    )
+    if args.name == "ptq-int8":
+        ptq_int8(cfg)
+    elif args.name == "qat-vs-ptq":
+        if args.bits and len(args.bits) != 1:
+            parser.error("qat-vs-ptq takes one --bits value (e.g. --bits 8)")
+        qat_vs_ptq(cfg, (args.bits or ["8"])[0])
+    else:
+        bit_sweep(cfg, [int(b) for b in args.bits] if args.bits else None)
+    print((cfg.out / "table.md").read_text(encoding="utf-8"))
+    print(f"wrote {cfg.out}/results.json, table.md, plot.png")
+    return 0

@@ -1,0 +1,153 @@
+"""What every study shares: its configuration, training one MLP on one fold, evaluating a saved artifact, outputs."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from torch import nn
+
+from qwave import artifact
+from qwave.atomic import write_json, write_text, write_with
+from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
+from qwave.errors import ConfigError
+from qwave.eval.metrics import aggregate
+from qwave.eval.speed import set_threads
+from qwave.nn import MLPClassifier, pack_model, quantize_model
+from qwave.size import artifact_report
+from qwave.train import TrainConfig, predict_logits, resolve_device, train_model
+
+matplotlib.use("Agg")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyConfig:
+    """Data, model, training budget and seeds shared by every arm of a study (so arms differ only in format)."""
+
+    data: TableSpec
+    tag: str = "study"
+    output_dir: str = "outputs"
+    normalize: str = "standard"
+    hidden: list[int] = field(default_factory=lambda: [640, 320])
+    dropout: float = 0.2
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    folds: list[int] | None = None  # None: every fold of the table
+    n_folds: int = 5
+    val_fraction: float = 0.15
+    device: str = "cpu"
+    threads: int | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir) / self.tag
+
+
+@dataclass
+class FoldSplit:
+    """One fold's row indices: ``fit`` (training), ``val`` (early stopping), ``test`` (reported)."""
+
+    k: int
+    fit: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def load(cfg: StudyConfig) -> Dataset:
+    """The study's table; fixes torch's and numba's thread counts when configured."""
+    if cfg.threads:
+        set_threads(cfg.threads)
+    return load_table(cfg.data)
+
+
+def splits(ds: Dataset, cfg: StudyConfig, seed: int) -> Iterator[FoldSplit]:
+    """The configured folds (official when the table has a fold column), each with its seeded inner split."""
+    folds: list[Fold] = make_folds(ds, "auto", cfg.n_folds, seed=0)
+    if cfg.folds:
+        unknown = sorted(set(cfg.folds) - {f.k for f in folds})
+        if unknown:
+            raise ConfigError(f"--folds {unknown} not in the table's folds {[f.k for f in folds]}")
+        folds = [f for f in folds if f.k in cfg.folds]
+    for fold in folds:
+        fit, val = inner_split(ds, fold.train, cfg.val_fraction, seed)
+        yield FoldSplit(fold.k, fit, val, fold.test)
+
+
+def build_mlp(ds: Dataset, split: FoldSplit, cfg: StudyConfig, seed: int) -> MLPClassifier:
+    """A fresh seeded FP32 MLP with the normaliser fitted on the fold's fit rows."""
+    torch.manual_seed(seed)
+    return MLPClassifier(ds.n_features, ds.n_classes, cfg.hidden, cfg.dropout,
+                         normalize=fit_normalizer(ds.X[split.fit], cfg.normalize))
+
+
+def train_fold(
+    ds: Dataset, split: FoldSplit, cfg: StudyConfig, seed: int, fmt: str = "fp32"
+) -> tuple[nn.Module, float]:
+    """Train an MLP (FP32, or QAT in ``fmt``) on the fit rows; returns the trained module and its training seconds."""
+    model = build_mlp(ds, split, cfg, seed)
+    if fmt != "fp32":
+        model = quantize_model(model, fmt)
+    result = train_model(model, ds.X[split.fit], ds.y[split.fit], ds.X[split.val], ds.y[split.val], ds.n_classes,
+                         cfg.train, seed, resolve_device(cfg.device))
+    return model.cpu().eval(), result.train_seconds
+
+
+def scores(model: nn.Module, X: np.ndarray, y: np.ndarray) -> dict:
+    """Accuracy and macro-F1 of ``model`` on rows ``X`` with labels ``y``."""
+    from sklearn.metrics import f1_score
+
+    pred = predict_logits(model, torch.as_tensor(X)).argmax(1).numpy()
+    return {"accuracy": float((pred == y).mean()), "macro_f1": float(f1_score(y, pred, average="macro",
+                                                                               zero_division=0))}
+
+
+def saved(model: nn.Module, ds: Dataset, directory: Path | None = None) -> tuple[nn.Module, dict]:
+    """Save a packed model (QuantLinear/Linear are packed first), reload it; returns it and its sizes on disk."""
+    packed = model if not any(isinstance(m, nn.Linear) for m in model.modules()) else pack_model(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        target = directory or Path(tmp) / "artifact"
+        artifact.save(packed, target, classes=ds.classes)
+        rep = artifact_report(target)
+        loaded = artifact.load(target)
+    return loaded, {"file_bytes": rep.file_bytes, "stored_bytes": rep.stored_bytes,
+                    "bits_per_weight": rep.bits_per_weight}
+
+
+def summarise(records: list[dict], keys: tuple[str, ...]) -> dict:
+    """``aggregate`` (mean, std, 95% CI over folds x seeds) of each key of the records."""
+    return {key: aggregate([r[key] for r in records]) for key in keys}
+
+
+def fmt_ci(stats: dict, digits: int = 4) -> str:
+    """``mean ± ci95`` (or just the mean for one run)."""
+    if stats["mean"] is None:
+        return "n/a"
+    ci = "" if stats["ci95"] is None else f" ± {stats['ci95']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f}{ci}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(cfg: StudyConfig, name: str, results: dict, table: str, figure) -> Path:
+    """``results.json`` (with the config), ``table.md`` and ``plot.png`` under ``<output_dir>/<tag>/``."""
+    out = cfg.out
+    config = asdict(cfg)
+    write_json(out / "results.json", {"study": name, "config": config, **results})
+    write_text(out / "table.md", f"### {name} ({cfg.data.path})\n\n{table}")
+    write_with(out / "plot.png", lambda tmp: figure.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return out

@@ -1,0 +1,47 @@
+"""``qwave quantize``: one packed artifact per format, calibration without the held-out fold, the PTQ gate."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from qwave import artifact
+from qwave.cli import main
+from qwave.nn import PackedLinear
+
+
+def _formats(directory):
+    return [m.fmt.name for m in artifact.load(directory).modules() if isinstance(m, PackedLinear)]
+
+
+def test_quantize_writes_one_artifact_per_format_and_mixed(fp32_artifact, tiny_table, tmp_path):
+    out = tmp_path / "models"
+    code = main(["quantize", str(fp32_artifact), "--formats", "8,4", "--layer-formats", "1,8",
+                 "--calib", str(tiny_table), "--out", str(out)])
+    assert code == 0
+    assert _formats(out / "int8") == ["int8", "int8"]
+    assert _formats(out / "int4") == ["int4", "int4"]
+    assert _formats(out / "mixed_binary_int8") == ["binary", "int8"]
+    extra = json.loads((out / "int8" / "manifest.json").read_text())["extra"]
+    assert extra["ptq_report"]["rows"] == 42  # 60 rows minus the 18 of held-out fold 1
+    assert extra["test_fold"] == "1" and extra["method"] == "ptq"
+    # the int8 artifact is the FP32 model quantized: its logits stay close to the original's
+    x = torch.randn(5, 8)
+    diff = (artifact.load(out / "int8")(x) - artifact.load(fp32_artifact)(x)).abs().max()
+    assert diff < 0.05
+
+
+def test_strict_gate_fails_with_the_format_and_agreement(fp32_artifact, tiny_table, tmp_path, capsys):
+    code = main(["quantize", str(fp32_artifact), "--formats", "1", "--calib", str(tiny_table),
+                 "--out", str(tmp_path / "q"), "--min-agreement", "1.0", "--strict"])
+    err = capsys.readouterr().err
+    assert code == 2 and "binary" in err and "agreement" in err and "QAT" in err
+    assert not (tmp_path / "q" / "binary").exists()
+
+
+def test_quantizing_a_quantized_artifact_is_a_clear_error(fp32_artifact, tmp_path, capsys):
+    assert main(["quantize", str(fp32_artifact), "--formats", "8", "--out", str(tmp_path / "a")]) == 0
+    code = main(["quantize", str(tmp_path / "a" / "int8"), "--formats", "4", "--out", str(tmp_path / "b")])
+    assert code == 2
+    assert "already quantized (int8)" in capsys.readouterr().err

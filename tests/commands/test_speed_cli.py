@@ -1,0 +1,59 @@
+"""``qwave speed`` end to end on tiny settings: table, audit, CSV/JSON outputs, fallback warning."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from qwave import kernels
+from qwave.commands import speed
+from qwave.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    speed.speed.set_threads(threads)
+
+
+FAST = ["--batch-sizes", "1,4", "--repeats", "2", "--warmup", "1", "--max-seconds", "0.2", "--threads", "1"]
+
+
+def test_speed_writes_table_csv_json_and_plot(tmp_path, capsys):
+    assert speed.run(["--formats", "int8,binary", "--output-dir", str(tmp_path), "--plot", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "fp32-eager" in out and "torch-dynamic-int8" in out and "qwave-int8" in out
+    assert "per-layer kernel audit" in out
+    rows = list(csv.DictReader(open(tmp_path / "speed.csv")))
+    methods = {r["method"] for r in rows}
+    assert {"fp32-eager", "torch-dynamic-int8", "qwave-int8", "qwave-binary"} <= methods
+    data = json.loads((tmp_path / "speed.json").read_text())
+    assert data["meta"]["threads"] == 1 and data["audit"]
+    assert (tmp_path / "speed.png").exists()
+
+
+def test_speed_audit_warns_when_fast_path_is_off(capsys):
+    previous = kernels.set_fast_kernels(False)
+    try:
+        assert speed.run(["--formats", "int8", "--no-fused", *FAST]) == 0
+    finally:
+        kernels.set_fast_kernels(previous)
+    out = capsys.readouterr().out
+    assert "WARNING: fallback to the PyTorch reference" in out
+    assert "WARNING: fast kernels are off" in out
+
+
+def test_speed_rejects_bad_batch_sizes():
+    with pytest.raises(ConfigError):
+        speed.run(["--batch-sizes", "0"])
+
+
+def test_speed_times_a_saved_artifact(fp32_artifact, capsys):
+    assert speed.run(["--artifact", str(fp32_artifact), "--no-reference", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "fp32" in out and "artifact" in out

@@ -1,0 +1,63 @@
+"""Studies on a tiny table with a tiny budget: outputs exist and their numbers agree with the records and files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from qwave.data import TableSpec
+from qwave.studies import StudyConfig, bit_sweep, ptq_int8, qat_vs_ptq
+from qwave.train import TrainConfig
+
+
+@pytest.fixture
+def cfg(tiny_table, tmp_path):
+    return StudyConfig(data=TableSpec(str(tiny_table), fold="fold", id="name"), output_dir=str(tmp_path),
+                       hidden=[16], folds=[1, 2], train=TrainConfig(epochs=3, patience=3, batch_size=32))
+
+
+def _outputs(cfg):
+    out = cfg.out
+    assert (out / "table.md").read_text().count("|") > 10 and (out / "plot.png").stat().st_size > 1000
+    return json.loads((out / "results.json").read_text())
+
+
+def test_ptq_int8_reports_real_file_sizes_and_both_models(cfg):
+    cfg.tag = "ptq"
+    results = ptq_int8(cfg, repeats=2)
+    saved = _outputs(cfg)
+    assert len(saved["records"]) == 4  # 2 folds x (fp32, int8)
+    for r in results["records"]:
+        weights = cfg.out / "artifacts" / f"fold_{r['fold']}_seed_0" / r["arm"] / "model.safetensors"
+        assert r["file_bytes"] == weights.stat().st_size
+    fp32, int8 = results["summary"]["fp32"], results["summary"]["int8"]
+    assert int8["file_bytes"]["mean"] < fp32["file_bytes"]["mean"]
+    assert fp32["speedup_vs_fp32"]["mean"] == pytest.approx(1.0)
+
+
+def test_qat_vs_ptq_pairs_runs_by_fold_and_seed(cfg):
+    cfg.tag, cfg.seeds = "qvp", [0, 1]
+    results = qat_vs_ptq(cfg, "4")
+    _outputs(cfg)
+    records = results["records"]
+    assert sorted((r["fold"], r["seed"]) for r in records if r["arm"] == "qat") == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    qat = {(r["fold"], r["seed"]): r["macro_f1"] for r in records if r["arm"] == "qat"}
+    ptq = {(r["fold"], r["seed"]): r["macro_f1"] for r in records if r["arm"] == "ptq"}
+    diffs = [qat[k] - ptq[k] for k in sorted(qat)]
+    assert results["difference_qat_minus_ptq"]["mean"] == pytest.approx(np.mean(diffs))
+    assert results["difference_qat_minus_ptq"]["n"] == 4
+    assert results["format"] == "int4" and all(r["train_seconds"] > 0 for r in records)
+    ci = results["difference_qat_minus_ptq"]["ci95"]
+    assert (results["winner"] in ("qat", "ptq")) == (abs(np.mean(diffs)) > ci)
+
+
+def test_bit_sweep_gap_is_train_minus_test_and_sizes_shrink(cfg):
+    cfg.tag = "sweep"
+    results = bit_sweep(cfg, [32, 8, 1])
+    _outputs(cfg)
+    for r in results["records"]:
+        assert r["gap_accuracy"] == pytest.approx(r["train_accuracy"] - r["test_accuracy"])
+    size = {b: results["summary"][str(b)]["file_bytes"]["mean"] for b in (32, 8, 1)}
+    assert size[32] > size[8] > size[1]
