@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 
+from qwave.moe.config import MoEConfig
 from qwave.train import TrainConfig
 
 
@@ -68,6 +69,7 @@ class BenchConfig:
     cv: CVConfig = field(default_factory=CVConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
     device: str = "auto"
     threads: int | None = None
     output_dir: str = "outputs"

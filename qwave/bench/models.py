@@ -122,6 +122,7 @@ def resolve_kind(name: str) -> ModelKind:
     A name of formats joined by ``-`` (``1-1-8``; ``ptq1-1-8`` for PTQ) gives each linear layer its own format
     (mixed precision), in module order.
     """
+    import qwave.moe.bench  # noqa: F401  (registers the moe kind; imported here to avoid an import cycle)
 
     key = str(name).strip()
     if key in _KINDS:

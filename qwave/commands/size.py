@@ -23,7 +23,7 @@ KB and MB are decimal (1000 and 1000000 bytes); bits/weight = all stored bytes x
 """
 
 # Modules that register further model families with qwave.size.register_size_model (imported when present).
-SIZE_PLUGINS: tuple[str, ...] = ()
+SIZE_PLUGINS = ("qwave.moe.bench",)
 
 COLUMNS = (
     "model",
@@ -152,6 +152,9 @@ def _artifact_rows(paths: list[Path]) -> list[dict]:
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    for module in SIZE_PLUGINS:  # also registers their architectures, so their artifacts load
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
     if args.paths:
         rows = _artifact_rows(args.paths)
         columns = tuple(rows[0]) if rows else ()
@@ -170,9 +173,6 @@ def run(argv: list[str]) -> int:
                 f"--layer-formats has {len(spec.layer_formats)} entries; "
                 f"the MLP has {len(spec.hidden) + 1} Linear layers"
             )
-        for module in SIZE_PLUGINS:
-            if importlib.util.find_spec(module) is not None:
-                importlib.import_module(module)
         rows = size_table(spec, args.formats, models=args.models, per_layer=args.per_layer or args.debug)
         columns = COLUMNS
     print(format_table(rows, columns))

@@ -1,0 +1,1 @@
+"""Mixture-of-Experts of quantized experts: config, routers, routing rules, expert selection, analysis."""

@@ -1,0 +1,67 @@
+"""The ``moe`` kind end to end through the benchmark runner on a tiny table: selection, artifacts, curiosity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qwave.bench.config import BenchConfig, CVConfig, DataConfig, ModelConfig
+from qwave.bench.runner import run_benchmark
+from qwave.errors import ConfigError
+from qwave.moe.config import CuriosityConfig, MoEConfig
+from qwave.moe.selection import choose, rank
+from qwave.train import TrainConfig
+
+
+@pytest.fixture
+def table(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    n = 60
+    y = np.arange(n) % 3
+    frame = pd.DataFrame(rng.normal(size=(n, 5)) + 3.0 * np.eye(3, 5)[y], columns=[str(i) for i in range(5)])
+    frame.insert(0, "name", [f"clip{i:03d}" for i in range(n)])
+    frame.insert(0, "label", [f"class_{c}" for c in y])
+    frame.insert(0, "fold", (np.arange(n) // 2) % 2 + 1)
+    path = tmp_path / "table.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def config(table: Path, tmp_path: Path, moe: MoEConfig, **kwargs) -> BenchConfig:
+    return BenchConfig(
+        tag="t", models=["moe"], data=DataConfig(path=str(table)), cv=CVConfig(folds="official"),
+        model=ModelConfig(hidden=[8], **kwargs), train=TrainConfig(epochs=3, batch_size=16, patience=5),
+        output_dir=str(tmp_path / "out"), quiet=True, device="cpu", plots=False, moe=moe,
+    )
+
+
+def test_moe_with_selection_and_curiosity_runs_end_to_end(table, tmp_path):
+    moe = MoEConfig(pool=["bitnet", "4", "8"], num_experts=2, selection="f1_per_byte", selection_epochs=1,
+                    curiosity=CuriosityConfig(enabled=True, alpha=0.5, mc_samples=4))
+    run_benchmark(config(table, tmp_path, moe))
+    for k in (1, 2):
+        fold = tmp_path / "out" / "t" / "moe" / f"fold_{k}"
+        metrics = json.loads((fold / "metrics.json").read_text())
+        assert metrics["artifact_agreement"]["top1_agreement"] == 1.0
+        info = metrics["moe"]
+        probes = info["selection"]
+        scores = rank([p["val_macro_f1"] for p in probes], [p["stored_bytes"] for p in probes], "f1_per_byte")
+        chosen = [probes[i]["format"] for i in choose(scores, 2)]
+        assert info["formats"] == chosen == [p["format"] for p in probes if p["selected"]]
+        manifest = json.loads((fold / "artifact" / "manifest.json").read_text())
+        experts = {path.split(".")[1] for path in manifest["layers"] if path.startswith("experts.")}
+        assert experts == {"0", "1"}, "only the selected experts are stored"
+        assert metrics["stored_bytes"] == info["stored_bytes"] > metrics["active_bytes"]
+        values = json.loads((fold / "curiosity_values.json").read_text())
+        assert len(values["samples"]) == metrics["n_test"]
+        assert values["rule"] == "precision" and values["alpha"] == 0.5
+
+
+def test_layer_formats_are_refused_for_moe(table, tmp_path):
+    cfg = config(table, tmp_path, MoEConfig(experts=["4", "8"]), layer_formats=["4", "8"])
+    with pytest.raises(ConfigError, match="model.layer_formats"):
+        run_benchmark(cfg)

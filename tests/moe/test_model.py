@@ -1,0 +1,196 @@
+"""The MoE classifier on fixed weights: mixture output vs a per-sample brute force, gradients, curiosity, artifacts."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from qwave import artifact
+from qwave.moe.bench import quantize_experts
+from qwave.moe.config import CuriosityConfig
+from qwave.moe.model import MoEClassifier
+from qwave.moe.routing import balance_loss, top_k_mask
+from qwave.nn.surgery import pack_model
+from qwave.size import report
+
+FORMATS = ["bitnet", "4", "8"]
+
+
+def make(top_k: int = 1, curiosity: CuriosityConfig | None = None, dropout: float = 0.0, router_dropout: float = 0.0,
+         seed: int = 0, formats: list[str] = FORMATS) -> MoEClassifier:
+    torch.manual_seed(seed)
+    return MoEClassifier(6, 4, formats, hidden=[12], dropout=dropout, top_k=top_k, router_hidden=16,
+                         router_dropout=router_dropout, balance_weight=0.1, curiosity=curiosity, mask_seed=5)
+
+
+def inputs(n: int = 40, seed: int = 1) -> torch.Tensor:
+    return 2 * torch.randn(n, 6, generator=torch.Generator().manual_seed(seed))
+
+
+def brute_force_log_proba(model: MoEClassifier, x: torch.Tensor) -> torch.Tensor:
+    """Per sample: router probabilities, its k best experts by sorting, renormalised gates, mixture of softmaxes."""
+    rows = []
+    with torch.no_grad():
+        for xi in x:
+            p = model.router(xi[None])[0].tolist()
+            chosen = sorted(range(len(p)), key=lambda e: (-p[e], e))[: model.top_k]
+            total = sum(p[e] for e in chosen)
+            mix = sum(p[e] / total * torch.softmax(model.experts[e](xi[None])[0], -1) for e in chosen)
+            rows.append(mix.log())
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_eval_output_is_the_top_k_mixture_computed_sample_by_sample(k):
+    model = make(top_k=k).eval()
+    x = inputs()
+    torch.testing.assert_close(model(x), brute_force_log_proba(model, x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model(x).exp().sum(-1), torch.ones(len(x)))
+
+
+def test_training_forward_value_equals_the_deployed_top_k_mixture():
+    model = make(top_k=2)
+    x = inputs()
+    model.eval()
+    deployed = model(x)
+    model.train()
+    torch.testing.assert_close(model(x), deployed, rtol=1e-5, atol=1e-5)
+
+
+def test_router_learns_from_the_dense_mixture_and_only_routed_experts_learn_at_top_1():
+    model = make(top_k=1).train()
+    x, y = inputs(), torch.arange(40) % 4
+    torch.nn.functional.nll_loss(model(x), y).backward()
+    got = model.router.fc1.weight.grad.clone()
+    # reference: the router's gradient of the dense mixture likelihood with experts detached
+    model.zero_grad()
+    z = model.norm(x)
+    p = model.router(z)
+    with torch.no_grad():
+        q = torch.stack([torch.softmax(expert(z), -1) for expert in model.experts], 1)
+    dense = (p[..., None] * q).sum(1).log()
+    torch.nn.functional.nll_loss(dense, y).backward()
+    torch.testing.assert_close(got, model.router.fc1.weight.grad, rtol=1e-4, atol=1e-7)
+    assert got.abs().sum() > 0
+    # an expert no sample is routed to gets no gradient
+    model.zero_grad()
+    with torch.no_grad():
+        model.router.fc2.bias.copy_(torch.tensor([50.0, 0.0, 0.0]))
+    torch.nn.functional.nll_loss(model(x), y).backward()
+    assert model.experts[0][0].weight.grad.abs().sum() > 0
+    for e in (1, 2):
+        grad = model.experts[e][0].weight.grad
+        assert grad is None or float(grad.abs().sum()) == 0.0
+
+
+def test_aux_loss_is_the_balance_loss_of_the_last_training_forward():
+    model = make(top_k=1).train()
+    x = inputs()
+    model(x)
+    p = model.router(model.norm(x))
+    expected = balance_loss(p, top_k_mask(p, 1), 0.1)
+    torch.testing.assert_close(model.aux_loss(), expected)
+    model.eval()
+    model(x)
+    assert float(model.aux_loss()) == 0.0
+
+
+def curious(alpha: float, rule: str = "precision") -> MoEClassifier:
+    cfg = CuriosityConfig(enabled=True, alpha=alpha, mc_samples=8, rule=rule)
+    return make(top_k=1, curiosity=cfg, router_dropout=0.5).eval()
+
+
+def test_alpha_zero_reproduces_plain_routing_exactly():
+    model = curious(0.0)
+    x = inputs(200)
+    r = model.route(model.norm(x))
+    assert torch.equal(r.probs, r.base)
+    assert torch.equal(r.mask, top_k_mask(r.base, 1))
+    plain = brute_force_log_proba_from_base(model, x, r.base)
+    torch.testing.assert_close(model(x), plain, rtol=1e-5, atol=1e-5)
+
+
+def brute_force_log_proba_from_base(model: MoEClassifier, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        z = model.norm(x)
+        first = [sorted(range(3), key=lambda e, i=i: (-float(base[i, e]), e))[0] for i in range(len(x))]
+        return torch.stack([torch.log_softmax(model.experts[e](z[i : i + 1])[0], -1) for i, e in enumerate(first)])
+
+
+def test_curiosity_routing_is_monotone_in_alpha_and_moves_routes_toward_precision():
+    x = inputs(400)
+    models = [curious(a) for a in (0.0, 0.5, 2.0, 8.0)]
+    state = models[0].state_dict()
+    state["u_mean"] = torch.tensor(1.0)
+    routes = []
+    for model in models:
+        model.load_state_dict(state)
+        routes.append(model.route(model.norm(x)))
+    most_precise = 2  # int8 among [ternary, int4, int8]
+    for lo, hi in itertools.pairwise(routes):
+        to_top_lo, to_top_hi = lo.mask[:, most_precise], hi.mask[:, most_precise]
+        assert bool((to_top_hi | ~to_top_lo).all())
+    changed = (routes[-1].mask != routes[0].mask).any(-1)
+    assert 0 < float(changed.float().mean()) < 1
+    before, after = routes[0].mask.float().argmax(1), routes[-1].mask.float().argmax(1)
+    ranks = models[0].ranks
+    assert bool((ranks[after[changed]] > ranks[before[changed]]).all()), "a changed route goes to a more precise expert"
+
+
+def test_penalty_rule_changes_routes():
+    x = inputs(400)
+    plain, penal = curious(0.0, "penalty"), curious(5.0, "penalty")
+    penal.load_state_dict(plain.state_dict())
+    a, b = plain.route(plain.norm(x)), penal.route(penal.norm(x))
+    assert bool((a.mask != b.mask).any())
+
+
+def test_uncertainty_scale_is_learned_in_training_only():
+    model = curious(1.0).train()
+    assert float(model.u_mean) == 0.0
+    model(inputs())
+    learned = float(model.u_mean)
+    assert learned > 0
+    model.eval()
+    model(inputs(seed=2))
+    assert float(model.u_mean) == learned
+
+
+@pytest.mark.parametrize("curiosity", [None, CuriosityConfig(enabled=True, alpha=1.0, mc_samples=4)])
+def test_packed_moe_survives_an_artifact_round_trip(tmp_path, curiosity):
+    model = quantize_experts(make(top_k=2, curiosity=curiosity, router_dropout=0.3, dropout=0.1), {})
+    model.train()
+    model(inputs())  # sets u_mean for the curious model
+    model.eval()
+    x = inputs(64, seed=3)
+    reference = model(x)
+    artifact.save(pack_model(model), tmp_path / "a", classes=list("abcd"))
+    loaded = artifact.load(tmp_path / "a")
+    assert isinstance(loaded, MoEClassifier) and loaded.formats == ["ternary", "int4", "int8"]
+    torch.testing.assert_close(loaded(x), reference, rtol=1e-4, atol=1e-4)
+    assert torch.equal(loaded(x).argmax(1), reference.argmax(1))
+    torch.testing.assert_close(loaded(x), loaded(x), rtol=0, atol=0)
+
+
+def test_active_bytes_count_the_router_and_the_routed_experts_by_usage():
+    packed = pack_model(quantize_experts(make(), {}))
+    size = report(packed)
+    state = packed.state_dict()
+    expert = [sum(t.nbytes for k, t in state.items() if k.startswith(f"experts.{e}.")) for e in range(3)]
+    rest = sum(t.nbytes for k, t in state.items() if not k.startswith("experts."))
+    assert size.stored_bytes == rest + sum(expert)
+    assert expert[0] < expert[1] < expert[2]
+    assert packed.active_bytes(size, [1.0, 0.0, 0.0]) == rest + expert[0]
+    mixed = rest + 0.5 * expert[0] + 0.25 * (expert[1] + expert[2])
+    assert packed.active_bytes(size, [0.5, 0.25, 0.25]) == round(mixed)
+    assert packed.active_bytes(size) == round(rest + sum(expert) / 3)
+
+
+def test_macs_include_every_mc_pass_and_the_routed_experts():
+    plain = make()
+    bayes = curious(1.0)
+    expert_macs = 6 * 12 + 12 * 4
+    assert plain.macs([1.0, 0.0, 0.0]) == 6 * 16 + 16 * 3 + expert_macs
+    assert bayes.macs([0.0, 0.0, 1.0]) == 6 * 16 + 8 * 16 * 3 + expert_macs
