@@ -44,7 +44,8 @@ class ModelConfig:
     ``layer_formats`` gives every linear layer its own format (mixed precision; a model name such as ``1-1-8``
     does the same per model). ``ptq_min_agreement`` is the PTQ gate: a ``ptq*`` model whose top-1 agreement with
     its FP32 model on the calibration rows falls below it is reported with a warning, or refused when
-    ``ptq_strict``.
+    ``ptq_strict``. ``activation``: ``relu``, ``hardtanh``, or ``auto`` (hardtanh where a layer binarises or
+    ternarises its input, whose sign of a ReLU output would be constant).
     """
 
     hidden: list[int] = field(default_factory=lambda: [640, 320])
@@ -53,6 +54,7 @@ class ModelConfig:
     keep_last_fp: bool = False
     group_size: int | None = None
     layer_formats: list[str] | None = None
+    activation: str = "auto"
     ptq_min_agreement: float = 0.9
     ptq_strict: bool = False
 

@@ -16,7 +16,7 @@ from torch import nn
 from qwave.bench.config import BenchConfig
 from qwave.data.normalize import Normalize
 from qwave.errors import ConfigError, FormatError
-from qwave.formats import canonical_name
+from qwave.formats import canonical_name, get_format
 from qwave.nn.mlp import MLPClassifier
 from qwave.nn.surgery import calibrate, pack_model, ptq, quantize_model
 
@@ -72,10 +72,19 @@ def register_kind(name: str, factory: Callable[[str], ModelKind]) -> None:
     _KINDS[name] = factory
 
 
-def mlp(ctx: BuildContext) -> MLPClassifier:
-    """A fresh FP32 MLP of the configured shape with the fold's fitted normaliser."""
+def mlp(ctx: BuildContext, formats: list[str] | None = None) -> MLPClassifier:
+    """A fresh FP32 MLP of the configured shape with the fold's fitted normaliser.
+
+    ``model.activation=auto`` picks ``hardtanh`` when a hidden layer's format binarises or ternarises its input
+    (``formats``: the format of each linear layer, or one for all), else ``relu``.
+    """
     m = ctx.cfg.model
-    return MLPClassifier(ctx.in_dim, ctx.num_classes, m.hidden, m.dropout, m.layer_norm, ctx.normalize)
+    activation = m.activation
+    if activation == "auto":
+        hidden_inputs = (formats or [])[1:] if formats and len(formats) > 1 else formats or []
+        signed = any(get_format(f).activations in ("binary", "ternary") for f in hidden_inputs)
+        activation = "hardtanh" if signed else "relu"
+    return MLPClassifier(ctx.in_dim, ctx.num_classes, m.hidden, m.dropout, m.layer_norm, ctx.normalize, activation)
 
 
 def _quant_options(ctx: BuildContext, layer_formats: list[str] | None = None) -> dict:
@@ -88,7 +97,8 @@ def _quant_options(ctx: BuildContext, layer_formats: list[str] | None = None) ->
 
 def _qat_kind(name: str, fmt: str, layer_formats: list[str] | None = None) -> ModelKind:
     def build(ctx: BuildContext) -> nn.Module:
-        return quantize_model(mlp(ctx), fmt, **_quant_options(ctx, layer_formats))
+        options = _quant_options(ctx, layer_formats)
+        return quantize_model(mlp(ctx, options["layer_formats"] or [fmt]), fmt, **options)
 
     def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
         return pack_model(model)

@@ -8,12 +8,17 @@ import torch
 from torch import nn
 
 from qwave.data.normalize import Normalize
+from qwave.errors import ConfigError
+
+ACTIVATIONS = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh}
 
 
 class MLPClassifier(nn.Module):
-    """``Normalize -> [Linear -> (LayerNorm) -> ReLU -> Dropout] x len(hidden) -> Linear`` producing logits.
+    """``Normalize -> [Linear -> (LayerNorm) -> act -> Dropout] x len(hidden) -> Linear`` producing logits.
 
-    The normaliser is part of the module so a saved artifact carries its train-split statistics.
+    The normaliser is part of the module so a saved artifact carries its train-split statistics. ``activation``
+    is ``relu`` or ``hardtanh``: a layer that binarises or ternarises its input needs a signed one (the sign of a
+    ReLU output is constant), as in binary networks.
     """
 
     def __init__(
@@ -24,8 +29,12 @@ class MLPClassifier(nn.Module):
         dropout: float = 0.1,
         layer_norm: bool = False,
         normalize: Normalize | None = None,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        self.activation = activation
         self.in_dim, self.num_classes = int(in_dim), int(num_classes)
         self.hidden, self.dropout, self.layer_norm = tuple(int(h) for h in hidden), float(dropout), bool(layer_norm)
         self.norm = normalize if normalize is not None else Normalize("raw", torch.zeros(in_dim), torch.ones(in_dim))
@@ -35,7 +44,7 @@ class MLPClassifier(nn.Module):
             layers.append(nn.Linear(width, h))
             if self.layer_norm:
                 layers.append(nn.LayerNorm(h))
-            layers += [nn.ReLU(), nn.Dropout(self.dropout)]
+            layers += [ACTIVATIONS[activation](), nn.Dropout(self.dropout)]
             width = h
         layers.append(nn.Linear(width, self.num_classes))
         self.body = nn.Sequential(*layers)
@@ -52,6 +61,7 @@ class MLPClassifier(nn.Module):
             "dropout": self.dropout,
             "layer_norm": self.layer_norm,
             "normalize_mode": self.norm.mode,
+            "activation": self.activation,
         }
 
     @classmethod
