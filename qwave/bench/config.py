@@ -26,6 +26,7 @@ class DataConfig:
     features: list[str] | None = None
     drop: list[str] = field(default_factory=list)
     normalize: str = "standard"
+    input_quant: str = "float32"
 
 
 @dataclass

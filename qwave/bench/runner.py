@@ -26,6 +26,7 @@ from qwave.bench.models import BuildContext, FoldData, ModelKind, resolve_kind
 from qwave.bench.progress import BenchProgress
 from qwave.bench.summary import summarize_model, write_tag_summary
 from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
+from qwave.data.input_quant import INPUT_QUANT_MODES, fit_input_quantizer
 from qwave.errors import ConfigError
 from qwave.eval.metrics import classification_metrics
 from qwave.size import artifact_report
@@ -86,10 +87,10 @@ def check_agreement(stats: dict, where: str) -> None:
 def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, progress: BenchProgress) -> dict:
     """Train, deploy, save, reload and evaluate one fold; write its outputs; return its metrics record."""
     fit, val = inner_split(ds, job.fold.train, cfg.cv.val_fraction, job.seed)
-    normalize = fit_normalizer(ds.X[fit], cfg.data.normalize)
-    ctx = BuildContext(
-        ds.n_features, ds.n_classes, normalize, cfg, job.seed, ds.X[fit], ds.y[fit], ds.X[val], ds.y[val]
-    )
+    quantizer = fit_input_quantizer(ds.X[job.fold.train], cfg.data.input_quant)
+    X = quantizer.quantize(ds.X)
+    normalize = fit_normalizer(X[fit], cfg.data.normalize)
+    ctx = BuildContext(ds.n_features, ds.n_classes, normalize, cfg, job.seed, X[fit], ds.y[fit], X[val], ds.y[val])
     torch.manual_seed(job.seed)
     np.random.seed(job.seed)
     meter = EnergyMeter(cfg.energy)
@@ -103,7 +104,7 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
         )
     model.cpu().eval()
     deployed = job.kind.deploy(model, ctx)
-    X_test = torch.as_tensor(ds.X[job.fold.test])
+    X_test = torch.as_tensor(X[job.fold.test])
     reference_logits = predict_logits(job.kind.simulate(model, ctx), X_test)
     art_dir = job.out_dir / "artifact"
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,11 +138,18 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
         "artifact_file_bytes": sizes.file_bytes,
         "artifact_agreement": agree,
         "energy": meter.result(),
+        "input_quant": {
+            "mode": cfg.data.input_quant,
+            "bytes_per_embedding": quantizer.bytes_per_embedding,
+            "float32_bytes_per_embedding": 4 * ds.n_features,
+            "shared_bytes": quantizer.shared_bytes,
+            "test_clipped_fraction": quantizer.clipped_fraction(ds.X[job.fold.test]),
+        },
     }
     if getattr(deployed, "ptq_report", None) is not None:
         record["ptq_report"] = deployed.ptq_report
     if job.kind.evaluate is not None:
-        fold_data = FoldData(ds.X[job.fold.test], y_test, ds.ids[job.fold.test], ds.classes, ctx)
+        fold_data = FoldData(X[job.fold.test], y_test, ds.ids[job.fold.test], ds.classes, ctx)
         record.update(job.kind.evaluate(loaded, fold_data, job.out_dir))
     report.write_fold(job.out_dir, record, ds.ids[job.fold.test], y_test, proba, ds.classes, cfg.plots)
     return record
@@ -151,6 +159,10 @@ def plan(cfg: BenchConfig, ds: Dataset) -> list[FoldJob]:
     """Every (model, seed, fold) job of the run, validated before any training starts."""
     if not cfg.models:
         raise ConfigError("models is empty; name at least one model, e.g. models=[fp32]")
+    if cfg.data.input_quant not in INPUT_QUANT_MODES:
+        raise ConfigError(
+            f"data.input_quant={cfg.data.input_quant!r} is not one of {', '.join(INPUT_QUANT_MODES)}"
+        )
     kinds = [resolve_kind(name) for name in cfg.models]
     seeds = cfg.seed_list()
     folds = make_folds(ds, cfg.cv.folds, cfg.cv.n_folds, seed=cfg.seed)

@@ -42,7 +42,11 @@ def summarize_model(model_dir: Path) -> dict:
         "inference_ms_per_sample": aggregate([r["inference_ms_per_sample"] for r in runs]),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         "min_artifact_agreement": min(r["artifact_agreement"]["top1_agreement"] for r in runs),
+        "input_quant": runs[0].get("input_quant", {}).get("mode", "float32"),
+        "input_bytes_per_embedding": runs[0].get("input_quant", {}).get("bytes_per_embedding"),
     }
+    if any(r.get("active_bytes") is not None for r in runs):
+        summary["active_bytes"] = aggregate([r.get("active_bytes") for r in runs])
     atomic.write_json(model_dir / "summary.json", summary)
     return summary
 
@@ -55,6 +59,9 @@ def summary_row(summary: dict, fp32_bytes: int | None) -> dict:
     row["stored_bytes"] = summary["stored_bytes"]
     row["stored_kb"] = summary["stored_bytes"] / 1024
     row["reduction_vs_fp32"] = fp32_bytes / summary["stored_bytes"] if fp32_bytes else None
+    row["active_bytes_mean"] = summary["active_bytes"]["mean"] if "active_bytes" in summary else summary["stored_bytes"]
+    row["input_quant"] = summary.get("input_quant", "float32")
+    row["input_bytes_per_embedding"] = summary.get("input_bytes_per_embedding")
     row["train_s_mean"] = summary["train_seconds"]["mean"]
     row["infer_ms_per_sample"] = summary["inference_ms_per_sample"]["mean"]
     return row

@@ -11,6 +11,7 @@ import pytest
 
 import qwave.bench.runner as runner
 from qwave.bench.runner import run_benchmark
+from qwave.errors import ConfigError
 
 TIMING_KEYS = {"train", "inference_seconds", "inference_ms_per_sample", "peak_rss_mb", "history"}
 
@@ -106,8 +107,6 @@ def test_several_seeds_are_aggregated(fast_config):
 
 @pytest.mark.parametrize("models", [[], ["int99"], ["ptqnope"]])
 def test_unknown_model_is_a_config_error(fast_config, models):
-    from qwave.errors import ConfigError
-
     fast_config.models = models
     with pytest.raises(ConfigError, match="models"):
         run_benchmark(fast_config)
@@ -142,3 +141,37 @@ def test_binary_qat_learns_because_hidden_activations_are_signed(fast_config):
     manifest = json.loads((root / "fold_1" / "artifact" / "manifest.json").read_text())
     assert manifest["architecture"]["config"]["activation"] == "hardtanh"
     assert accuracy > 0.6  # with model.activation=relu the same run reaches 0.39 (chance is 1/3)
+
+
+@pytest.mark.parametrize(("mode", "bytes_per_row"), [("int8", 6), ("sign", 1)])
+def test_input_quantization_is_fitted_on_training_rows_and_reported(fast_config, mode, bytes_per_row):
+    fast_config.data.input_quant = mode
+    fast_config.plots = False
+    rows = run_benchmark(fast_config)
+    metrics = json.loads((Path(fast_config.output_dir) / "t" / "fp32" / "fold_1" / "metrics.json").read_text())
+    assert metrics["input_quant"]["bytes_per_embedding"] == bytes_per_row  # 6 features: 6 int8 codes or 6 bits
+    assert metrics["input_quant"]["float32_bytes_per_embedding"] == 24
+    assert rows[0]["input_quant"] == mode and rows[0]["input_bytes_per_embedding"] == bytes_per_row
+
+
+def test_unknown_input_quantization_names_the_option(fast_config):
+    fast_config.data.input_quant = "int4"
+    with pytest.raises(ConfigError, match="data.input_quant='int4'"):
+        run_benchmark(fast_config)
+
+
+def test_input_quantizer_never_sees_test_rows(fast_config, monkeypatch):
+    seen = []
+    real_fit = runner.fit_input_quantizer
+
+    def spy(X_train, mode):
+        seen.append(set(X_train[:, 0].astype(int)))
+        return real_fit(X_train, mode)
+
+    monkeypatch.setattr(runner, "fit_input_quantizer", spy)
+    fast_config.data.input_quant = "int8"
+    fast_config.plots = False
+    run_benchmark(fast_config)
+    table = pd.read_csv(fast_config.data.path)
+    for rows, k in zip(seen, (1, 2, 3), strict=True):
+        assert rows == set(np.flatnonzero(table.fold != k))
