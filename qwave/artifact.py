@@ -12,6 +12,7 @@ other names to the stored one and ``load`` ties them again.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -35,6 +36,8 @@ WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1  # bump on an incompatible change of the manifest or tensor layout
 
 _ARCHITECTURES: dict[str, type] = {}
+# Built-in architectures registered by modules that ``import qwave`` does not load; load() imports them on demand.
+BUILTIN_ARCHITECTURES = {"moe": "qwave.moe.bench", "recurrent_ctc": "qwave.nn.recurrent"}
 
 
 def register_architecture(name: str, cls: type) -> type:
@@ -191,6 +194,8 @@ def load(directory: str | Path) -> nn.Module:
     directory = Path(directory)
     manifest = read_manifest(directory)
     arch = manifest["architecture"]
+    if arch.get("name") not in _ARCHITECTURES and arch.get("name") in BUILTIN_ARCHITECTURES:
+        importlib.import_module(BUILTIN_ARCHITECTURES[arch["name"]])
     cls = _ARCHITECTURES.get(arch.get("name"))
     if cls is None:
         raise ArtifactError(

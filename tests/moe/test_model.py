@@ -194,3 +194,20 @@ def test_macs_include_every_mc_pass_and_the_routed_experts():
     expert_macs = 6 * 12 + 12 * 4
     assert plain.macs([1.0, 0.0, 0.0]) == 6 * 16 + 16 * 3 + expert_macs
     assert bayes.macs([0.0, 0.0, 1.0]) == 6 * 16 + 8 * 16 * 3 + expert_macs
+
+
+def test_a_moe_artifact_loads_in_a_fresh_process_without_importing_qwave_moe(tmp_path):
+    import subprocess
+    import sys
+
+    model = make()
+    x = inputs()
+    artifact.save(pack_model(model), tmp_path / "a", classes=list("abcd"))
+    expected = artifact.load(tmp_path / "a")(x)
+    torch.save(x, tmp_path / "x.pt")
+    code = (
+        "import sys, torch, qwave; m = qwave.load(sys.argv[1]); torch.save(m(torch.load(sys.argv[2])), sys.argv[3])"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "a"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                   check=True)
+    assert torch.equal(torch.load(tmp_path / "y.pt"), expected)
