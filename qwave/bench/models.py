@@ -16,8 +16,8 @@ from torch import nn
 from qwave.bench.config import BenchConfig
 from qwave.data.normalize import Normalize
 from qwave.errors import ConfigError, FormatError
-from qwave.formats import canonical_name, get_format
-from qwave.nn.mlp import MLPClassifier
+from qwave.formats import canonical_name
+from qwave.nn.mlp import MLPClassifier, activation_for
 from qwave.nn.surgery import calibrate, pack_model, ptq, quantize_model
 
 
@@ -79,11 +79,7 @@ def mlp(ctx: BuildContext, formats: list[str] | None = None) -> MLPClassifier:
     (``formats``: the format of each linear layer, or one for all), else ``relu``.
     """
     m = ctx.cfg.model
-    activation = m.activation
-    if activation == "auto":
-        hidden_inputs = (formats or [])[1:] if formats and len(formats) > 1 else formats or []
-        signed = any(get_format(f).activations in ("binary", "ternary") for f in hidden_inputs)
-        activation = "hardtanh" if signed else "relu"
+    activation = activation_for(formats or ["fp32"]) if m.activation == "auto" else m.activation
     return MLPClassifier(ctx.in_dim, ctx.num_classes, m.hidden, m.dropout, m.layer_norm, ctx.normalize, activation)
 
 

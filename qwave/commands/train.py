@@ -15,6 +15,7 @@ from qwave.data import fit_normalizer, inner_split, load_table
 from qwave.errors import ConfigError, DataError
 from qwave.eval.metrics import classification_metrics
 from qwave.nn import MLPClassifier, pack_model, quantize_model
+from qwave.nn.mlp import activation_for
 from qwave.train import TrainConfig, predict_logits, resolve_device, train_model
 
 EPILOG = """examples:
@@ -56,7 +57,7 @@ def run(argv: list[str]) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience)
     torch.manual_seed(args.seed)
     model = MLPClassifier(ds.n_features, ds.n_classes, args.hidden, args.dropout,
-                          normalize=fit_normalizer(ds.X[fit], args.normalize))
+                          normalize=fit_normalizer(ds.X[fit], args.normalize), activation=activation_for([args.format]))
     if str(args.format).lower() != "fp32" or args.keep_last_fp:
         model = quantize_model(model, args.format, keep_last_fp=args.keep_last_fp)
     result = train_model(model, ds.X[fit], ds.y[fit], ds.X[val], ds.y[val], ds.n_classes, cfg, args.seed,

@@ -13,6 +13,18 @@ from qwave.errors import ConfigError
 ACTIVATIONS = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh}
 
 
+def activation_for(formats: Sequence[str]) -> str:
+    """``hardtanh`` when a layer after the first binarises or ternarises its input (one format = every layer).
+
+    The sign of a ReLU output is constant, so such a layer would see no information; a signed activation keeps it.
+    """
+    from qwave.formats import get_format
+
+    consumers = list(formats)[1:] if len(formats) > 1 else list(formats)
+    signed = any(get_format(f).activations in ("binary", "ternary") for f in consumers)
+    return "hardtanh" if signed else "relu"
+
+
 class MLPClassifier(nn.Module):
     """``Normalize -> [Linear -> (LayerNorm) -> act -> Dropout] x len(hidden) -> Linear`` producing logits.
 

@@ -20,6 +20,7 @@ from qwave.errors import ConfigError
 from qwave.eval.metrics import aggregate
 from qwave.eval.speed import set_threads
 from qwave.nn import MLPClassifier, pack_model, quantize_model
+from qwave.nn.mlp import activation_for
 from qwave.size import artifact_report
 from qwave.train import TrainConfig, predict_logits, resolve_device, train_model
 
@@ -80,18 +81,18 @@ def splits(ds: Dataset, cfg: StudyConfig, seed: int) -> Iterator[FoldSplit]:
         yield FoldSplit(fold.k, fit, val, fold.test)
 
 
-def build_mlp(ds: Dataset, split: FoldSplit, cfg: StudyConfig, seed: int) -> MLPClassifier:
-    """A fresh seeded FP32 MLP with the normaliser fitted on the fold's fit rows."""
+def build_mlp(ds: Dataset, split: FoldSplit, cfg: StudyConfig, seed: int, fmt: str = "fp32") -> MLPClassifier:
+    """A fresh seeded FP32 MLP (activation suited to ``fmt``) with the normaliser fitted on the fold's fit rows."""
     torch.manual_seed(seed)
     return MLPClassifier(ds.n_features, ds.n_classes, cfg.hidden, cfg.dropout,
-                         normalize=fit_normalizer(ds.X[split.fit], cfg.normalize))
+                         normalize=fit_normalizer(ds.X[split.fit], cfg.normalize), activation=activation_for([fmt]))
 
 
 def train_fold(
     ds: Dataset, split: FoldSplit, cfg: StudyConfig, seed: int, fmt: str = "fp32"
 ) -> tuple[nn.Module, float]:
     """Train an MLP (FP32, or QAT in ``fmt``) on the fit rows; returns the trained module and its training seconds."""
-    model = build_mlp(ds, split, cfg, seed)
+    model = build_mlp(ds, split, cfg, seed, fmt)
     if fmt != "fp32":
         model = quantize_model(model, fmt)
     result = train_model(model, ds.X[split.fit], ds.y[split.fit], ds.X[split.val], ds.y[split.val], ds.n_classes,
