@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frontend", choices=sorted(FRONTENDS),
                    help="logmel (audio), image (rendered spectrogram PNG), waveform (hf: backbones); default: "
                         "from the backbone and the files found")
-    p.add_argument("--backbone", help=f"{' | '.join(BACKBONES)} (kind:argument); default logmel-stats for audio, "
+    p.add_argument("--backbone", help=f"{' | '.join(BACKBONES)} (kind:argument); default mfcc-segments for audio, "
                                       "image-stats for images")
     p.add_argument("--weights", help="local weights file or folder of a pretrained backbone (never downloaded)")
     p.add_argument("--device", help="torch device for pretrained backbones (default: cuda when present, else cpu)")
@@ -48,7 +48,10 @@ def parser() -> argparse.ArgumentParser:
     audio.add_argument("--crop", choices=["center", "start"], default="center", help="where to crop long clips")
     audio.add_argument("--level", choices=["peak", "rms", "none"], default="peak",
                        help="level normalisation of each clip before the front end (default: peak)")
-    audio.add_argument("--n-mels", type=int, default=64, help="mel bands (default 64)")
+    audio.add_argument("--trim-db", type=float, default=20.0,
+                       help="trim leading/trailing frames more than this many dB below the loudest (0: keep all; "
+                            "default 20)")
+    audio.add_argument("--n-mels", type=int, default=32, help="mel bands (default 32)")
     audio.add_argument("--n-fft", type=int, help="FFT size (default: next power of two >= 64 ms)")
     audio.add_argument("--hop", type=int, help="hop in samples (default: 10 ms)")
     audio.add_argument("--fmin", type=float, default=0.0, help="lowest mel frequency in Hz")
@@ -76,7 +79,7 @@ def run(argv: list[str]) -> int:
         input_dir=args.input_dir, out=args.out, layout=args.layout, frontend=args.frontend, backbone=args.backbone,
         weights=args.weights, device=args.device, sample_rate=args.sample_rate, n_mels=args.n_mels,
         n_fft=args.n_fft, hop=args.hop, fmin=args.fmin, fmax=args.fmax, duration=args.duration, crop=args.crop,
-        level=args.level,
+        level=args.level, trim_db=args.trim_db,
         n_mfcc=args.n_mfcc, segments=args.segments, colormap=args.colormap, crop_axes=not args.no_crop_axes,
         input_size=args.input_size,
         batch_size=args.batch_size, chunk_files=args.chunk_files, dtype=args.dtype, seed=args.seed,

@@ -3,7 +3,9 @@
 Everything is plain numpy/scipy so that results do not depend on an audio library's version:
 power STFT (periodic Hann window, centred frames with reflect padding), a Slaney-style mel filterbank
 (linear below 1 kHz, logarithmic above, area-normalised triangles), natural log of mel power plus a floor,
-and MFCC as the orthonormal DCT-II of the log-mel bands.
+and MFCC as the orthonormal DCT-II of the log-mel bands. Leading and trailing silence is trimmed from the
+log-mel spectrogram (frames more than ``trim_db`` below the loudest frame), so that statistics and time spans
+describe the sound itself rather than how much silence the recording holds around it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Protocol
 import numpy as np
 from scipy.fft import dct, rfft
 from scipy.signal import get_window
+from scipy.special import logsumexp
 
 from qwave.errors import ConfigError, DataError
 from qwave.extract.audio import AUDIO_SUFFIXES, CROP_POLICIES, LEVELS, fix_length, normalize_level, read_audio
@@ -74,6 +77,16 @@ def mfcc(log_mel: np.ndarray, n_mfcc: int) -> np.ndarray:
     return dct(log_mel, type=2, axis=0, norm="ortho")[:n_mfcc].astype(np.float32)
 
 
+def trim_silence(log_mel: np.ndarray, top_db: float) -> np.ndarray:
+    """Frames from the first to the last whose total mel power is within ``top_db`` dB of the loudest frame
+    (quieter frames inside that span are kept); ``top_db <= 0`` keeps every frame."""
+    if top_db <= 0:
+        return log_mel
+    energy = logsumexp(log_mel.astype(np.float64), axis=0)  # natural log of each frame's mel power
+    loud = np.flatnonzero(energy >= energy.max() - top_db * np.log(10.0) / 10.0)
+    return log_mel[:, loud[0] : loud[-1] + 1]
+
+
 def _check_clip_options(crop: str, level: str, duration: float | None) -> None:
     if crop not in CROP_POLICIES:
         raise ConfigError(f"--crop {crop!r} is not one of {', '.join(CROP_POLICIES)}.")
@@ -96,10 +109,11 @@ class Frontend(Protocol):
 
 @dataclass
 class LogMel:
-    """Audio -> (n_mels, frames) log-mel of the level-normalised clip; n_fft / hop default to 64 ms / 10 ms."""
+    """Audio -> (n_mels, frames) log-mel of the level-normalised clip, silence at both ends trimmed (frames more
+    than ``trim_db`` below the loudest; 0 keeps them); n_fft / hop default to 64 ms / 10 ms."""
 
     sample_rate: int
-    n_mels: int = 64
+    n_mels: int = 32
     n_fft: int | None = None
     hop: int | None = None
     fmin: float = 0.0
@@ -107,6 +121,7 @@ class LogMel:
     duration: float | None = None
     crop: str = "center"
     level: str = "peak"
+    trim_db: float = 20.0
     name: str = "logmel"
     suffixes: tuple[str, ...] = AUDIO_SUFFIXES
 
@@ -118,11 +133,14 @@ class LogMel:
         if self.n_mels < 1 or self.n_fft < 8 or self.hop < 1:
             raise ConfigError(f"logmel needs n_mels >= 1, n_fft >= 8 and hop >= 1 (got {self.n_mels}, "
                               f"{self.n_fft}, {self.hop}).")
+        if self.trim_db < 0:
+            raise ConfigError(f"--trim-db must be >= 0 dB (0 keeps silence), got {self.trim_db}.")
         _check_clip_options(self.crop, self.level, self.duration)
 
     def load(self, path: Path) -> np.ndarray:
         wave = Waveform(self.sample_rate, self.duration, self.crop, self.level).load(path)
-        return log_mel_spectrogram(wave, self.sample_rate, self.n_fft, self.hop, self.n_mels, self.fmin, self.fmax)
+        log_mel = log_mel_spectrogram(wave, self.sample_rate, self.n_fft, self.hop, self.n_mels, self.fmin, self.fmax)
+        return trim_silence(log_mel, self.trim_db)
 
     def params(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "suffixes"}

@@ -22,7 +22,7 @@ from qwave.extract.writer import PartsWriter, check_output_path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = {"logmel": "logmel-stats", "image": "image-stats"}
+DEFAULT_BACKBONE = {"logmel": "mfcc-segments", "image": "image-stats"}
 FEATURE_DTYPES = ("float32", "float16")
 
 
@@ -38,7 +38,7 @@ class ExtractConfig:
     weights: str | None = None
     device: str | None = None
     sample_rate: int | None = None
-    n_mels: int = 64
+    n_mels: int = 32
     n_fft: int | None = None
     hop: int | None = None
     fmin: float = 0.0
@@ -46,6 +46,7 @@ class ExtractConfig:
     duration: float | None = None
     crop: str = "center"
     level: str = "peak"
+    trim_db: float = 20.0
     n_mfcc: int = 20
     segments: int = 6
     colormap: str = "magma"
@@ -107,7 +108,7 @@ def build_frontend(config: ExtractConfig, name: str, backbone_rate: int | None =
     if name == "waveform":
         return Waveform(rate, config.duration, config.crop, config.level)
     return LogMel(rate, config.n_mels, config.n_fft, config.hop, config.fmin, config.fmax, config.duration,
-                  config.crop, config.level)
+                  config.crop, config.level, config.trim_db)
 
 
 def default_output(config: ExtractConfig, frontend_name: str) -> Path:

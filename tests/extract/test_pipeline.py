@@ -16,8 +16,8 @@ from qwave.data import TableSpec, load_table
 from qwave.errors import DataError
 from qwave.extract import ExtractConfig, extract_table
 from qwave.extract.audio import normalize_level, read_audio
-from qwave.extract.backbones import LogMelStats
-from qwave.extract.frontends import log_mel_spectrogram
+from qwave.extract.backbones import LogMelStats, MfccSegments
+from qwave.extract.frontends import log_mel_spectrogram, trim_silence
 
 matplotlib.use("Agg")
 RATE, N_MELS, N_MFCC = 8000, 16, 8
@@ -39,7 +39,8 @@ def fsdd_dir(tmp_path: Path) -> Path:
 
 
 def config(root: Path, out: Path, **changes) -> ExtractConfig:
-    settings = {"layout": "fsdd", "n_mels": N_MELS, "n_mfcc": N_MFCC, "batch_size": 4, **changes}
+    settings = {"layout": "fsdd", "backbone": "logmel-stats", "n_mels": N_MELS, "n_mfcc": N_MFCC, "batch_size": 4,
+                **changes}
     return ExtractConfig(input_dir=root, out=out, **settings)
 
 
@@ -68,10 +69,25 @@ def test_sidecar_records_backbone_frontend_rate_version_and_folds(fsdd_dir: Path
     assert sidecar["backbone"]["name"] == "logmel-stats" and sidecar["backbone"]["dim"] == 8 * N_MELS + 2 * N_MFCC
     assert sidecar["frontend"] == {"sample_rate": RATE, "n_mels": N_MELS, "n_fft": 512, "hop": 80, "fmin": 0.0,
                                    "fmax": None, "duration": None, "crop": "center", "level": "peak",
-                                   "name": "logmel"}
+                                   "trim_db": 20.0, "name": "logmel"}
     assert sidecar["sample_rate"] == RATE and sidecar["qwave_version"]
     assert sidecar["rows_per_fold"] == {"1": 4, "2": 4, "3": 4} and sidecar["skipped"] == []
     assert not (tmp_path / "t.parquet.parts").exists()
+
+
+def test_defaults_trim_silence_and_embed_32_band_mfcc_segments(fsdd_dir: Path, tmp_path: Path) -> None:
+    silence = np.zeros(int(0.25 * RATE), np.float32)
+    tone = np.sin(2 * np.pi * 700 * np.arange(int(0.3 * RATE)) / RATE).astype(np.float32)
+    sf.write(fsdd_dir / "3_dan_0.wav", np.concatenate([silence, tone, silence]), RATE)
+    result = extract_table(ExtractConfig(input_dir=fsdd_dir, out=tmp_path / "t.parquet", layout="fsdd"))
+    assert result.sidecar["backbone"]["name"] == "mfcc-segments" and result.sidecar["backbone"]["dim"] == 8 * 20
+    assert result.sidecar["frontend"]["n_mels"] == 32 and result.sidecar["frontend"]["trim_db"] == 20.0
+    wave = normalize_level(read_audio(fsdd_dir / "3_dan_0.wav")[0], "peak")
+    log_mel = log_mel_spectrogram(wave, RATE, 512, 80, 32)
+    voiced = trim_silence(log_mel, 20.0)
+    assert voiced.shape[1] < log_mel.shape[1] - 40  # 0.5 s of the 0.8 s are silence
+    row = result.table.set_index("name").loc["3_dan_0.wav", [str(i) for i in range(160)]].to_numpy(np.float32)
+    np.testing.assert_array_equal(row, MfccSegments(20, 6).embed_one(voiced))
 
 
 def test_two_runs_give_identical_features_and_csv_loads_as_a_qwave_table(fsdd_dir: Path, tmp_path: Path) -> None:
