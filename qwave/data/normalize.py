@@ -37,6 +37,12 @@ class Normalize(nn.Module):
         self.register_buffer("shift", shift.detach().to(torch.float32).clone())
         self.register_buffer("scale", scale.detach().to(torch.float32).clone())
 
+    @classmethod
+    def placeholder(cls, dim: int, mode: str = "raw") -> Normalize:
+        """Width-``dim`` statistics of the identity (zeros, ones): a fresh model's default, or the skeleton a loaded
+        artifact's saved buffers overwrite."""
+        return cls(mode, torch.zeros(dim), torch.ones(dim))
+
     def forward(self, x: Tensor) -> Tensor:
         if self.mode == "raw":
             return x

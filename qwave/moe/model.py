@@ -104,7 +104,7 @@ class MoEClassifier(nn.Module):
         self.curiosity = curiosity or CuriosityConfig()
         self.selection = list(selection or [])
         d = self.in_dim
-        self.norm = normalize if normalize is not None else Normalize("raw", torch.zeros(d), torch.ones(d))
+        self.norm = normalize if normalize is not None else Normalize.placeholder(d)
         num_experts = len(self.formats)
         if self.curiosity.enabled:
             self.router: Router = BayesianRouter(
@@ -243,6 +243,5 @@ class MoEClassifier(nn.Module):
     def from_config(cls, config: dict) -> MoEClassifier:
         """Rebuild an untrained FP32 skeleton of the same shape (the loader swaps in packed layers and tensors)."""
         args = {k: v for k, v in config.items() if k != "normalize_mode"}
-        d = int(config["in_dim"])
-        norm = Normalize(config.get("normalize_mode", "raw"), torch.zeros(d), torch.ones(d))
+        norm = Normalize.placeholder(int(config["in_dim"]), config.get("normalize_mode", "raw"))
         return cls(**args, normalize=norm)

@@ -49,7 +49,7 @@ class MLPClassifier(nn.Module):
         self.activation = activation
         self.in_dim, self.num_classes = int(in_dim), int(num_classes)
         self.hidden, self.dropout, self.layer_norm = tuple(int(h) for h in hidden), float(dropout), bool(layer_norm)
-        self.norm = normalize if normalize is not None else Normalize("raw", torch.zeros(in_dim), torch.ones(in_dim))
+        self.norm = normalize if normalize is not None else Normalize.placeholder(in_dim)
         layers: list[nn.Module] = []
         width = self.in_dim
         for h in self.hidden:
@@ -80,6 +80,5 @@ class MLPClassifier(nn.Module):
     def from_config(cls, config: dict) -> MLPClassifier:
         """Rebuild an untrained module of the same shape (tensors are loaded afterwards)."""
         args = {k: v for k, v in config.items() if k != "normalize_mode"}
-        d = int(config["in_dim"])
-        norm = Normalize(config.get("normalize_mode", "raw"), torch.zeros(d), torch.ones(d))
+        norm = Normalize.placeholder(int(config["in_dim"]), config.get("normalize_mode", "raw"))
         return cls(**args, normalize=norm)

@@ -191,9 +191,7 @@ class RecurrentCTC(nn.Module):
         self.hidden, self.num_layers, self.cell = int(hidden), int(num_layers), cell
         self.bidirectional = bool(bidirectional)
         self.in_dim = self.frame_dim * self.frames
-        self.norm = normalize if normalize is not None else Normalize(
-            "raw", torch.zeros(self.frame_dim), torch.ones(self.frame_dim)
-        )
+        self.norm = normalize if normalize is not None else Normalize.placeholder(self.frame_dim)
         self.rnn = CELLS[cell][0](self.frame_dim, self.hidden, self.num_layers, batch_first=True,
                                   bidirectional=self.bidirectional)
         self.head = nn.Linear(self.hidden * (2 if self.bidirectional else 1), self.num_classes)
@@ -218,8 +216,8 @@ class RecurrentCTC(nn.Module):
         """An untrained module of the same shape (tensors are loaded afterwards); a packed recurrent layer comes
         back as a ``PackedRecurrent`` skeleton whose layers the artifact loader fills."""
         args = {k: v for k, v in config.items() if k not in ("normalize_mode", "packed_rnn")}
-        d = int(config["frame_dim"])
-        model = cls(**args, normalize=Normalize(config.get("normalize_mode", "raw"), torch.zeros(d), torch.ones(d)))
+        norm = Normalize.placeholder(int(config["frame_dim"]), config.get("normalize_mode", "raw"))
+        model = cls(**args, normalize=norm)
         if config.get("packed_rnn"):
             rnn = model.rnn
             model.rnn = PackedRecurrent.skeleton(model.cell, rnn.input_size, rnn.hidden_size, rnn.num_layers,
