@@ -139,6 +139,24 @@ def report(module: nn.Module) -> SizeReport:
     return SizeReport(rows, list(layers.values()), stored, weight_count, params)
 
 
+def resident_bytes(module: nn.Module) -> int:
+    """Weight bytes ``module`` holds in memory now: every parameter and buffer (saved or not; each storage once)
+    plus the copies the fast kernels prepared for its packed layers.
+
+    Measured, not derived from the format: call it after the first forward, when the kernels have prepared their
+    layouts. ``stored`` (what the file holds) and ``resident`` are equal only when a layer keeps one copy.
+    """
+    seen: set[int] = set()
+    total = 0
+    for tensor in (*module.parameters(), *module.buffers()):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
+    return total + sum(m.kernel_cached_bytes for m in module.modules() if isinstance(m, PackedLinear))
+
+
 @dataclass
 class ArtifactSize:
     """Sizes read from an artifact directory: tensor data, safetensors header and manifest, and the file."""

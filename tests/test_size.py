@@ -11,7 +11,7 @@ from torch import nn
 
 from qwave import artifact
 from qwave.nn import MLPClassifier, pack_model, quantize_model
-from qwave.size import SizeSpec, artifact_report, build_mlp, report, size_table
+from qwave.size import SizeSpec, artifact_report, build_mlp, report, resident_bytes, size_table
 
 REFERENCE = [(640, 1536), (320, 640), (50, 320)]  # (out, in) of the reference MLP 1536 -> 640 -> 320 -> 50
 NORM_BYTES = 2 * 1536 * 4  # normaliser shift and scale, float32
@@ -142,3 +142,17 @@ def test_embedding_conv_gru_and_norm_tensors_all_count():
     )
     expected = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     assert report(model).stored_bytes == expected and report(model).weight_count == 0
+
+
+def test_resident_bytes_count_the_arrays_held_after_the_first_forward_including_kernel_copies():
+    from qwave import kernels
+
+    model = build_mlp(SizeSpec(in_dim=130, num_classes=7, hidden=(33,)), "int4")
+    layers = [(33, 130), (7, 33)]
+    packed = 2 * 130 * 4 + sum(weight_bytes("int4", o, i) + 4 * o for o, i in layers)  # closed form, as stored
+    assert resident_bytes(model) == packed  # nothing prepared yet
+    with torch.no_grad():
+        model(torch.randn(3, 130))
+    # int4 runs a cached float32 copy of each weight (4 bytes per weight) when the fast kernels are on.
+    copies = sum(4 * o * i for o, i in layers) if kernels.status()["fast_kernels"] else 0
+    assert resident_bytes(model) == packed + copies
