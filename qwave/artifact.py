@@ -27,7 +27,7 @@ from torch import nn
 from qwave import __version__
 from qwave.data.normalize import Normalize
 from qwave.errors import ArtifactError, FormatError
-from qwave.formats import get_format
+from qwave.formats.base import format_from_manifest
 from qwave.nn.mlp import MLPClassifier
 from qwave.nn.packed_linear import PackedLinear
 
@@ -212,7 +212,7 @@ def load(directory: str | Path) -> nn.Module:
     for path, spec in manifest["layers"].items():
         try:
             model.get_submodule(path)
-            fmt = get_format(spec["format"], **spec.get("options", {}))
+            fmt = format_from_manifest(spec["format"], spec.get("options", {}))
             packed = {name: state[f"{path}.{name}"] for name in spec["tensors"]}
             bias = state[f"{path}.bias"] if spec["bias"] else None
         except (AttributeError, KeyError, FormatError) as err:

@@ -45,7 +45,7 @@ def test_file_holds_exactly_the_state_dict_and_the_manifest_describes_it(tmp_pat
     assert manifest["architecture"] == {"name": "mlp", "config": model.config()}
     assert manifest["layers"]["body.0"] == {
         "format": "int4",
-        "options": {"group_size": 8},
+        "options": {"group_size": 8, "activations": "int8", "grid": "symmetric"},
         "shape": [24, 40],
         "bias": True,
         "tensors": ["codes", "scale"],
@@ -53,6 +53,27 @@ def test_file_holds_exactly_the_state_dict_and_the_manifest_describes_it(tmp_pat
     assert manifest["layers"]["body.8"]["format"] == "fp32"
     assert manifest["normalization"] == {"norm": {"mode": "raw", "tensors": ["norm.shift", "norm.scale"]}}
     assert manifest["tensors"]["body.0.codes"] == {"dtype": "uint8", "shape": [24, 20]}
+
+
+@pytest.mark.parametrize(("fmt", "old_options"), [
+    ("2", {"activations": "float", "grid": "symmetric"}), ("4", {"activations": "float"}),
+    ("bitnet", {"activations": "float"}), ("8", {"activations": "int8"}),
+])
+def test_an_artifact_written_before_the_activation_and_grid_options_keeps_its_old_meaning(tmp_path, fmt, old_options):
+    """Older manifests list no ``activations`` / ``grid``: int2..int7 and ternary ran float activations then, and
+    int2 three levels; loading them must not switch to today's defaults (W·A8, four int2 levels)."""
+    model = packed_mlp(fmt, **old_options)
+    directory = artifact.save(model, tmp_path / "old")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for spec in manifest["layers"].values():
+        for key in old_options:
+            spec["options"].pop(key, None)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    loaded = artifact.load(directory)
+    for path in ("body.0", "body.4", "body.8"):
+        assert loaded.get_submodule(path).fmt.options() == model.get_submodule(path).fmt.options()
+    x = torch.randn(20, 40)
+    assert torch.equal(loaded(x), model(x))
 
 
 def test_mixed_precision_and_ptq_report_survive_a_round_trip(tmp_path):

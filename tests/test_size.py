@@ -153,6 +153,12 @@ def test_resident_bytes_count_the_arrays_held_after_the_first_forward_including_
     assert resident_bytes(model) == packed  # nothing prepared yet
     with torch.no_grad():
         model(torch.randn(3, 130))
-    # int4 runs a cached float32 copy of each weight (4 bytes per weight) when the fast kernels are on.
-    copies = sum(4 * o * i for o, i in layers) if kernels.status()["fast_kernels"] else 0
+    # int4 (W4A8) keeps its codes in the kernel's layout when the fast kernels are on: 4 bits per weight over the
+    # columns padded to the register tile and the inputs padded to 4, plus a float32 scale per padded column.
+    copies = 0
+    if kernels.status()["fast_kernels"]:
+        from qwave.kernels.int8 import ISA, TILES
+
+        columns = [math.ceil(o / TILES[ISA]) * TILES[ISA] for o, _ in layers]
+        copies = sum(c * math.ceil(i / 4) * 4 // 2 + 4 * c for c, (_, i) in zip(columns, layers, strict=True))
     assert resident_bytes(model) == packed + copies

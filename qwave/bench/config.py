@@ -46,7 +46,9 @@ class ModelConfig:
     does the same per model). ``ptq_min_agreement`` is the PTQ gate: a ``ptq*`` model whose top-1 agreement with
     its FP32 model on the calibration rows falls below it is reported with a warning, or refused when
     ``ptq_strict``. ``activation``: ``relu``, ``hardtanh``, or ``auto`` (hardtanh where a layer binarises or
-    ternarises its input, whose sign of a ReLU output would be constant).
+    ternarises its input, whose sign of a ReLU output would be constant). ``weight_only``: integer and ternary
+    formats keep float activations (their ``activations="float"`` option) instead of their default per-row int8
+    activations (W4A8, W2A8, W1.58A8).
     """
 
     hidden: list[int] = field(default_factory=lambda: [640, 320])
@@ -54,6 +56,7 @@ class ModelConfig:
     layer_norm: bool = False
     keep_last_fp: bool = False
     group_size: int | None = None
+    weight_only: bool = False
     layer_formats: list[str] | None = None
     activation: str = "auto"
     ptq_min_agreement: float = 0.9

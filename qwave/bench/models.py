@@ -88,6 +88,8 @@ def _quant_options(ctx: BuildContext, layer_formats: list[str] | None = None) ->
     options: dict = {"keep_last_fp": m.keep_last_fp, "layer_formats": layer_formats or m.layer_formats}
     if m.group_size:
         options["group_size"] = m.group_size
+    if m.weight_only:
+        options["activations"] = "float"
     return options
 
 

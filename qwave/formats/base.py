@@ -11,16 +11,26 @@ Packed layouts (row-major, one row per output channel, rows padded independently
 
 * ``fp32``: ``weight`` float32 ``[out, in]``.
 * ``fp16`` / ``bf16``: ``weight`` float16 / bfloat16 ``[out, in]``.
-* ``int<k>`` (k in 2..8): ``codes`` uint8 ``[out, ceil(in*k/8)]``, each row a little-endian bit stream of
-  k-bit two's-complement codes in ``[-(2^(k-1)-1), 2^(k-1)-1]`` (k=8: the uint8 view of int8 codes; k=4:
-  low nibble first); ``scale`` float16 ``[out, n_groups]`` (``n_groups = 1`` per channel, else
-  ``ceil(in / group_size)``).
+* ``int<k>`` (k in 2..8): ``codes`` uint8 ``[out, ceil(in*k/8)]``, each row a little-endian bit stream of k-bit
+  fields (k=8: the uint8 view of int8 codes; k=4: low nibble first); ``scale`` float16 ``[out, n_groups]``
+  (``n_groups = 1`` per channel, else ``ceil(in / group_size)``). Grid ``symmetric``: two's-complement codes in
+  ``[-(2^(k-1)-1), 2^(k-1)-1]``, value ``code * scale``. Grid ``halfstep`` (k <= 7; int2's default): unsigned
+  fields ``u`` in ``[0, 2^k)`` for the odd codes ``2u - (2^k - 1)``, value ``code * scale`` (all ``2^k`` levels,
+  symmetric about 0; ``scale`` is half a step).
 * ``binary``: ``bits`` int64 ``[out, ceil(in/64)]`` (the uint64 words' bit pattern), bit ``j`` of word ``i``
   is set when element ``64*i + j`` is ``+1``; padding bits are 0; ``scale`` float16 ``[out, 1]``.
 * ``ternary``: ``codes`` uint8 ``[out, ceil(in/5)]``, byte = ``sum_i (t_i + 1) * 3**i`` over five trits
   (padding trits are 0, i.e. digit 1); ``scale`` float16 ``[out, 1]``.
 * ``qesc``: ``plus`` and ``minus`` int64 ``[out, ceil(in/64)]`` bit-planes (bit set where the trit is +1 /
   -1, same bit order as binary); ``scale`` float16 ``[out, 1]``.
+
+Activations (``activations``): ``int8`` formats (int8 always; int2..int7 and ternary by default: W4A8, W2A8,
+W1.58A8) quantize each input row dynamically to int8 and compute exact integer dots (``int8_activation_matmul``);
+``float`` (fp formats, and the explicit weight-only option ``activations="float"`` of int2..int7 and ternary)
+multiply float inputs by the dequantized weight; binary / qesc binarise / ternarise them.
+
+Artifacts written before an option existed mean what the format did then: ``format_from_manifest`` fills the
+missing options from ``LEGACY_OPTIONS`` (the one place that mapping lives).
 """
 
 from __future__ import annotations
@@ -128,6 +138,32 @@ def registered_formats() -> list[str]:
     return list(_REGISTRY)
 
 
+# Options formats gained after artifacts were first written, with the meaning an artifact that lacks them has:
+# int2..int7 and ternary ran float activations (weight-only), and int2 used three levels (-1, 0, 1).
+LEGACY_OPTIONS: dict[str, dict] = {
+    **{f"int{k}": {"activations": "float"} for k in range(3, 8)},
+    "int2": {"activations": "float", "grid": "symmetric"},
+    "ternary": {"activations": "float"},
+}
+
+
+def format_from_manifest(name: str, options: dict) -> QuantFormat:
+    """The format an artifact manifest names: its stored ``options``, and for the options it lacks the meaning
+    they had when it was written (``LEGACY_OPTIONS``), never today's defaults."""
+    key = canonical_name(name)
+    return get_format(key, **{**LEGACY_OPTIONS.get(key, {}), **options})
+
+
+ACTIVATIONS = ("int8", "float")  # the choices of the ``activations`` option of integer-weight formats
+
+
+def check_choice(option: str, value, choices: tuple) -> str:
+    """``value`` if it is one of ``choices``, else a FormatError naming the option."""
+    if value not in choices:
+        raise FormatError(f"{option} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return value
+
+
 def check_finite(w: torch.Tensor, what: str = "weight") -> None:
     """Refuse NaN or infinite values: quantizing them would silently produce garbage codes."""
     if not torch.isfinite(w).all():
@@ -142,6 +178,27 @@ def scaled_codes(x: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tenso
     """``clamp(round(x / scale), -qmax, qmax)`` as floats, with code 0 wherever ``scale`` is 0."""
     divisor = torch.where(scale > 0, scale, torch.ones_like(scale))
     return torch.where(scale > 0, (x / divisor).round().clamp(-qmax, qmax), torch.zeros_like(x))
+
+
+def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic symmetric int8 activations: codes (float tensor of integers) and per-row float32 scales
+    ``max|x_row| / 127``."""
+    scale = x.abs().amax(dim=-1, keepdim=True) / 127
+    return scaled_codes(x, scale, 127), scale
+
+
+def int8_activation_matmul(rows: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, size: int) -> torch.Tensor:
+    """The W·A8 recipe: int8 activation codes times integer weight ``codes [out, in]`` exactly per group of
+    ``size`` inputs (float64 holds every int32 sum), ``y = s_x * sum_g(float(acc_g) * s_w[:, g])``."""
+    x_codes, x_scale = quantize_rows_int8(rows)
+    x_codes, w_codes = x_codes.double(), codes.double()
+    w_scale = scale.float()
+    y = torch.zeros(rows.shape[0], codes.shape[0], device=rows.device)
+    for g in range(w_scale.shape[1]):
+        cols = slice(g * size, (g + 1) * size)
+        acc = x_codes[:, cols] @ w_codes[:, cols].T
+        y = y + acc.float() * w_scale[:, g]
+    return y * x_scale
 
 
 def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -188,8 +245,12 @@ class FormatBase:
         return ste(w, self.dequantize(self._quantize(w.detach().float())))
 
     def fake_quant_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What ``matmul`` does to its input, with a straight-through gradient (identity here: float input)."""
-        return x
+        """What ``matmul`` does to its input, with a straight-through gradient: the per-row int8 rounding for
+        ``activations == "int8"``, identity for float input (binary / qesc override it)."""
+        if self.activations != "int8":
+            return x
+        codes, scale = quantize_rows_int8(x.detach().float())
+        return ste(x, codes * scale)
 
     def options(self) -> dict:
         """Constructor options: ``get_format(self.name, **self.options())`` rebuilds this format."""

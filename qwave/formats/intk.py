@@ -1,13 +1,24 @@
-"""Symmetric k-bit integer weights (k = 2..8), per output channel or per group of ``group_size`` inputs.
+"""k-bit integer weights (k = 2..8), per output channel or per group of ``group_size`` inputs.
 
-``scale = max|w| / qmax`` with ``qmax = 2^(k-1) - 1``, rounded to float16 (saturating at 65504) *before*
-the codes ``clamp(round(w / scale), -qmax, qmax)`` are computed, so ``dequantize(quantize(w))`` is exactly
-``fake_quant(w)``. A group whose fp16 scale is 0 (all zeros, or below fp16's smallest subnormal) stores
-scale 0 and codes 0, i.e. exact zeros.
+Two grids (option ``grid``):
 
-Inference: ``int8`` quantizes each activation row dynamically (``s_x = max|x_row| / 127`` in float32, not
-stored), accumulates the integer products exactly (int32 semantics) per group and scales:
-``y = s_x * sum_g(float(acc_g) * s_w[:, g])``. k < 8 is weight-only: ``y = x @ dequantize(q).T``.
+* ``symmetric`` (default for k >= 3): ``scale = max|w| / qmax`` with ``qmax = 2^(k-1) - 1``, rounded to float16
+  (saturating at 65504) *before* the codes ``clamp(round(w / scale), -qmax, qmax)`` are computed, so
+  ``dequantize(quantize(w))`` is exactly ``fake_quant(w)``. One of the ``2^k`` codes is unused (int2: 3 levels).
+* ``halfstep`` (default for k = 2; k <= 7): all ``2^k`` levels, the odd codes ``c in {-(2^k-1), ..., -1, 1, ...,
+  2^k-1}`` with value ``c * scale`` (symmetric about 0, no zero level; ``scale`` is half a step). The scale is
+  chosen for the squared error: starting from ``max|w| / (2^k-1)``, ``HALFSTEP_ITERATIONS`` alternating steps of
+  ``codes = nearest odd integer of w / scale`` (clamped) and ``scale = <w, codes> / <codes, codes>`` (the
+  least-squares scale for those codes; each step never increases the error), then float16 rounding and the codes
+  of that stored scale.
+
+A group whose fp16 scale is 0 (all zeros, or below fp16's smallest subnormal) stores scale 0 (and codes 0, or 1 on
+the half-step grid), i.e. exact zeros.
+
+Inference (option ``activations``): ``int8`` (default; W8A8, W4A8, W2A8, ...) quantizes each activation row
+dynamically (``s_x = max|x_row| / 127`` in float32, not stored), accumulates the integer products exactly (int32
+semantics) per group and scales: ``y = s_x * sum_g(float(acc_g) * s_w[:, g])``; QAT simulates the same activation
+rounding. ``float`` is the weight-only variant: ``y = x @ dequantize(q).T``.
 """
 
 from __future__ import annotations
@@ -19,39 +30,51 @@ import torch
 
 from qwave.errors import FormatError
 from qwave.formats.base import (
+    ACTIVATIONS,
     FP16_MAX,
     FormatBase,
     QuantizedTensor,
     as_rows,
+    check_choice,
+    int8_activation_matmul,
     register,
     scaled_codes,
-    ste,
 )
 from qwave.formats.packing import pack_bits, unpack_bits
 
+GRIDS = ("symmetric", "halfstep")
+HALFSTEP_ITERATIONS = 8
 
-def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dynamic symmetric int8 activations: codes (float tensor of integers) and per-row float32 scales."""
-    scale = x.abs().amax(dim=-1, keepdim=True) / 127
-    return scaled_codes(x, scale, 127), scale
+def odd_codes(x: torch.Tensor, scale: torch.Tensor, limit: int) -> torch.Tensor:
+    """The nearest odd integer of ``x / scale`` clamped to ``[-limit, limit]`` (``limit`` odd), as floats; 1 where
+    ``scale`` is 0 (the value is 0 either way)."""
+    divisor = torch.where(scale > 0, scale, torch.ones_like(scale))
+    odd = (2 * torch.floor(x / (2 * divisor)) + 1).clamp(-limit, limit)
+    return torch.where(scale > 0, odd, torch.ones_like(x))
 
 
 class IntK(FormatBase):
-    """Symmetric ``bits``-bit integer codes with fp16 scales per output channel or per ``group_size`` inputs."""
+    """``bits``-bit integer codes with fp16 scales per output channel or per ``group_size`` inputs."""
 
-    def __init__(self, bits: int, group_size: int | None = None) -> None:
+    def __init__(
+        self, bits: int, group_size: int | None = None, activations: str = "int8", grid: str | None = None
+    ) -> None:
         if not 2 <= int(bits) <= 8:
             raise FormatError(f"integer formats take 2..8 bits; got bits={bits}")
         if group_size is not None and (int(group_size) != group_size or group_size < 1):
             raise FormatError(f"group_size must be a positive integer or None; got {group_size!r}")
         self.name = f"int{int(bits)}"
         self.bits = float(bits)
-        self.qmax = 2 ** (int(bits) - 1) - 1
         self.group_size = None if group_size is None else int(group_size)
-        self.activations = "int8" if bits == 8 else "float"
+        self.activations = check_choice(f"{self.name} activations", activations, ACTIVATIONS)
+        self.grid = check_choice(f"{self.name} grid", grid or ("halfstep" if bits == 2 else "symmetric"), GRIDS)
+        if self.grid == "halfstep" and bits == 8:
+            raise FormatError("int8 grid='halfstep' would need codes up to +-255; use grid='symmetric' (int8's)")
+        # Largest code magnitude: symmetric qmax, or the outermost odd code of the half-step grid.
+        self.qmax = 2 ** int(bits) - 1 if self.grid == "halfstep" else 2 ** (int(bits) - 1) - 1
 
     def options(self) -> dict:
-        return {"group_size": self.group_size}
+        return {"group_size": self.group_size, "activations": self.activations, "grid": self.grid}
 
     def _group(self, in_features: int) -> tuple[int, int]:
         """Group width and number of groups for a row of ``in_features`` weights."""
@@ -64,20 +87,46 @@ class IntK(FormatBase):
         padded = torch.nn.functional.pad(t, (0, groups * size - t.shape[1]))
         return padded.reshape(t.shape[0], groups, size)
 
+    def _halfstep_scale(self, wg: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Least-squares half-step scale per group (float32, before fp16 rounding); ``valid`` masks padding."""
+        scale = wg.abs().amax(dim=-1) / self.qmax
+        for _ in range(HALFSTEP_ITERATIONS):
+            codes = odd_codes(wg, scale.unsqueeze(-1), self.qmax) * valid
+            energy = (codes * codes).sum(-1)
+            scale = torch.where(energy > 0, (wg * codes).sum(-1) / energy.clamp(min=1), torch.zeros_like(scale))
+        return scale
+
     def _quantize(self, w: torch.Tensor) -> QuantizedTensor:
         out, n = w.shape
         size, groups = self._group(n)
         wg = self._grouped(w, size, groups)
-        scale = (wg.abs().amax(dim=-1) / self.qmax).clamp(max=FP16_MAX).half()
-        codes = scaled_codes(wg, scale.float().unsqueeze(-1), self.qmax)
+        if self.grid == "halfstep":
+            valid = self._grouped(torch.ones(1, n, dtype=w.dtype, device=w.device), size, groups)
+            scale = self._halfstep_scale(wg, valid).clamp(max=FP16_MAX).half()
+            codes = odd_codes(wg, scale.float().unsqueeze(-1), self.qmax)
+        else:
+            scale = (wg.abs().amax(dim=-1) / self.qmax).clamp(max=FP16_MAX).half()
+            codes = scaled_codes(wg, scale.float().unsqueeze(-1), self.qmax)
         codes = codes.reshape(out, groups * size)[:, :n].to(torch.int8)
         return QuantizedTensor(codes=codes, scale=scale, shape=(out, n))
 
+    def unsigned_codes(self, q: QuantizedTensor) -> tuple[torch.Tensor, int, int]:
+        """``(u, alpha, beta)`` with ``u`` in ``[0, 2^bits)`` (uint8) and ``codes = alpha * u - beta``: the
+        unsigned fields the packing stores (half-step) or an offset of the two's-complement codes (symmetric)."""
+        k = int(self.bits)
+        if self.grid == "halfstep":
+            return ((q.codes.to(torch.int16) + self.qmax) // 2).to(torch.uint8), 2, self.qmax
+        return (q.codes.to(torch.int16) + 2 ** (k - 1)).to(torch.uint8), 1, 2 ** (k - 1)
+
     def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
-        return {"codes": pack_bits(q.codes, int(self.bits)), "scale": q.scale}
+        fields = self.unsigned_codes(q)[0] if self.grid == "halfstep" else q.codes
+        return {"codes": pack_bits(fields, int(self.bits)), "scale": q.scale}
 
     def unpack(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> QuantizedTensor:
-        codes = unpack_bits(packed["codes"], int(self.bits), shape[1])
+        k = int(self.bits)
+        codes = unpack_bits(packed["codes"], k, shape[1])
+        if self.grid == "halfstep":
+            codes = (2 * (codes.to(torch.int16) & (2**k - 1)) - self.qmax).to(torch.int8)
         return QuantizedTensor(codes=codes, scale=packed["scale"], shape=tuple(shape))
 
     def dequantize(self, q: QuantizedTensor) -> torch.Tensor:
@@ -86,12 +135,6 @@ class IntK(FormatBase):
         wg = self._grouped(q.codes.float(), size, groups) * q.scale.float().unsqueeze(-1)
         return wg.reshape(out, groups * size)[:, :n]
 
-    def fake_quant_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.activations != "int8":
-            return x
-        codes, scale = quantize_rows_int8(x.detach().float())
-        return ste(x, codes * scale)
-
     def matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
         self.kernel = "reference-torch"
         rows = as_rows(x, shape[1])
@@ -99,21 +142,8 @@ class IntK(FormatBase):
         if self.activations != "int8":
             y = rows @ self.dequantize(q).T
         else:
-            y = self._int8_matmul(rows, q)
+            y = int8_activation_matmul(rows, q.codes, q.scale, self._group(q.shape[1])[0])
         return y.reshape(*x.shape[:-1], shape[0])
-
-    def _int8_matmul(self, rows: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
-        """Integer dot products per group (exact: float64 holds every int32 sum), then the two scales."""
-        size, groups = self._group(q.shape[1])
-        x_codes, x_scale = quantize_rows_int8(rows)
-        x_codes, w_codes = x_codes.double(), q.codes.double()
-        w_scale = q.scale.float()
-        y = torch.zeros(rows.shape[0], q.shape[0], device=rows.device)
-        for g in range(groups):
-            cols = slice(g * size, (g + 1) * size)
-            acc = x_codes[:, cols] @ w_codes[:, cols].T
-            y = y + acc.float() * w_scale[:, g]
-        return y * x_scale
 
 
 for _k in range(8, 1, -1):

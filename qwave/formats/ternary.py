@@ -1,15 +1,28 @@
-"""BitNet b1.58-style ternary weights: ``scale = mean|w|`` per output channel (BitNet uses one scale per
-tensor; per channel is a deliberate refinement that costs 2 bytes per row), rounded to fp16 first, then
+"""BitNet b1.58 ternary weights: ``scale = mean|w|`` (absmean) rounded to fp16 first, then
 ``codes = clamp(round(w / scale), -1, 1)``. Packed five trits per byte (1.6 bits per weight).
 
-Weight-only: activations stay float and ``y = x @ dequantize(q).T``.
+BitNet b1.58 uses one weight scale per tensor; qwave keeps one per output channel (a refinement that costs 2 bytes
+per row; the integer dot products are the same). Inference (option ``activations``): ``int8`` (default, W1.58A8 as
+BitNet b1.58 publishes it: 8-bit absmax activations per row, exact integer dots,
+``y = s_x * float(dot) * s_w``; QAT simulates the same activation rounding) or ``float`` (weight-only:
+``y = x @ dequantize(q).T``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from qwave.formats.base import FP16_MAX, FormatBase, QuantizedTensor, as_rows, register, scaled_codes
+from qwave.formats.base import (
+    ACTIVATIONS,
+    FP16_MAX,
+    FormatBase,
+    QuantizedTensor,
+    as_rows,
+    check_choice,
+    int8_activation_matmul,
+    register,
+    scaled_codes,
+)
 from qwave.formats.packing import pack_trits, unpack_trits
 
 
@@ -21,12 +34,22 @@ def ternarize(w: torch.Tensor) -> QuantizedTensor:
 
 
 class Ternary(FormatBase):
-    """Ternary codes packed 5 per byte with an fp16 absmean scale per output channel; float activations."""
+    """Ternary codes packed 5 per byte with an fp16 absmean scale per output channel."""
 
     name, bits = "ternary", 1.6
 
+    def __init__(self, activations: str = "int8") -> None:
+        self.activations = check_choice("ternary activations", activations, ACTIVATIONS)
+
+    def options(self) -> dict:
+        return {"activations": self.activations}
+
     def _quantize(self, w: torch.Tensor) -> QuantizedTensor:
         return ternarize(w)
+
+    def unsigned_codes(self, q: QuantizedTensor) -> tuple[torch.Tensor, int, int]:
+        """``(u, 1, 1)``: ``u = t + 1`` in {0, 1, 2} (uint8), so ``codes = u - 1``."""
+        return (q.codes + 1).to(torch.uint8), 1, 1
 
     def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
         return {"codes": pack_trits(q.codes), "scale": q.scale}
@@ -39,11 +62,16 @@ class Ternary(FormatBase):
 
     def matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
         self.kernel = "reference-torch"
-        y = as_rows(x, shape[1]) @ self.dequantize(self.unpack(packed, shape)).T
+        rows = as_rows(x, shape[1])
+        q = self.unpack(packed, shape)
+        if self.activations == "int8":
+            y = int8_activation_matmul(rows, q.codes, q.scale, shape[1])
+        else:
+            y = rows @ self.dequantize(q).T
         return y.reshape(*x.shape[:-1], shape[0])
 
 
 @register("ternary", "bitnet")
-def ternary() -> Ternary:
-    """BitNet b1.58 ternary weights, 1.6 bits per weight."""
-    return Ternary()
+def ternary(activations: str = "int8") -> Ternary:
+    """BitNet b1.58 ternary weights, 1.6 bits per weight; 8-bit activations unless ``activations="float"``."""
+    return Ternary(activations)

@@ -102,9 +102,26 @@ def _load_builtin() -> None:
 BUILTIN: tuple[str, ...] = (
     "qwave.kernels.weight_only",
     "qwave.kernels.int8",
+    "qwave.kernels.lowbit",
     "qwave.kernels.popcount",
     "qwave.kernels.cuda",
 )
+
+
+# Features that an AVX2-only x86 CPU (AMD Zen 3: AVX2, FMA, F16C, BMI2, no AVX-512, no VNNI) lacks.
+_NOT_AVX2 = ("avx512", "avx10", "amx", "avxvnni", "avxifma", "avxneconvert", "gfni", "evex512")
+
+
+def avx2_environment() -> dict[str, str]:
+    """Environment for a process that runs this machine's CPU as an AVX2-only one: numba compiles for Zen 3 with
+    the host's features minus every AVX-512 / VNNI / AMX one (so the kernels pick, and test, their AVX2 variants),
+    and torch, MKL and oneDNN are capped to AVX2. Set it before the process starts (numba and torch read it once)."""
+    from llvmlite import binding as llvm
+
+    features = llvm.get_host_cpu_features().flatten().split(",")
+    forced = ",".join("-" + f[1:] if f.startswith("+") and f[1:].startswith(_NOT_AVX2) else f for f in features)
+    return {"NUMBA_CPU_NAME": "znver3", "NUMBA_CPU_FEATURES": forced, "ATEN_CPU_CAPABILITY": "avx2",
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def status() -> dict:

@@ -1,10 +1,14 @@
-"""A few AVX2 / AVX-512 vector operations for numba kernels, written as LLVM intrinsics.
+"""AVX2 / AVX-512 vector operations for numba kernels, written as LLVM intrinsics.
 
 Numba widens small integer arithmetic to int64 and so never emits ``vpmaddubsw`` / ``vpmaddwd`` / ``vpdpbusd``
-from plain loops; these intrinsics give kernels vector values (``I8x32``, ``I32x8``, ``I32x16``) they can keep in
-registers. Only call the AVX2 ones after checking ``HAS_AVX2`` and the 512-bit ones after ``HAS_AVX512_VNNI``
-(the instructions fault, or fail to compile, elsewhere). The features are numba's target features
-(``NUMBA_CPU_FEATURES`` when set, else the host's), so this choice and numba's cache key agree.
+from plain loops; these intrinsics give kernels vector values they keep in registers: 256-bit ``I8x32``,
+``I16x16``, ``I32x8``, ``I64x4``, ``F32x8`` and 512-bit ``I32x16``, ``I64x8``, ``F32x16``. Only call the AVX2 ones
+after checking ``HAS_AVX2`` and the 512-bit integer-dot ones after ``HAS_AVX512_VNNI`` (the instructions fault, or
+fail to compile, elsewhere). The features are numba's target features (``NUMBA_CPU_FEATURES`` when set, else the
+host's), so this choice and numba's cache key agree; ``qwave.kernels.avx2_environment()`` forces an AVX2-only
+target on an AVX-512 machine (tests, benchmarks).
+
+Loads and stores are unaligned and unchecked: callers pass indices inside the array.
 """
 
 from __future__ import annotations
@@ -16,23 +20,26 @@ from numba.core import cgutils, config
 from numba.extending import intrinsic, models, register_model
 
 _FEATURES = set((config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()).split(","))
-HAS_AVX2 = "+avx2" in _FEATURES
+HAS_AVX2 = {"+avx2", "+fma", "+f16c"} <= _FEATURES
 HAS_AVX512_VNNI = HAS_AVX2 and {"+avx512f", "+avx512bw", "+avx512vnni"} <= _FEATURES
+HAS_VPOPCNTDQ = HAS_AVX2 and {"+avx512f", "+avx512vpopcntdq"} <= _FEATURES
 
 
 class Vec(types.Type):
-    """A 256- or 512-bit integer vector of ``count`` lanes of ``bits`` bits."""
+    """A 256- or 512-bit vector of ``count`` lanes of ``bits``-bit integers (or float32 when ``real``)."""
 
-    def __init__(self, bits: int, count: int) -> None:
-        self.bits, self.count = bits, count
-        super().__init__(name=f"i{bits}x{count}")
+    def __init__(self, bits: int, count: int, real: bool = False) -> None:
+        self.bits, self.count, self.real = bits, count, real
+        super().__init__(name=f"{'f' if real else 'i'}{bits}x{count}")
 
 
-I8x32, I16x16, I32x8, I32x16, I64x8 = Vec(8, 32), Vec(16, 16), Vec(32, 8), Vec(32, 16), Vec(64, 8)
+I8x32, I16x16, I32x8, I64x4, F32x8 = Vec(8, 32), Vec(16, 16), Vec(32, 8), Vec(64, 4), Vec(32, 8, True)
+I8x64, I32x16, I64x8, F32x16 = Vec(8, 64), Vec(32, 16), Vec(64, 8), Vec(32, 16, True)
+I32 = ir.IntType(32)
 
 
 def _ll(vt: Vec) -> ir.VectorType:
-    return ir.VectorType(ir.IntType(vt.bits), vt.count)
+    return ir.VectorType(ir.FloatType() if vt.real else ir.IntType(vt.bits), vt.count)
 
 
 @register_model(Vec)
@@ -41,202 +48,369 @@ class _VecModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, _ll(fe_type))
 
 
-def _x86(builder, name: str, ret: Vec, *args):
-    fnty = ir.FunctionType(_ll(ret), [a.type for a in args])
+def _call(builder, name: str, ret: ir.Type, *args):
+    fnty = ir.FunctionType(ret, [a.type for a in args])
     return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), list(args))
 
 
-@intrinsic
-def load_i8x32(typingctx, arr, start):
-    """32 bytes of a contiguous 1-D int8/uint8 array from element ``start`` (unaligned, unchecked)."""
-
-    def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.bitcast(builder.gep(data, [args[1]]), _ll(I8x32).as_pointer())
-        return builder.load(ptr, align=1)
-
-    return I8x32(arr, start), codegen
+def _ptr(context, builder, arr_type, arr, index, vt: ir.Type):
+    data = context.make_array(arr_type)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [index]), vt.as_pointer())
 
 
-@intrinsic
-def zero_i32x8(typingctx):
-    """All-zero int32 accumulator."""
-
-    def codegen(context, builder, sig, args):
-        return ir.Constant(_ll(I32x8), None)
-
-    return I32x8(), codegen
+def _splat(vt: ir.VectorType, value) -> ir.Constant:
+    return ir.Constant(vt, [value] * vt.count)
 
 
-@intrinsic
-def dot_i8(typingctx, acc, a_abs, a, b):
-    """``acc + sum of 4 neighbouring products a*b`` per int32 lane, exactly, for int8 ``a, b`` in [-127, 127].
+def _literal(value) -> int | None:
+    return value.literal_value if isinstance(value, types.IntegerLiteral) else None
 
-    Sign trick: ``vpmaddubsw(|a|, sign(a)*b)`` multiplies an unsigned by a signed byte; pairs stay within
-    2*127*127 < 2^15 so it never saturates; ``vpmaddwd`` with ones widens the pairs to int32.
-    """
 
-    def codegen(context, builder, sig, args):
-        acc_v, abs_v, a_v, b_v = args
-        signed_b = _x86(builder, "llvm.x86.avx2.psign.b", I8x32, b_v, a_v)
-        pairs = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16, abs_v, signed_b)
-        ones = ir.Constant(_ll(I16x16), [1] * 16)
-        return builder.add(acc_v, _x86(builder, "llvm.x86.avx2.pmadd.wd", I32x8, pairs, ones))
+# ---- loads, stores, broadcasts, constants ---------------------------------------------------------------------
 
-    return I32x8(I32x8, I8x32, I8x32, I8x32), codegen
+
+def _loader(vt: Vec, doc: str):
+    @intrinsic
+    def load(typingctx, arr, start):
+        def codegen(context, builder, sig, args):
+            return builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], _ll(vt)), align=1)
+
+        return vt(arr, start), codegen
+
+    load.__doc__ = doc
+    return load
+
+
+load_i8x32 = _loader(I8x32, "32 bytes of a contiguous 1-D array from element ``start``.")
+load_i32x8 = _loader(I32x8, "8 int32 of a contiguous 1-D int32 array from element ``start``.")
+load_i64x4 = _loader(I64x4, "4 words of a contiguous 1-D uint64/int64 array from element ``start``.")
+load_f32x8 = _loader(F32x8, "8 float32 of a contiguous 1-D float32 array from element ``start``.")
+load_i32x16 = _loader(I32x16, "64 bytes of a contiguous 1-D array from element ``start``, as 16 int32 lanes.")
+load_i64x8 = _loader(I64x8, "8 words of a contiguous 1-D uint64/int64 array from element ``start``.")
+load_f32x16 = _loader(F32x16, "16 float32 of a contiguous 1-D float32 array from element ``start``.")
 
 
 @intrinsic
-def hsum_i32x8(typingctx, v):
-    """Sum of the eight int32 lanes (wrapping like int32), as int64."""
+def store(typingctx, arr, start, v):
+    """Store vector ``v`` into a contiguous 1-D array of its lane type from element ``start``."""
+    if not isinstance(v, Vec):
+        return None
 
     def codegen(context, builder, sig, args):
-        total = ir.Constant(ir.IntType(32), 0)
-        for i in range(8):
-            total = builder.add(total, builder.extract_element(args[0], ir.Constant(ir.IntType(32), i)))
-        return builder.sext(total, ir.IntType(64))
+        builder.store(args[2], _ptr(context, builder, sig.args[0], args[0], args[1], _ll(sig.args[2])), align=1)
+        return context.get_dummy_value()
 
-    return types.int64(I32x8), codegen
+    return types.none(arr, start, v), codegen
+
+
+def _bcast_word(vt: Vec, doc: str):
+    @intrinsic
+    def bcast(typingctx, arr, start):
+        lanes = vt.bits * vt.count // 32
+
+        def codegen(context, builder, sig, args):
+            word = builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], I32), align=1)
+            wide = ir.VectorType(I32, lanes)
+            one = builder.insert_element(ir.Constant(wide, None), word, ir.Constant(I32, 0))
+            spread = builder.shuffle_vector(one, ir.Constant(wide, None), ir.Constant(ir.VectorType(I32, lanes),
+                                                                                       [0] * lanes))
+            return builder.bitcast(spread, _ll(vt))
+
+        return vt(arr, start), codegen
+
+    bcast.__doc__ = doc
+    return bcast
+
+
+bcast4_i8x32 = _bcast_word(I8x32, "The 4 bytes at element ``start`` repeated 8 times (``vpbroadcastd``).")
+bcast4_i32x16 = _bcast_word(I32x16, "The 4 bytes at element ``start`` repeated in all 16 int32 lanes.")
+bcast_u8x4 = bcast4_i32x16
+
+
+def _bcast_scalar(vt: Vec, doc: str):
+    @intrinsic
+    def bcast(typingctx, value):
+        def codegen(context, builder, sig, args):
+            lane = _ll(vt).element
+            v = args[0]
+            if vt.real:
+                v = builder.fptrunc(v, lane) if isinstance(v.type, ir.DoubleType) else v
+            elif v.type.width != lane.width:
+                v = builder.trunc(v, lane) if v.type.width > lane.width else builder.zext(v, lane)
+            one = builder.insert_element(ir.Constant(_ll(vt), None), v, ir.Constant(I32, 0))
+            return builder.shuffle_vector(one, ir.Constant(_ll(vt), None),
+                                          ir.Constant(ir.VectorType(I32, vt.count), [0] * vt.count))
+
+        return vt(value), codegen
+
+    bcast.__doc__ = doc
+    return bcast
+
+
+bcast_i64x4 = _bcast_scalar(I64x4, "One 64-bit word in all 4 lanes.")
+bcast_i64x8 = _bcast_scalar(I64x8, "One 64-bit word in all 8 lanes.")
+bcast_f32x8 = _bcast_scalar(F32x8, "One float32 in all 8 lanes.")
+bcast_f32x16 = _bcast_scalar(F32x16, "One float32 in all 16 lanes.")
+
+
+def _zero(vt: Vec):
+    @intrinsic
+    def zero(typingctx):
+        def codegen(context, builder, sig, args):
+            return ir.Constant(_ll(vt), None)
+
+        return vt(), codegen
+
+    zero.__doc__ = f"All-zero {vt.name} vector."
+    return zero
+
+
+zero_i16x16, zero_i32x8, zero_i64x4, zero_f32x8 = _zero(I16x16), _zero(I32x8), _zero(I64x4), _zero(F32x8)
+zero_i32x16, zero_i64x8, zero_f32x16 = _zero(I32x16), _zero(I64x8), _zero(F32x16)
+
+
+@intrinsic(prefer_literal=True)
+def splat_i8x32(typingctx, value):
+    """A constant byte (a literal integer) in all 32 lanes."""
+    v = _literal(value)
+    if v is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _splat(_ll(I8x32), v & 0xFF)
+
+    return I8x32(value), codegen
+
+
+# ---- lane-wise arithmetic -------------------------------------------------------------------------------------
+
+
+def _lanewise(int_op: str, float_op: str | None, doc: str):
+    @intrinsic
+    def op(typingctx, a, b):
+        if not (isinstance(a, Vec) and a == b) or (a.real and float_op is None):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, float_op if sig.args[0].real else int_op)(args[0], args[1])
+
+        return a(a, b), codegen
+
+    op.__doc__ = doc
+    return op
+
+
+vadd = _lanewise("add", "fadd", "Lane-wise ``a + b`` (integer lanes wrap).")
+vsub = _lanewise("sub", "fsub", "Lane-wise ``a - b`` (integer lanes wrap).")
+vand = _lanewise("and_", None, "Bitwise ``a & b``.")
+vor = _lanewise("or_", None, "Bitwise ``a | b``.")
+vxor = _lanewise("xor", None, "Bitwise ``a ^ b``.")
 
 
 @intrinsic
-def zero_i32x16(typingctx):
-    """All-zero 512-bit int32 accumulator."""
+def vfma(typingctx, acc, a, b):
+    """``acc + a * b`` per float32 lane, fused (one rounding: ``vfmadd231ps``)."""
+    if not (isinstance(acc, Vec) and acc.real and acc == a == b):
+        return None
 
     def codegen(context, builder, sig, args):
-        return ir.Constant(_ll(I32x16), None)
+        vt = args[0].type
+        return _call(builder, f"llvm.fma.v{vt.count}f32", vt, args[1], args[2], args[0])
 
-    return I32x16(), codegen
+    return acc(acc, a, b), codegen
+
+
+@intrinsic(prefer_literal=True)
+def shr_mask(typingctx, v, shift, mask):
+    """``(v >> shift) & mask`` per byte, ``shift`` and ``mask`` literal integers (``vpsrlw`` + ``vpand``): the
+    shift crosses byte boundaries inside 16-bit lanes, and the mask drops the bits that came from the next byte."""
+    s, m = _literal(shift), _literal(mask)
+    if not isinstance(v, Vec) or v.real or s is None or m is None or not 0 <= s < 8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        width = v.bits * v.count
+        x = args[0]
+        if s:
+            words = ir.VectorType(ir.IntType(16), width // 16)
+            x = builder.bitcast(builder.lshr(builder.bitcast(x, words), _splat(words, s)), _ll(v))
+        as_bytes = ir.VectorType(ir.IntType(8), width // 8)
+        return builder.bitcast(builder.and_(builder.bitcast(x, as_bytes), _splat(as_bytes, m & 0xFF)), _ll(v))
+
+    return v(v, shift, mask), codegen
+
+
+@intrinsic(prefer_literal=True)
+def gt_i8(typingctx, v, threshold):
+    """Per signed byte: ``-1`` (0xFF) where ``v > threshold`` (a literal), else 0 (``vpcmpgtb``)."""
+    t = _literal(threshold)
+    if not isinstance(v, Vec) or v.real or t is None or not -128 <= t <= 127:
+        return None
+
+    def codegen(context, builder, sig, args):
+        width = v.bits * v.count
+        as_bytes = ir.VectorType(ir.IntType(8), width // 8)
+        flags = builder.icmp_signed(">", builder.bitcast(args[0], as_bytes), _splat(as_bytes, t))
+        return builder.bitcast(builder.sext(flags, as_bytes), _ll(v))
+
+    return v(v, threshold), codegen
 
 
 @intrinsic
-def load_i32x16(typingctx, arr, start):
-    """64 bytes of a contiguous 1-D int8/uint8 array from element ``start`` (unaligned, unchecked)."""
+def vadd_i8(typingctx, a, b):
+    """``a + b`` per byte (wrapping mod 256) on vectors of any lane type."""
+    if not (isinstance(a, Vec) and a == b) or a.real:
+        return None
 
     def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.bitcast(builder.gep(data, [args[1]]), _ll(I32x16).as_pointer())
-        return builder.load(ptr, align=1)
+        as_bytes = ir.VectorType(ir.IntType(8), a.bits * a.count // 8)
+        total = builder.add(builder.bitcast(args[0], as_bytes), builder.bitcast(args[1], as_bytes))
+        return builder.bitcast(total, _ll(a))
 
-    return I32x16(arr, start), codegen
+    return a(a, b), codegen
 
 
 @intrinsic
-def bcast_u8x4(typingctx, arr, start):
-    """The 4 bytes of a contiguous 1-D int8/uint8 array at element ``start``, repeated in all 16 int32 lanes."""
+def vsub_i8(typingctx, a, b):
+    """``a - b`` per byte (wrapping mod 256) on vectors of any lane type."""
+    if not (isinstance(a, Vec) and a == b) or a.real:
+        return None
 
     def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        i32 = ir.IntType(32)
-        word = builder.load(builder.bitcast(builder.gep(data, [args[1]]), i32.as_pointer()), align=1)
-        one = builder.insert_element(ir.Constant(_ll(I32x16), None), word, ir.Constant(i32, 0))
-        return builder.shuffle_vector(one, ir.Constant(_ll(I32x16), None), ir.Constant(_ll(I32x16), [0] * 16))
+        as_bytes = ir.VectorType(ir.IntType(8), a.bits * a.count // 8)
+        diff = builder.sub(builder.bitcast(args[0], as_bytes), builder.bitcast(args[1], as_bytes))
+        return builder.bitcast(diff, _ll(a))
 
-    return I32x16(arr, start), codegen
+    return a(a, b), codegen
+
+
+# ---- integer dot products -------------------------------------------------------------------------------------
+
+
+@intrinsic
+def maddubs(typingctx, u, s):
+    """``vpmaddubsw``: int16 lane ``j`` = ``u[2j] s[2j] + u[2j+1] s[2j+1]``, ``u`` unsigned and ``s`` signed bytes.
+    It saturates at +-32767: callers keep ``|u|`` and ``|s|`` small enough that a pair never reaches it."""
+    if u != I8x32 or s != I8x32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _ll(I16x16), *args)
+
+    return I16x16(I8x32, I8x32), codegen
+
+
+@intrinsic
+def widen_pairs(typingctx, v):
+    """``vpmaddwd`` with ones: int32 lane ``j`` = ``v[2j] + v[2j+1]`` (exact)."""
+    if v != I16x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call(builder, "llvm.x86.avx2.pmadd.wd", _ll(I32x8), args[0], _splat(_ll(I16x16), 1))
+
+    return I32x8(I16x16), codegen
+
+
+@intrinsic
+def sign_i8(typingctx, b, a):
+    """``vpsignb``: each byte of ``b`` negated where ``a < 0``, zeroed where ``a == 0``."""
+    if b != I8x32 or a != I8x32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call(builder, "llvm.x86.avx2.psign.b", _ll(I8x32), *args)
+
+    return I8x32(I8x32, I8x32), codegen
 
 
 @intrinsic
 def dpbusd(typingctx, acc, u, b):
     """``vpdpbusd`` on 512 bits: ``acc + sum of 4 neighbouring products u*b`` per int32 lane, ``u`` unsigned
-    bytes, ``b`` signed bytes, exact (no intermediate saturation)."""
+    bytes, ``b`` signed bytes, exact (no intermediate saturation; the int32 sum wraps)."""
+    if acc != I32x16 or u != I32x16 or b != I32x16:
+        return None
 
     def codegen(context, builder, sig, args):
-        vt = _ll(I32x16)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
-                                            "llvm.x86.avx512.vpdpbusd.512")
-        return builder.call(fn, list(args))
+        return _call(builder, "llvm.x86.avx512.vpdpbusd.512", _ll(I32x16), *args)
 
     return I32x16(I32x16, I32x16, I32x16), codegen
 
 
-@intrinsic
-def store_i32x16(typingctx, arr, start, v):
-    """Store 16 int32 lanes into a contiguous 1-D int32 array from element ``start`` (unchecked)."""
-
-    def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.bitcast(builder.gep(data, [args[1]]), _ll(I32x16).as_pointer())
-        builder.store(args[2], ptr, align=4)
-        return context.get_dummy_value()
-
-    return types.none(arr, start, v), codegen
-
-
-# Generic <8 x i64> operations for the popcount kernels: LLVM lowers them to vpopcntq zmm with AVX512-VPOPCNTDQ
-# and to two ymm halves with a nibble lookup on plain AVX2, so they are valid on every AVX2 CPU.
+# ---- popcount -------------------------------------------------------------------------------------------------
 
 
 @intrinsic
-def zero_i64x8(typingctx):
-    """All-zero 8 x int64 accumulator."""
+def popcount_bytes(typingctx, v):
+    """Set bits of each byte (0..8) of a 256-bit vector, by two 16-entry ``vpshufb`` lookups of its nibbles."""
+    if v != I64x4:
+        return None
 
     def codegen(context, builder, sig, args):
-        return ir.Constant(_ll(I64x8), None)
+        b32 = _ll(I8x32)
+        table = ir.Constant(b32, [bin(i % 16).count("1") for i in range(32)])
+        x = builder.bitcast(args[0], b32)
+        low = builder.and_(x, _splat(b32, 0x0F))
+        words = ir.VectorType(ir.IntType(16), 16)
+        high = builder.and_(builder.bitcast(builder.lshr(builder.bitcast(x, words), _splat(words, 4)), b32),
+                            _splat(b32, 0x0F))
+        counts = builder.add(_call(builder, "llvm.x86.avx2.pshuf.b", b32, table, low),
+                             _call(builder, "llvm.x86.avx2.pshuf.b", b32, table, high))
+        return builder.bitcast(counts, _ll(I64x4))
 
-    return I64x8(), codegen
+    return I64x4(I64x4), codegen
 
 
 @intrinsic
-def load_i64x8(typingctx, arr, start):
-    """8 words of a contiguous 1-D uint64/int64 array from element ``start`` (unaligned, unchecked)."""
+def sum_bytes(typingctx, v):
+    """``vpsadbw`` against zero: each 64-bit lane becomes the sum of its 8 unsigned bytes."""
+    if v != I64x4:
+        return None
 
     def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.bitcast(builder.gep(data, [args[1]]), _ll(I64x8).as_pointer())
-        return builder.load(ptr, align=8)
+        b32 = _ll(I8x32)
+        return _call(builder, "llvm.x86.avx2.psad.bw", _ll(I64x4), builder.bitcast(args[0], b32),
+                     ir.Constant(b32, None))
 
-    return I64x8(arr, start), codegen
+    return I64x4(I64x4), codegen
 
 
 @intrinsic
-def bcast_i64x8(typingctx, word):
-    """One 64-bit word repeated in all 8 lanes."""
+def popcount_i64(typingctx, v):
+    """Set bits of each 64-bit lane (``llvm.ctpop``: ``vpopcntq`` with AVX512-VPOPCNTDQ)."""
+    if v not in (I64x4, I64x8):
+        return None
 
     def codegen(context, builder, sig, args):
-        vt = _ll(I64x8)
-        one = builder.insert_element(ir.Constant(vt, None), args[0], ir.Constant(ir.IntType(32), 0))
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
-        return builder.shuffle_vector(one, ir.Constant(vt, None), mask)
+        vt = args[0].type
+        return _call(builder, f"llvm.ctpop.v{vt.count}i64", vt, args[0])
 
-    return I64x8(word), codegen
+    return v(v), codegen
 
 
-def _ctpop(builder, v):
-    vt = _ll(I64x8)
-    return builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt]), "llvm.ctpop.v8i64"),
-                        [v])
+# ---- 16-bit floats --------------------------------------------------------------------------------------------
 
 
-@intrinsic
-def xor_popcount_add(typingctx, acc, x, w):
-    """``acc + popcount(x ^ w)`` per 64-bit lane."""
+def _half_loader(vt: Vec, bf16: bool):
+    @intrinsic
+    def load(typingctx, arr, start):
+        def codegen(context, builder, sig, args):
+            n = vt.count
+            if bf16:
+                raw = builder.load(_ptr(context, builder, sig.args[0], args[0], args[1],
+                                        ir.VectorType(ir.IntType(16), n)), align=1)
+                wide = builder.shl(builder.zext(raw, ir.VectorType(I32, n)), _splat(ir.VectorType(I32, n), 16))
+                return builder.bitcast(wide, _ll(vt))
+            raw = builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], ir.VectorType(ir.HalfType(), n)),
+                               align=1)
+            return builder.fpext(raw, _ll(vt))
 
-    def codegen(context, builder, sig, args):
-        return builder.add(args[0], _ctpop(builder, builder.xor(args[1], args[2])))
+        return vt(arr, start), codegen
 
-    return I64x8(I64x8, I64x8, I64x8), codegen
-
-
-@intrinsic
-def trit_popcount_add(typingctx, acc, p, m, wp, wm):
-    """``acc + popcount((p & wp) | (m & wm)) - popcount((p & wm) | (m & wp))`` per 64-bit lane."""
-
-    def codegen(context, builder, sig, args):
-        acc_v, p_v, m_v, wp_v, wm_v = args
-        same = builder.or_(builder.and_(p_v, wp_v), builder.and_(m_v, wm_v))
-        diff = builder.or_(builder.and_(p_v, wm_v), builder.and_(m_v, wp_v))
-        return builder.sub(builder.add(acc_v, _ctpop(builder, same)), _ctpop(builder, diff))
-
-    return I64x8(I64x8, I64x8, I64x8, I64x8, I64x8), codegen
+    kind = "bfloat16 (the high half of a float32: a 16-bit shift)" if bf16 else "float16 (``vcvtph2ps``)"
+    load.__doc__ = f"{vt.count} {kind} values of a contiguous 1-D uint16 array from ``start``, as float32."
+    return load
 
 
-@intrinsic
-def store_i64x8(typingctx, arr, start, v):
-    """Store 8 int64 lanes into a contiguous 1-D int64 array from element ``start`` (unchecked)."""
-
-    def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        builder.store(args[2], builder.bitcast(builder.gep(data, [args[1]]), _ll(I64x8).as_pointer()), align=8)
-        return context.get_dummy_value()
-
-    return types.none(arr, start, v), codegen
+load_f16x8, load_bf16x8 = _half_loader(F32x8, False), _half_loader(F32x8, True)
+load_f16x16, load_bf16x16 = _half_loader(F32x16, False), _half_loader(F32x16, True)

@@ -14,7 +14,7 @@ import torch
 from qwave.kernels import Kernel, register_kernel, weight_only
 
 if torch.cuda.is_available():
-    from qwave.formats.intk import quantize_rows_int8
+    from qwave.formats.base import quantize_rows_int8
 
     def _prepare_int8(fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> dict:
         q = fmt.unpack(packed, shape)

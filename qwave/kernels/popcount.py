@@ -69,11 +69,25 @@ if FAST_KERNELS:
     from qwave.kernels._simd import (
         bcast_i64x8,
         load_i64x8,
-        store_i64x8,
-        trit_popcount_add,
-        xor_popcount_add,
+        popcount_i64,
+        store,
+        vadd,
+        vand,
+        vor,
+        vsub,
+        vxor,
         zero_i64x8,
     )
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def xor_popcount_add(acc, x, w):
+        return vadd(acc, popcount_i64(vxor(x, w)))
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def trit_popcount_add(acc, p, m, wp, wm):
+        same = vor(vand(p, wp), vand(m, wm))
+        diff = vor(vand(p, wm), vand(m, wp))
+        return vsub(vadd(acc, popcount_i64(same)), popcount_i64(diff))
 
     @njit(cache=True, boundscheck=False, nogil=True, fastmath={"reassoc", "nsz", "contract"})
     def _abs_mean(row):
@@ -184,9 +198,9 @@ if FAST_KERNELS:
                         a20 = xor_popcount_add(a20, x, w0); a21 = xor_popcount_add(a21, x, w1)  # noqa: E702
                         x = bcast_i64x8(xb[r + 3, k])
                         a30 = xor_popcount_add(a30, x, w0); a31 = xor_popcount_add(a31, x, w1)  # noqa: E702
-                    store_i64x8(flat, 0, a00); store_i64x8(flat, 8, a01); store_i64x8(flat, 16, a10)  # noqa: E702
-                    store_i64x8(flat, 24, a11); store_i64x8(flat, 32, a20); store_i64x8(flat, 40, a21)  # noqa: E702
-                    store_i64x8(flat, 48, a30); store_i64x8(flat, 56, a31)  # noqa: E702
+                    store(flat, 0, a00); store(flat, 8, a01); store(flat, 16, a10)  # noqa: E702
+                    store(flat, 24, a11); store(flat, 32, a20); store(flat, 40, a21)  # noqa: E702
+                    store(flat, 48, a30); store(flat, 56, a31)  # noqa: E702
                 else:
                     for i in range(rows):
                         a00 = zero_i64x8(); a01 = zero_i64x8()  # noqa: E702
@@ -194,7 +208,7 @@ if FAST_KERNELS:
                             x = bcast_i64x8(xb[r + i, k])
                             a00 = xor_popcount_add(a00, x, load_i64x8(wf, k * stride + c))
                             a01 = xor_popcount_add(a01, x, load_i64x8(wf, k * stride + c + 8))
-                        store_i64x8(flat, i * VEC_TILE, a00); store_i64x8(flat, i * VEC_TILE + 8, a01)  # noqa: E702
+                        store(flat, i * VEC_TILE, a00); store(flat, i * VEC_TILE + 8, a01)  # noqa: E702
                 for i in range(rows):
                     for j in range(width):
                         acc[i, j] = n - 2 * acc[i, j]
@@ -226,9 +240,9 @@ if FAST_KERNELS:
                         a20 = trit_popcount_add(a20, xa, xb_, p0, q0); a21 = trit_popcount_add(a21, xa, xb_, p1, q1)  # noqa: E702
                         xa, xb_ = bcast_i64x8(xp[r + 3, k]), bcast_i64x8(xm[r + 3, k])
                         a30 = trit_popcount_add(a30, xa, xb_, p0, q0); a31 = trit_popcount_add(a31, xa, xb_, p1, q1)  # noqa: E702
-                    store_i64x8(flat, 0, a00); store_i64x8(flat, 8, a01); store_i64x8(flat, 16, a10)  # noqa: E702
-                    store_i64x8(flat, 24, a11); store_i64x8(flat, 32, a20); store_i64x8(flat, 40, a21)  # noqa: E702
-                    store_i64x8(flat, 48, a30); store_i64x8(flat, 56, a31)  # noqa: E702
+                    store(flat, 0, a00); store(flat, 8, a01); store(flat, 16, a10)  # noqa: E702
+                    store(flat, 24, a11); store(flat, 32, a20); store(flat, 40, a21)  # noqa: E702
+                    store(flat, 48, a30); store(flat, 56, a31)  # noqa: E702
                 else:
                     for i in range(rows):
                         a00 = zero_i64x8(); a01 = zero_i64x8()  # noqa: E702
@@ -237,7 +251,7 @@ if FAST_KERNELS:
                             xa, xb_ = bcast_i64x8(xp[r + i, k]), bcast_i64x8(xm[r + i, k])
                             a00 = trit_popcount_add(a00, xa, xb_, load_i64x8(wpf, o), load_i64x8(wmf, o))
                             a01 = trit_popcount_add(a01, xa, xb_, load_i64x8(wpf, o + 8), load_i64x8(wmf, o + 8))
-                        store_i64x8(flat, i * VEC_TILE, a00); store_i64x8(flat, i * VEC_TILE + 8, a01)  # noqa: E702
+                        store(flat, i * VEC_TILE, a00); store(flat, i * VEC_TILE + 8, a01)  # noqa: E702
                 _emit(acc, rows, r, c, width, x_scale, w_scale, bias, relu, out)
 
     @njit(parallel=True, cache=True, boundscheck=False, nogil=True)

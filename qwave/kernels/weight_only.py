@@ -1,6 +1,7 @@
-"""Weight-only formats (int2..int7, ternary, fp16, bf16, fp32) on CPU: a cached float32 copy of the weights.
+"""Float-activation formats (fp32, and the weight-only option ``activations="float"`` of int2..int8 and ternary): a
+cached float32 copy of the weights.
 
-These formats keep float activations, so their recipe is ``x @ dequantize(w).T``. The kernel dequantizes once in
+Their recipe is ``x @ dequantize(w).T``. The kernel dequantizes once in
 ``prepare`` and multiplies with PyTorch's float32 GEMM; it never unpacks per call. The copy costs 4 bytes per
 weight in memory (``cached_bytes``; 0 for fp32, whose stored tensor is used as is), while the artifact on disk
 stays packed.
@@ -12,7 +13,7 @@ import torch
 
 from qwave.kernels import Kernel, register_kernel
 
-FORMATS = ("fp32", "fp16", "bf16", "int7", "int6", "int5", "int4", "int3", "int2", "ternary")
+FORMATS = ("fp32", "fp16", "bf16", "int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary")
 
 
 def prepare(fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> tuple[torch.Tensor, int]:
@@ -40,6 +41,7 @@ def build(device: str) -> Kernel:
         prepare=prepare,
         run=lambda state, x: x @ state[0].T,
         cached_bytes=lambda state: state[1],
+        supports=lambda fmt: fmt.activations == "float",
         run_np=run_np if device == "cpu" else None,
     )
 

@@ -129,6 +129,18 @@ def test_quantized_mixed_and_ptq_models_deploy_and_agree_with_their_simulation(f
     assert ptq["stored_bytes"] < fp32_bytes
 
 
+def test_weight_only_option_gives_float_activation_artifacts(fast_config):
+    fast_config.models = ["4", "bitnet"]
+    fast_config.model.weight_only = True
+    fast_config.plots = False
+    run_benchmark(fast_config)
+    root = Path(fast_config.output_dir) / "t"
+    for name in ("4", "bitnet"):
+        manifest = json.loads((root / name / "fold_1" / "artifact" / "manifest.json").read_text())
+        assert all(spec["options"]["activations"] == "float" for spec in manifest["layers"].values()
+                   if spec["format"] != "fp32")
+
+
 def test_binary_qat_learns_because_hidden_activations_are_signed(fast_config):
     fast_config.models = ["1"]
     fast_config.plots = False

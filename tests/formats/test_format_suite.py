@@ -65,7 +65,8 @@ def brute_force(fmt, x: torch.Tensor, q) -> torch.Tensor:
         x_scale = x.abs().amax(-1, keepdim=True) / 127
         safe = torch.where(x_scale > 0, x_scale, torch.ones_like(x_scale))
         x_codes = torch.where(x_scale > 0, (x / safe).round().clamp(-127, 127), 0).to(torch.int64)
-        size = q.shape[1] if fmt.group_size is None else min(fmt.group_size, q.shape[1])
+        group_size = getattr(fmt, "group_size", None)
+        size = q.shape[1] if group_size is None else min(group_size, q.shape[1])
         y = torch.zeros(x.shape[0], q.shape[0])
         for g in range(q.scale.shape[1]):
             cols = slice(g * size, (g + 1) * size)

@@ -1,4 +1,5 @@
-"""Every fast CPU kernel against its slow reference (the format's ``matmul``) on odd shapes, batch 1 included."""
+"""The kernel registry, and the popcount and weight-only kernels against their slow references (the format's
+``matmul``) on odd shapes, batch 1 included."""
 
 from __future__ import annotations
 
@@ -24,60 +25,6 @@ def _case(name: str, shape: tuple[int, int], batch: int, seed: int = 0, **option
     kernel = kernels.kernel_for(fmt, "cpu")
     assert kernel is not None, f"no CPU kernel for {name}"
     return fmt, packed, x, kernel, kernel.prepare(fmt, packed, shape)
-
-
-def _int8_isas() -> list[str]:
-    from qwave.kernels import int8
-
-    return sorted({"avx2", int8.ISA})  # the AVX2 variant (Zen 3's) is always checked, plus the one this CPU picks
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("group_size", [None, 32, 50])
-def test_int8_kernel_equals_reference_bit_for_bit(shape, batch, group_size):
-    fmt, packed, x, kernel, state = _case("int8", shape, batch, group_size=group_size)
-    assert torch.equal(kernel.run(state, x), fmt.matmul(x, packed, shape))
-
-
-@pytest.mark.parametrize("isa", _int8_isas())
-@pytest.mark.parametrize(("shape", "batch", "group_size"), [((7, 77), 1, None), ((13, 130), 6, 50), ((70, 301), 9, 40),
-                                                           ((37, 301), 300, None), ((3, 1), 2, None)])
-def test_int8_each_variant_equals_reference_bit_for_bit(isa, shape, batch, group_size):
-    from qwave.kernels import int8
-
-    fmt, packed, x, _, _ = _case("int8", shape, batch, group_size=group_size)
-    x[:, 0] = 127.0  # s_x = 1 on most rows, so the codes below sit exactly on rounding ties
-    x[:, 1 : min(shape[1], 40)] = (torch.arange(min(shape[1], 40) - 1) - 19).float() * 0.5
-    state = int8.prepare_codes(packed["codes"], packed["scale"], shape, group_size, isa)
-    bias = torch.randn(shape[0]).numpy()
-    got = int8.linear_np(state, x.numpy(), bias, True)
-    assert torch.equal(torch.from_numpy(got), torch.relu(fmt.matmul(x, packed, shape) + torch.from_numpy(bias)))
-
-
-@pytest.mark.parametrize("isa", _int8_isas())
-def test_int8_integer_accumulators_equal_brute_force(isa):
-    from qwave.formats.intk import quantize_rows_int8
-    from qwave.kernels import int8
-
-    fmt, packed, x, _, _ = _case("int8", (5, 77), 3, group_size=40)
-    state = int8.prepare_codes(packed["codes"], torch.ones(5, 2), (5, 77), 40, isa)
-    x[:, 0] = 127.0  # s_x = 1: the outputs are the integer dot products, exact in float32 at this size
-    got = int8.linear_np(state, x.numpy(), np.empty(0, np.float32), False)
-    xq = quantize_rows_int8(x)[0].long()
-    wq = fmt.unpack(packed, (5, 77)).codes.long()
-    assert np.array_equal(got, (xq @ wq.T).float().numpy())
-
-
-def test_int8_large_batch_takes_parallel_path_and_stays_exact():
-    fmt, packed, x, kernel, state = _case("int8", (37, 301), 300)
-    assert torch.equal(kernel.run(state, x), fmt.matmul(x, packed, (37, 301)))
-
-
-def test_int8_zero_rows_give_zero_outputs():
-    fmt, packed, _, kernel, state = _case("int8", (7, 77), 1)
-    x = torch.zeros(2, 77)
-    assert torch.equal(kernel.run(state, x), fmt.matmul(x, packed, (7, 77)))
 
 
 @pytest.mark.parametrize("name", ["binary", "qesc"])
@@ -120,7 +67,8 @@ def test_qesc_integer_dots_equal_brute_force(shape):
 
 @pytest.mark.parametrize("name", ["fp32", "fp16", "bf16", "int4", "int2", "ternary"])
 def test_weight_only_kernels_equal_reference(name):
-    fmt, packed, x, kernel, state = _case(name, (7, 77), 3)
+    options = {} if name.startswith(("fp", "bf")) else {"activations": "float"}
+    fmt, packed, x, kernel, state = _case(name, (7, 77), 3, **options)
     assert torch.equal(kernel.run(state, x), fmt.matmul(x, packed, (7, 77)))
     assert kernel.cached_bytes(state) == (0 if name == "fp32" else 7 * 77 * 4)
 

@@ -112,7 +112,7 @@ def counting(monkeypatch) -> CountingKernel:
 
 def test_kernel_state_is_prepared_once_and_rebuilt_after_buffers_are_reloaded(counting):
     torch.manual_seed(1)
-    qat = QuantLinear(48, 10, fmt="4")
+    qat = QuantLinear(48, 10, fmt="4", activations="float")  # the stand-in kernel's float recipe
     layer = pack_model(qat)
     x = randn(3, 48)
     first = layer(x)
@@ -120,7 +120,7 @@ def test_kernel_state_is_prepared_once_and_rebuilt_after_buffers_are_reloaded(co
     assert counting.prepared == 1 and layer.last_kernel == "counting-test"
     assert layer.kernel_cached_bytes == 10 * 48 * 4
     assert torch.allclose(first, layer.fmt.matmul(x, layer.packed, layer.shape) + layer.bias, atol=1e-5)
-    other = pack_model(QuantLinear(48, 10, fmt="4"))
+    other = pack_model(QuantLinear(48, 10, fmt="4", activations="float"))
     layer.load_state_dict(other.state_dict())
     assert torch.allclose(layer(x), other(x), atol=1e-6)
     assert counting.prepared == 3  # once for the reloaded layer, once for `other`

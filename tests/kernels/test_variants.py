@@ -1,0 +1,39 @@
+"""The AVX2 variants are tested on AVX-512 machines too: this folder's tests run again in a process whose numba
+target is an AVX2-only CPU (``kernels.avx2_environment``), so both paths are covered on every CI machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwave import kernels
+
+pytestmark = pytest.mark.skipif(not kernels.FAST_KERNELS, reason=f"fast kernels unavailable: {kernels.REASON}")
+FORCED = "QWAVE_TEST_FORCED_AVX2"
+
+
+def test_forced_process_compiles_the_avx2_variants():
+    if not os.environ.get(FORCED):
+        pytest.skip("checked inside the forced AVX2 process")
+    from qwave.kernels import _simd, int8
+
+    assert int8.ISA == "avx2" and not _simd.HAS_AVX512_VNNI and not _simd.HAS_VPOPCNTDQ
+
+
+def test_kernel_tests_pass_with_numba_targeting_an_avx2_only_cpu():
+    from qwave.kernels import _simd
+
+    if os.environ.get(FORCED):
+        pytest.skip("this is the forced AVX2 process")
+    if not (_simd.HAS_AVX512_VNNI or _simd.HAS_VPOPCNTDQ):
+        pytest.skip("this CPU has no AVX-512: the tests of this run already exercised the AVX2 variants")
+    env = {**os.environ, **kernels.avx2_environment(), FORCED: "1"}
+    folder = Path(__file__).parent
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(folder)],
+                            env=env, cwd=folder.parents[1], capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
