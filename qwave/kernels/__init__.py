@@ -101,6 +101,7 @@ def _load_builtin() -> None:
 
 BUILTIN: tuple[str, ...] = (
     "qwave.kernels.weight_only",
+    "qwave.kernels.half",
     "qwave.kernels.int8",
     "qwave.kernels.lowbit",
     "qwave.kernels.popcount",

@@ -3,10 +3,10 @@
 Numba widens small integer arithmetic to int64 and so never emits ``vpmaddubsw`` / ``vpmaddwd`` / ``vpdpbusd``
 from plain loops; these intrinsics give kernels vector values they keep in registers: 256-bit ``I8x32``,
 ``I16x16``, ``I32x8``, ``I64x4``, ``F32x8`` and 512-bit ``I32x16``, ``I64x8``, ``F32x16``. Only call the AVX2 ones
-after checking ``HAS_AVX2`` and the 512-bit integer-dot ones after ``HAS_AVX512_VNNI`` (the instructions fault, or
-fail to compile, elsewhere). The features are numba's target features (``NUMBA_CPU_FEATURES`` when set, else the
-host's), so this choice and numba's cache key agree; ``qwave.kernels.avx2_environment()`` forces an AVX2-only
-target on an AVX-512 machine (tests, benchmarks).
+after checking ``HAS_AVX2``, the 512-bit ones after ``HAS_AVX512`` and ``dpbusd`` after ``HAS_AVX512_VNNI`` (the
+instructions fault, or fail to compile, elsewhere). The features are numba's target features
+(``NUMBA_CPU_FEATURES`` when set, else the host's), so this choice and numba's cache key agree;
+``qwave.kernels.avx2_environment()`` forces an AVX2-only target on an AVX-512 machine (tests, benchmarks).
 
 Loads and stores are unaligned and unchecked: callers pass indices inside the array.
 """
@@ -21,6 +21,7 @@ from numba.extending import intrinsic, models, register_model
 
 _FEATURES = set((config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()).split(","))
 HAS_AVX2 = {"+avx2", "+fma", "+f16c"} <= _FEATURES
+HAS_AVX512 = HAS_AVX2 and {"+avx512f", "+avx512bw", "+avx512vl"} <= _FEATURES
 HAS_AVX512_VNNI = HAS_AVX2 and {"+avx512f", "+avx512bw", "+avx512vnni"} <= _FEATURES
 HAS_VPOPCNTDQ = HAS_AVX2 and {"+avx512f", "+avx512vpopcntdq"} <= _FEATURES
 
@@ -34,7 +35,7 @@ class Vec(types.Type):
 
 
 I8x32, I16x16, I32x8, I64x4, F32x8 = Vec(8, 32), Vec(16, 16), Vec(32, 8), Vec(64, 4), Vec(32, 8, True)
-I8x64, I32x16, I64x8, F32x16 = Vec(8, 64), Vec(32, 16), Vec(64, 8), Vec(32, 16, True)
+I32x16, I64x8, F32x16 = Vec(32, 16), Vec(64, 8), Vec(32, 16, True)
 I32 = ir.IntType(32)
 
 
@@ -82,7 +83,6 @@ def _loader(vt: Vec, doc: str):
 
 
 load_i8x32 = _loader(I8x32, "32 bytes of a contiguous 1-D array from element ``start``.")
-load_i32x8 = _loader(I32x8, "8 int32 of a contiguous 1-D int32 array from element ``start``.")
 load_i64x4 = _loader(I64x4, "4 words of a contiguous 1-D uint64/int64 array from element ``start``.")
 load_f32x8 = _loader(F32x8, "8 float32 of a contiguous 1-D float32 array from element ``start``.")
 load_i32x16 = _loader(I32x16, "64 bytes of a contiguous 1-D array from element ``start``, as 16 int32 lanes.")
@@ -124,33 +124,27 @@ def _bcast_word(vt: Vec, doc: str):
 
 bcast4_i8x32 = _bcast_word(I8x32, "The 4 bytes at element ``start`` repeated 8 times (``vpbroadcastd``).")
 bcast4_i32x16 = _bcast_word(I32x16, "The 4 bytes at element ``start`` repeated in all 16 int32 lanes.")
-bcast_u8x4 = bcast4_i32x16
 
 
-def _bcast_scalar(vt: Vec, doc: str):
+def _bcast_element(vt: Vec, doc: str):
     @intrinsic
-    def bcast(typingctx, value):
+    def bcast(typingctx, arr, index):
         def codegen(context, builder, sig, args):
-            lane = _ll(vt).element
-            v = args[0]
-            if vt.real:
-                v = builder.fptrunc(v, lane) if isinstance(v.type, ir.DoubleType) else v
-            elif v.type.width != lane.width:
-                v = builder.trunc(v, lane) if v.type.width > lane.width else builder.zext(v, lane)
-            one = builder.insert_element(ir.Constant(_ll(vt), None), v, ir.Constant(I32, 0))
+            value = builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], _ll(vt).element))
+            one = builder.insert_element(ir.Constant(_ll(vt), None), value, ir.Constant(I32, 0))
             return builder.shuffle_vector(one, ir.Constant(_ll(vt), None),
                                           ir.Constant(ir.VectorType(I32, vt.count), [0] * vt.count))
 
-        return vt(value), codegen
+        return vt(arr, index), codegen
 
     bcast.__doc__ = doc
     return bcast
 
 
-bcast_i64x4 = _bcast_scalar(I64x4, "One 64-bit word in all 4 lanes.")
-bcast_i64x8 = _bcast_scalar(I64x8, "One 64-bit word in all 8 lanes.")
-bcast_f32x8 = _bcast_scalar(F32x8, "One float32 in all 8 lanes.")
-bcast_f32x16 = _bcast_scalar(F32x16, "One float32 in all 16 lanes.")
+load1_f32x8 = _bcast_element(F32x8, "Element ``index`` of a contiguous 1-D float32 array in all 8 lanes.")
+load1_i64x4 = _bcast_element(I64x4, "Element ``index`` of a contiguous 1-D uint64/int64 array in all 4 lanes.")
+load1_i64x8 = _bcast_element(I64x8, "Element ``index`` of a contiguous 1-D uint64/int64 array in all 8 lanes.")
+load1_f32x16 = _bcast_element(F32x16, "Element ``index`` of a contiguous 1-D float32 array in all 16 lanes.")
 
 
 def _zero(vt: Vec):
@@ -167,19 +161,6 @@ def _zero(vt: Vec):
 
 zero_i16x16, zero_i32x8, zero_i64x4, zero_f32x8 = _zero(I16x16), _zero(I32x8), _zero(I64x4), _zero(F32x8)
 zero_i32x16, zero_i64x8, zero_f32x16 = _zero(I32x16), _zero(I64x8), _zero(F32x16)
-
-
-@intrinsic(prefer_literal=True)
-def splat_i8x32(typingctx, value):
-    """A constant byte (a literal integer) in all 32 lanes."""
-    v = _literal(value)
-    if v is None:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _splat(_ll(I8x32), v & 0xFF)
-
-    return I8x32(value), codegen
 
 
 # ---- lane-wise arithmetic -------------------------------------------------------------------------------------
@@ -203,7 +184,6 @@ def _lanewise(int_op: str, float_op: str | None, doc: str):
 vadd = _lanewise("add", "fadd", "Lane-wise ``a + b`` (integer lanes wrap).")
 vsub = _lanewise("sub", "fsub", "Lane-wise ``a - b`` (integer lanes wrap).")
 vand = _lanewise("and_", None, "Bitwise ``a & b``.")
-vor = _lanewise("or_", None, "Bitwise ``a | b``.")
 vxor = _lanewise("xor", None, "Bitwise ``a ^ b``.")
 
 
@@ -240,22 +220,6 @@ def shr_mask(typingctx, v, shift, mask):
     return v(v, shift, mask), codegen
 
 
-@intrinsic(prefer_literal=True)
-def gt_i8(typingctx, v, threshold):
-    """Per signed byte: ``-1`` (0xFF) where ``v > threshold`` (a literal), else 0 (``vpcmpgtb``)."""
-    t = _literal(threshold)
-    if not isinstance(v, Vec) or v.real or t is None or not -128 <= t <= 127:
-        return None
-
-    def codegen(context, builder, sig, args):
-        width = v.bits * v.count
-        as_bytes = ir.VectorType(ir.IntType(8), width // 8)
-        flags = builder.icmp_signed(">", builder.bitcast(args[0], as_bytes), _splat(as_bytes, t))
-        return builder.bitcast(builder.sext(flags, as_bytes), _ll(v))
-
-    return v(v, threshold), codegen
-
-
 @intrinsic
 def vadd_i8(typingctx, a, b):
     """``a + b`` per byte (wrapping mod 256) on vectors of any lane type."""
@@ -266,20 +230,6 @@ def vadd_i8(typingctx, a, b):
         as_bytes = ir.VectorType(ir.IntType(8), a.bits * a.count // 8)
         total = builder.add(builder.bitcast(args[0], as_bytes), builder.bitcast(args[1], as_bytes))
         return builder.bitcast(total, _ll(a))
-
-    return a(a, b), codegen
-
-
-@intrinsic
-def vsub_i8(typingctx, a, b):
-    """``a - b`` per byte (wrapping mod 256) on vectors of any lane type."""
-    if not (isinstance(a, Vec) and a == b) or a.real:
-        return None
-
-    def codegen(context, builder, sig, args):
-        as_bytes = ir.VectorType(ir.IntType(8), a.bits * a.count // 8)
-        diff = builder.sub(builder.bitcast(args[0], as_bytes), builder.bitcast(args[1], as_bytes))
-        return builder.bitcast(diff, _ll(a))
 
     return a(a, b), codegen
 

@@ -1,21 +1,30 @@
 """Bitwise linear layers: ``binary`` (XNOR-popcount) and ``qesc`` (AND-popcount over ternary bit-planes).
 
-Both sides live in 64-bit words (the formats' packed layout, bit ``j`` of word ``i`` is element ``64*i + j``).
+Both sides live in 64-bit words (bit ``j`` of word ``i`` is element ``64*i + j``).
 
 * binary: activations become sign bits (``x >= 0``) with scale ``mean|x_row|``;
   ``dot = n - 2 * popcount(x XOR w)`` and ``y = float(dot) * s_x * s_w``.
-* qesc: activations become trits ``clamp(rint(x / s_x), -1, 1)`` with ``s_x = mean|x_row|``, stored as ``plus``
-  and ``minus`` planes. A trit is never +1 and -1 at once, so the four AND-popcounts of the reference fold into
-  two: ``dot = pop((x+ & w+) | (x- & w-)) - pop((x+ & w-) | (x- & w+))``.
+* qesc: activations become trits ``clamp(rint(x / s_x), -1, 1)`` with ``s_x = mean|x_row|``. Both sides are held
+  as a *nonzero* plane and a *negative* plane (the weights' ``plus`` / ``minus`` planes converted in ``prepare``:
+  ``nonzero = plus | minus``, ``negative = minus``): a product is nonzero where both are, and negative where the
+  signs differ, so ``dot = pop(nz) - 2 * pop(nz & (neg_x ^ neg_w))`` with ``nz = nz_x & nz_w``: three logic ops
+  and two popcounts per word pair instead of six and two.
 
 The integer dot products are exact. The activation scale ``mean|x|`` is summed in float64 here, so it may differ
 from the reference's float32 mean in the last bit (and a qesc trit exactly at a rounding boundary may flip):
 tests compare the integer dots exactly and the float outputs to float32 rounding.
 
-The weight planes are stored transposed (``[words, outputs]``), so one 8-word vector load serves 8 outputs and
-each activation word is broadcast: a register tile of 4 rows x 16 outputs keeps its 8 accumulators in registers
-over the whole reduction (``vpopcntq`` with AVX512-VPOPCNTDQ, LLVM's nibble lookup on plain AVX2). Small batches
-stay on one thread.
+The weight planes are stored transposed (``[words, outputs padded to 16]``), so one vector load serves several
+outputs and each activation word is broadcast; register tiles keep their accumulators for the whole reduction.
+Variants (``ISA``, from numba's target features):
+
+* ``avx512`` (AVX512-VPOPCNTDQ): 4 rows x 16 outputs of ``vpopcntq`` on 8-word vectors.
+* ``avx2``: no vector popcount instruction, so each byte's bits are counted with two 16-entry ``vpshufb`` lookups
+  of its nibbles; the byte counts of up to ``BYTE_WORDS`` words are added in bytes (at most 8 per word, so
+  ``31 * 8 < 256``) before one ``vpsadbw`` widens them to 64-bit lanes. Tiles: binary 4 rows x 8 outputs,
+  qesc 2 rows x 8 outputs (two byte counters each).
+
+Small batches stay on one thread.
 """
 
 from __future__ import annotations
@@ -29,14 +38,16 @@ from qwave.kernels import FAST_KERNELS, Kernel, register_kernel
 
 PARALLEL_WORDS = 1 << 15  # below this many (row, output, word) triples a call stays on one thread
 ROW_CHUNK, COL_BLOCK = 64, 64
-VEC_TILE = 16  # outputs per register tile: two vectors of 8 words
+PAD = 16  # outputs are padded to a multiple of 16 in the transposed planes
+BYTE_WORDS = 31  # avx2: words whose byte counts are summed in bytes before widening (31 * 8 = 248 < 256)
 
 
 @dataclass
 class BitWeights:
-    """Transposed uint64 copies of the weight bit-planes (binary: one; qesc: ``plus``, ``minus``), float32 scales."""
+    """Transposed uint64 copies of the weight bit-planes and float32 scales."""
 
-    planes: tuple[np.ndarray, ...]  # uint64 [words, out padded to 16]: transposed, so one load feeds 8 outputs
+    isa: str  # "avx512" or "avx2"
+    planes: tuple[np.ndarray, ...]  # uint64 [words, out padded to 16]: binary (signs,), qesc (nonzero, negative)
     scale: np.ndarray  # float32 [out]
     out_features: int
     in_features: int
@@ -46,48 +57,48 @@ class BitWeights:
         return int(sum(p.nbytes for p in self.planes) + self.scale.nbytes)
 
 
-def _words(t: torch.Tensor) -> np.ndarray:
-    words = t.detach().cpu().numpy().view(np.uint64).T
-    out = np.zeros((words.shape[0], -(-words.shape[1] // VEC_TILE) * VEC_TILE), dtype=np.uint64)
-    out[:, : words.shape[1]] = words
+def _words(words: np.ndarray) -> np.ndarray:
+    """uint64 ``[out, words]`` -> ``[words, out padded to PAD]``."""
+    out = np.zeros((words.shape[1], -(-words.shape[0] // PAD) * PAD), dtype=np.uint64)
+    out[:, : words.shape[0]] = words.T
     return out
 
 
-def prepare_bits(planes: tuple[torch.Tensor, ...], scale: torch.Tensor, shape: tuple[int, int]) -> BitWeights:
-    """Kernel state from packed int64 word planes ``[out, words]`` and fp16 scales ``[out, 1]``."""
-    return BitWeights(
-        planes=tuple(_words(p) for p in planes),
-        scale=np.ascontiguousarray(scale.detach().cpu().float().numpy().reshape(-1)),
-        out_features=int(shape[0]),
-        in_features=int(shape[1]),
-    )
+def prepare_bits(planes: tuple[torch.Tensor, ...], scale: torch.Tensor, shape: tuple[int, int], isa: str,
+                 trits: bool = False) -> BitWeights:
+    """Kernel state from packed int64 word planes ``[out, words]`` (binary: ``bits``; qesc: ``plus``, ``minus``,
+    turned into nonzero / negative planes) and fp16 scales ``[out, 1]``."""
+    words = [p.detach().cpu().numpy().view(np.uint64) for p in planes]
+    if trits:
+        words = [words[0] | words[1], words[1]]
+    return BitWeights(isa, tuple(_words(w) for w in words),
+                      np.ascontiguousarray(scale.detach().cpu().float().numpy().reshape(-1)), int(shape[0]),
+                      int(shape[1]))
 
 
 if FAST_KERNELS:
     from numba import njit, prange
 
     from qwave.kernels._simd import (
-        bcast_i64x8,
+        HAS_VPOPCNTDQ,
+        load1_i64x4,
+        load1_i64x8,
+        load_i64x4,
         load_i64x8,
+        popcount_bytes,
         popcount_i64,
         store,
+        sum_bytes,
         vadd,
+        vadd_i8,
         vand,
-        vor,
         vsub,
         vxor,
+        zero_i64x4,
         zero_i64x8,
     )
 
-    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
-    def xor_popcount_add(acc, x, w):
-        return vadd(acc, popcount_i64(vxor(x, w)))
-
-    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
-    def trit_popcount_add(acc, p, m, wp, wm):
-        same = vor(vand(p, wp), vand(m, wm))
-        diff = vor(vand(p, wm), vand(m, wp))
-        return vsub(vadd(acc, popcount_i64(same)), popcount_i64(diff))
+    ISA = "avx512" if HAS_VPOPCNTDQ else "avx2"
 
     @njit(cache=True, boundscheck=False, nogil=True, fastmath={"reassoc", "nsz", "contract"})
     def _abs_mean(row):
@@ -113,22 +124,22 @@ if FAST_KERNELS:
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _trit_word(chunk, s):
-        p, q = np.uint64(0), np.uint64(0)
+        nz, neg = np.uint64(0), np.uint64(0)
         for j in range(chunk.shape[0]):
             v = np.rint(chunk[j] / s)
-            p |= np.uint64(v > 0) << np.uint64(j)
-            q |= np.uint64(v < 0) << np.uint64(j)
-        return p, q
+            nz |= np.uint64(v != 0) << np.uint64(j)
+            neg |= np.uint64(v < 0) << np.uint64(j)
+        return nz, neg
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _trit_row(row, s, plus, minus):
+    def _trit_row(row, s, nonzero, negative):
         n = row.shape[0]
         if s == 0:
-            plus[:] = 0
-            minus[:] = 0
+            nonzero[:] = 0
+            negative[:] = 0
             return
-        for w in range(plus.shape[0]):
-            plus[w], minus[w] = _trit_word(row[64 * w : min(n, 64 * w + 64)], s)
+        for w in range(nonzero.shape[0]):
+            nonzero[w], negative[w] = _trit_word(row[64 * w : min(n, 64 * w + 64)], s)
 
     @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
     def pack_signs(x, parallel):
@@ -148,20 +159,21 @@ if FAST_KERNELS:
 
     @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
     def pack_trits(x, parallel):
-        """``plus`` / ``minus`` planes ``[m, ceil(n/64)]`` (uint64) and ``mean|x|`` scales of float32 rows ``x``."""
+        """``nonzero`` / ``negative`` planes ``[m, ceil(n/64)]`` (uint64) of the trits of float32 rows ``x``, and
+        their ``mean|x|`` scales."""
         m, n = x.shape
-        plus = np.empty((m, (n + 63) // 64), dtype=np.uint64)
-        minus = np.empty((m, (n + 63) // 64), dtype=np.uint64)
+        nonzero = np.empty((m, (n + 63) // 64), dtype=np.uint64)
+        negative = np.empty((m, (n + 63) // 64), dtype=np.uint64)
         scale = np.empty(m, dtype=np.float32)
         if parallel:
             for i in prange(m):
                 scale[i] = _abs_mean(x[i])
-                _trit_row(x[i], scale[i], plus[i], minus[i])
+                _trit_row(x[i], scale[i], nonzero[i], negative[i])
         else:
             for i in range(m):
                 scale[i] = _abs_mean(x[i])
-                _trit_row(x[i], scale[i], plus[i], minus[i])
-        return plus, minus, scale
+                _trit_row(x[i], scale[i], nonzero[i], negative[i])
+        return nonzero, negative, scale
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _emit(acc, rows, r0, c0, width, x_scale, w_scale, bias, relu, out):
@@ -174,145 +186,267 @@ if FAST_KERNELS:
                     y = np.float32(0.0)
                 out[r0 + r, c0 + c] = y
 
+    # ---- avx512: vpopcntq ---------------------------------------------------------------------------------------
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _xor_pop(acc, x, w):
+        return vadd(acc, popcount_i64(vxor(x, w)))
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _trit_pop(acc, xn, xs, wn, ws):
+        """``acc + pop(nz) - 2 pop(nz & (xs ^ ws))``, ``nz = xn & wn``."""
+        nz = vand(xn, wn)
+        ng = popcount_i64(vand(nz, vxor(xs, ws)))
+        return vsub(vsub(vadd(acc, popcount_i64(nz)), ng), ng)
+
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _binary_block(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, relu, out):
+    def _binary_512(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, relu, out):
         """Rows ``r0:r1`` x outputs ``c0:c1``: register tiles of 4 rows x 16 outputs (two 8-word vectors)."""
-        stride = wt.shape[1]
-        wf = wt.reshape(-1)
-        acc = np.empty((4, VEC_TILE), dtype=np.int64)
+        stride, words = wt.shape[1], xb.shape[1]
+        wf, xf = wt.reshape(-1), xb.reshape(-1)
+        acc = np.empty((4, 16), dtype=np.int64)
         flat = acc.reshape(-1)
-        for c in range(c0, c1, VEC_TILE):
-            width = min(VEC_TILE, c1 - c)
+        for c in range(c0, c1, 16):
+            width = min(16, c1 - c)
             for r in range(r0, r1, 4):
                 rows = min(4, r1 - r)
                 if rows == 4:
                     a00 = zero_i64x8(); a01 = zero_i64x8(); a10 = zero_i64x8(); a11 = zero_i64x8()  # noqa: E702
                     a20 = zero_i64x8(); a21 = zero_i64x8(); a30 = zero_i64x8(); a31 = zero_i64x8()  # noqa: E702
-                    for k in range(xb.shape[1]):
+                    x0 = r * words
+                    for k in range(words):
                         w0, w1 = load_i64x8(wf, k * stride + c), load_i64x8(wf, k * stride + c + 8)
-                        x = bcast_i64x8(xb[r, k])
-                        a00 = xor_popcount_add(a00, x, w0); a01 = xor_popcount_add(a01, x, w1)  # noqa: E702
-                        x = bcast_i64x8(xb[r + 1, k])
-                        a10 = xor_popcount_add(a10, x, w0); a11 = xor_popcount_add(a11, x, w1)  # noqa: E702
-                        x = bcast_i64x8(xb[r + 2, k])
-                        a20 = xor_popcount_add(a20, x, w0); a21 = xor_popcount_add(a21, x, w1)  # noqa: E702
-                        x = bcast_i64x8(xb[r + 3, k])
-                        a30 = xor_popcount_add(a30, x, w0); a31 = xor_popcount_add(a31, x, w1)  # noqa: E702
-                    store(flat, 0, a00); store(flat, 8, a01); store(flat, 16, a10)  # noqa: E702
-                    store(flat, 24, a11); store(flat, 32, a20); store(flat, 40, a21)  # noqa: E702
-                    store(flat, 48, a30); store(flat, 56, a31)  # noqa: E702
+                        x = load1_i64x8(xf, x0 + k)
+                        a00 = _xor_pop(a00, x, w0); a01 = _xor_pop(a01, x, w1)  # noqa: E702
+                        x = load1_i64x8(xf, x0 + words + k)
+                        a10 = _xor_pop(a10, x, w0); a11 = _xor_pop(a11, x, w1)  # noqa: E702
+                        x = load1_i64x8(xf, x0 + 2 * words + k)
+                        a20 = _xor_pop(a20, x, w0); a21 = _xor_pop(a21, x, w1)  # noqa: E702
+                        x = load1_i64x8(xf, x0 + 3 * words + k)
+                        a30 = _xor_pop(a30, x, w0); a31 = _xor_pop(a31, x, w1)  # noqa: E702
+                    store(flat, 0, a00); store(flat, 8, a01); store(flat, 16, a10); store(flat, 24, a11)  # noqa: E702
+                    store(flat, 32, a20); store(flat, 40, a21); store(flat, 48, a30); store(flat, 56, a31)  # noqa: E702
                 else:
                     for i in range(rows):
                         a00 = zero_i64x8(); a01 = zero_i64x8()  # noqa: E702
-                        for k in range(xb.shape[1]):
-                            x = bcast_i64x8(xb[r + i, k])
-                            a00 = xor_popcount_add(a00, x, load_i64x8(wf, k * stride + c))
-                            a01 = xor_popcount_add(a01, x, load_i64x8(wf, k * stride + c + 8))
-                        store(flat, i * VEC_TILE, a00); store(flat, i * VEC_TILE + 8, a01)  # noqa: E702
+                        for k in range(words):
+                            x = load1_i64x8(xf, (r + i) * words + k)
+                            a00 = _xor_pop(a00, x, load_i64x8(wf, k * stride + c))
+                            a01 = _xor_pop(a01, x, load_i64x8(wf, k * stride + c + 8))
+                        store(flat, 16 * i, a00); store(flat, 16 * i + 8, a01)  # noqa: E702
                 for i in range(rows):
                     for j in range(width):
                         acc[i, j] = n - 2 * acc[i, j]
                 _emit(acc, rows, r, c, width, x_scale, w_scale, bias, relu, out)
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _qesc_block(xp, xm, x_scale, wpt, wmt, w_scale, r0, r1, c0, c1, bias, relu, out):
+    def _qesc_512(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, relu, out):
         """Rows ``r0:r1`` x outputs ``c0:c1``: register tiles of 4 rows x 16 outputs over both trit planes."""
-        stride = wpt.shape[1]
-        wpf, wmf = wpt.reshape(-1), wmt.reshape(-1)
-        acc = np.empty((4, VEC_TILE), dtype=np.int64)
+        stride, words = wn.shape[1], xn.shape[1]
+        wnf, wsf, xnf, xsf = wn.reshape(-1), ws.reshape(-1), xn.reshape(-1), xs.reshape(-1)
+        acc = np.empty((4, 16), dtype=np.int64)
         flat = acc.reshape(-1)
-        for c in range(c0, c1, VEC_TILE):
-            width = min(VEC_TILE, c1 - c)
+        for c in range(c0, c1, 16):
+            width = min(16, c1 - c)
             for r in range(r0, r1, 4):
                 rows = min(4, r1 - r)
                 if rows == 4:
                     a00 = zero_i64x8(); a01 = zero_i64x8(); a10 = zero_i64x8(); a11 = zero_i64x8()  # noqa: E702
                     a20 = zero_i64x8(); a21 = zero_i64x8(); a30 = zero_i64x8(); a31 = zero_i64x8()  # noqa: E702
-                    for k in range(xp.shape[1]):
+                    x0 = r * words
+                    for k in range(words):
                         o = k * stride + c
-                        p0, p1 = load_i64x8(wpf, o), load_i64x8(wpf, o + 8)
-                        q0, q1 = load_i64x8(wmf, o), load_i64x8(wmf, o + 8)
-                        xa, xb_ = bcast_i64x8(xp[r, k]), bcast_i64x8(xm[r, k])
-                        a00 = trit_popcount_add(a00, xa, xb_, p0, q0); a01 = trit_popcount_add(a01, xa, xb_, p1, q1)  # noqa: E702
-                        xa, xb_ = bcast_i64x8(xp[r + 1, k]), bcast_i64x8(xm[r + 1, k])
-                        a10 = trit_popcount_add(a10, xa, xb_, p0, q0); a11 = trit_popcount_add(a11, xa, xb_, p1, q1)  # noqa: E702
-                        xa, xb_ = bcast_i64x8(xp[r + 2, k]), bcast_i64x8(xm[r + 2, k])
-                        a20 = trit_popcount_add(a20, xa, xb_, p0, q0); a21 = trit_popcount_add(a21, xa, xb_, p1, q1)  # noqa: E702
-                        xa, xb_ = bcast_i64x8(xp[r + 3, k]), bcast_i64x8(xm[r + 3, k])
-                        a30 = trit_popcount_add(a30, xa, xb_, p0, q0); a31 = trit_popcount_add(a31, xa, xb_, p1, q1)  # noqa: E702
-                    store(flat, 0, a00); store(flat, 8, a01); store(flat, 16, a10)  # noqa: E702
-                    store(flat, 24, a11); store(flat, 32, a20); store(flat, 40, a21)  # noqa: E702
-                    store(flat, 48, a30); store(flat, 56, a31)  # noqa: E702
+                        n0, n1 = load_i64x8(wnf, o), load_i64x8(wnf, o + 8)
+                        s0, s1 = load_i64x8(wsf, o), load_i64x8(wsf, o + 8)
+                        a, b = load1_i64x8(xnf, x0 + k), load1_i64x8(xsf, x0 + k)
+                        a00 = _trit_pop(a00, a, b, n0, s0); a01 = _trit_pop(a01, a, b, n1, s1)  # noqa: E702
+                        a, b = load1_i64x8(xnf, x0 + words + k), load1_i64x8(xsf, x0 + words + k)
+                        a10 = _trit_pop(a10, a, b, n0, s0); a11 = _trit_pop(a11, a, b, n1, s1)  # noqa: E702
+                        a, b = load1_i64x8(xnf, x0 + 2 * words + k), load1_i64x8(xsf, x0 + 2 * words + k)
+                        a20 = _trit_pop(a20, a, b, n0, s0); a21 = _trit_pop(a21, a, b, n1, s1)  # noqa: E702
+                        a, b = load1_i64x8(xnf, x0 + 3 * words + k), load1_i64x8(xsf, x0 + 3 * words + k)
+                        a30 = _trit_pop(a30, a, b, n0, s0); a31 = _trit_pop(a31, a, b, n1, s1)  # noqa: E702
+                    store(flat, 0, a00); store(flat, 8, a01); store(flat, 16, a10); store(flat, 24, a11)  # noqa: E702
+                    store(flat, 32, a20); store(flat, 40, a21); store(flat, 48, a30); store(flat, 56, a31)  # noqa: E702
                 else:
                     for i in range(rows):
                         a00 = zero_i64x8(); a01 = zero_i64x8()  # noqa: E702
-                        for k in range(xp.shape[1]):
-                            o = k * stride + c
-                            xa, xb_ = bcast_i64x8(xp[r + i, k]), bcast_i64x8(xm[r + i, k])
-                            a00 = trit_popcount_add(a00, xa, xb_, load_i64x8(wpf, o), load_i64x8(wmf, o))
-                            a01 = trit_popcount_add(a01, xa, xb_, load_i64x8(wpf, o + 8), load_i64x8(wmf, o + 8))
-                        store(flat, i * VEC_TILE, a00); store(flat, i * VEC_TILE + 8, a01)  # noqa: E702
+                        for k in range(words):
+                            o, xo = k * stride + c, (r + i) * words + k
+                            a, b = load1_i64x8(xnf, xo), load1_i64x8(xsf, xo)
+                            a00 = _trit_pop(a00, a, b, load_i64x8(wnf, o), load_i64x8(wsf, o))
+                            a01 = _trit_pop(a01, a, b, load_i64x8(wnf, o + 8), load_i64x8(wsf, o + 8))
+                        store(flat, 16 * i, a00); store(flat, 16 * i + 8, a01)  # noqa: E702
                 _emit(acc, rows, r, c, width, x_scale, w_scale, bias, relu, out)
 
-    @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-    def binary_gemm(xb, x_scale, wt, w_scale, n, bias, relu, out, parallel):
-        """``out[i, j] = relu?((n - 2 popcount(xb[i] ^ w[j])) * s_x[i] * s_w[j] + bias[j])``, ``wt = w.T``."""
-        m, n_out = xb.shape[0], w_scale.shape[0]
-        if not parallel:
-            for c0 in range(0, n_out, COL_BLOCK):
-                _binary_block(xb, x_scale, wt, w_scale, n, 0, m, c0, min(n_out, c0 + COL_BLOCK), bias, relu, out)
-            return
-        n_blocks = (n_out + COL_BLOCK - 1) // COL_BLOCK
-        chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
-        n_chunks = (m + chunk - 1) // chunk
-        for item in prange(n_chunks * n_blocks):
-            r0, c0 = (item // n_blocks) * chunk, (item % n_blocks) * COL_BLOCK
-            _binary_block(xb, x_scale, wt, w_scale, n, r0, min(m, r0 + chunk), c0, min(n_out, c0 + COL_BLOCK),
-                          bias, relu, out)
+    # ---- avx2: nibble-lookup popcounts accumulated in bytes -------------------------------------------------------
 
-    @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-    def qesc_gemm(xp, xm, x_scale, wpt, wmt, w_scale, bias, relu, out, parallel):
-        """``out[i, j] = relu?(ternary dot(x[i], w[j]) * s_x[i] * s_w[j] + bias[j])`` from transposed planes."""
-        m, n_out = xp.shape[0], w_scale.shape[0]
-        if not parallel:
-            for c0 in range(0, n_out, COL_BLOCK):
-                _qesc_block(xp, xm, x_scale, wpt, wmt, w_scale, 0, m, c0, min(n_out, c0 + COL_BLOCK), bias, relu, out)
-            return
-        n_blocks = (n_out + COL_BLOCK - 1) // COL_BLOCK
-        chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
-        n_chunks = (m + chunk - 1) // chunk
-        for item in prange(n_chunks * n_blocks):
-            r0, c0 = (item // n_blocks) * chunk, (item % n_blocks) * COL_BLOCK
-            _qesc_block(xp, xm, x_scale, wpt, wmt, w_scale, r0, min(m, r0 + chunk), c0, min(n_out, c0 + COL_BLOCK),
-                        bias, relu, out)
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _xor_bytes(b, x, w):
+        return vadd_i8(b, popcount_bytes(vxor(x, w)))
+
+    @njit(cache=True, boundscheck=False, nogil=True)
+    def _binary_avx2(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, relu, out):
+        """Rows ``r0:r1`` x outputs ``c0:c1``: register tiles of 4 rows x 8 outputs (two 4-word vectors)."""
+        stride, words = wt.shape[1], xb.shape[1]
+        wf, xf = wt.reshape(-1), xb.reshape(-1)
+        acc = np.empty((4, 8), dtype=np.int64)
+        flat = acc.reshape(-1)
+        for c in range(c0, c1, 8):
+            width = min(8, c1 - c)
+            for r in range(r0, r1, 4):
+                rows = min(4, r1 - r)
+                if rows == 4:
+                    t00 = zero_i64x4(); t01 = zero_i64x4(); t10 = zero_i64x4(); t11 = zero_i64x4()  # noqa: E702
+                    t20 = zero_i64x4(); t21 = zero_i64x4(); t30 = zero_i64x4(); t31 = zero_i64x4()  # noqa: E702
+                    x0 = r * words
+                    for k0 in range(0, words, BYTE_WORDS):
+                        b00 = zero_i64x4(); b01 = zero_i64x4(); b10 = zero_i64x4(); b11 = zero_i64x4()  # noqa: E702
+                        b20 = zero_i64x4(); b21 = zero_i64x4(); b30 = zero_i64x4(); b31 = zero_i64x4()  # noqa: E702
+                        for k in range(k0, min(words, k0 + BYTE_WORDS)):
+                            w0, w1 = load_i64x4(wf, k * stride + c), load_i64x4(wf, k * stride + c + 4)
+                            x = load1_i64x4(xf, x0 + k)
+                            b00 = _xor_bytes(b00, x, w0); b01 = _xor_bytes(b01, x, w1)  # noqa: E702
+                            x = load1_i64x4(xf, x0 + words + k)
+                            b10 = _xor_bytes(b10, x, w0); b11 = _xor_bytes(b11, x, w1)  # noqa: E702
+                            x = load1_i64x4(xf, x0 + 2 * words + k)
+                            b20 = _xor_bytes(b20, x, w0); b21 = _xor_bytes(b21, x, w1)  # noqa: E702
+                            x = load1_i64x4(xf, x0 + 3 * words + k)
+                            b30 = _xor_bytes(b30, x, w0); b31 = _xor_bytes(b31, x, w1)  # noqa: E702
+                        t00 = vadd(t00, sum_bytes(b00)); t01 = vadd(t01, sum_bytes(b01))  # noqa: E702
+                        t10 = vadd(t10, sum_bytes(b10)); t11 = vadd(t11, sum_bytes(b11))  # noqa: E702
+                        t20 = vadd(t20, sum_bytes(b20)); t21 = vadd(t21, sum_bytes(b21))  # noqa: E702
+                        t30 = vadd(t30, sum_bytes(b30)); t31 = vadd(t31, sum_bytes(b31))  # noqa: E702
+                    store(flat, 0, t00); store(flat, 4, t01); store(flat, 8, t10); store(flat, 12, t11)  # noqa: E702
+                    store(flat, 16, t20); store(flat, 20, t21); store(flat, 24, t30); store(flat, 28, t31)  # noqa: E702
+                else:
+                    for i in range(rows):
+                        t0 = zero_i64x4(); t1 = zero_i64x4()  # noqa: E702
+                        for k0 in range(0, words, BYTE_WORDS):
+                            b0 = zero_i64x4(); b1 = zero_i64x4()  # noqa: E702
+                            for k in range(k0, min(words, k0 + BYTE_WORDS)):
+                                x = load1_i64x4(xf, (r + i) * words + k)
+                                b0 = _xor_bytes(b0, x, load_i64x4(wf, k * stride + c))
+                                b1 = _xor_bytes(b1, x, load_i64x4(wf, k * stride + c + 4))
+                            t0 = vadd(t0, sum_bytes(b0)); t1 = vadd(t1, sum_bytes(b1))  # noqa: E702
+                        store(flat, 8 * i, t0); store(flat, 8 * i + 4, t1)  # noqa: E702
+                for i in range(rows):
+                    for j in range(width):
+                        acc[i, j] = n - 2 * acc[i, j]
+                _emit(acc, rows, r, c, width, x_scale, w_scale, bias, relu, out)
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _trit_bytes(p, q, xn, xs, wn, ws):
+        """Byte counts ``p += pop(nz)``, ``q += pop(nz & (xs ^ ws))`` with ``nz = xn & wn``."""
+        nz = vand(xn, wn)
+        return vadd_i8(p, popcount_bytes(nz)), vadd_i8(q, popcount_bytes(vand(nz, vxor(xs, ws))))
+
+    @njit(cache=True, boundscheck=False, nogil=True)
+    def _qesc_avx2(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, relu, out):
+        """Rows ``r0:r1`` x outputs ``c0:c1``: register tiles of 2 rows x 8 outputs, two byte counters each."""
+        stride, words = wn.shape[1], xn.shape[1]
+        wnf, wsf, xnf, xsf = wn.reshape(-1), ws.reshape(-1), xn.reshape(-1), xs.reshape(-1)
+        acc = np.empty((2, 8), dtype=np.int64)
+        flat = acc.reshape(-1)
+        for c in range(c0, c1, 8):
+            width = min(8, c1 - c)
+            for r in range(r0, r1, 2):
+                rows = min(2, r1 - r)
+                x0, x1 = r * words, (r + rows - 1) * words  # one row: the second row repeats the first
+                t00 = zero_i64x4(); t01 = zero_i64x4(); t10 = zero_i64x4(); t11 = zero_i64x4()  # noqa: E702
+                for k0 in range(0, words, BYTE_WORDS):
+                    p00 = zero_i64x4(); p01 = zero_i64x4(); p10 = zero_i64x4(); p11 = zero_i64x4()  # noqa: E702
+                    q00 = zero_i64x4(); q01 = zero_i64x4(); q10 = zero_i64x4(); q11 = zero_i64x4()  # noqa: E702
+                    for k in range(k0, min(words, k0 + BYTE_WORDS)):
+                        o = k * stride + c
+                        n0, n1 = load_i64x4(wnf, o), load_i64x4(wnf, o + 4)
+                        s0, s1 = load_i64x4(wsf, o), load_i64x4(wsf, o + 4)
+                        a, b = load1_i64x4(xnf, x0 + k), load1_i64x4(xsf, x0 + k)
+                        p00, q00 = _trit_bytes(p00, q00, a, b, n0, s0)
+                        p01, q01 = _trit_bytes(p01, q01, a, b, n1, s1)
+                        a, b = load1_i64x4(xnf, x1 + k), load1_i64x4(xsf, x1 + k)
+                        p10, q10 = _trit_bytes(p10, q10, a, b, n0, s0)
+                        p11, q11 = _trit_bytes(p11, q11, a, b, n1, s1)
+                    t00 = vsub(vsub(vadd(t00, sum_bytes(p00)), sum_bytes(q00)), sum_bytes(q00))
+                    t01 = vsub(vsub(vadd(t01, sum_bytes(p01)), sum_bytes(q01)), sum_bytes(q01))
+                    t10 = vsub(vsub(vadd(t10, sum_bytes(p10)), sum_bytes(q10)), sum_bytes(q10))
+                    t11 = vsub(vsub(vadd(t11, sum_bytes(p11)), sum_bytes(q11)), sum_bytes(q11))
+                store(flat, 0, t00); store(flat, 4, t01); store(flat, 8, t10); store(flat, 12, t11)  # noqa: E702
+                _emit(acc, rows, r, c, width, x_scale, w_scale, bias, relu, out)
+
+    # ---- drivers ----------------------------------------------------------------------------------------------
+
+    def _binary_driver(block):
+        @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+        def gemm(xb, x_scale, wt, w_scale, n, bias, relu, out, parallel):
+            """``out[i, j] = relu?((n - 2 popcount(xb[i] ^ w[j])) * s_x[i] * s_w[j] + bias[j])``, ``wt = w.T``."""
+            m, n_out = xb.shape[0], w_scale.shape[0]
+            if not parallel:
+                block(xb, x_scale, wt, w_scale, n, 0, m, 0, n_out, bias, relu, out)
+                return
+            chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
+            n_chunks, n_blocks = (m + chunk - 1) // chunk, (n_out + COL_BLOCK - 1) // COL_BLOCK
+            for item in prange(n_chunks * n_blocks):
+                r0, c0 = (item // n_blocks) * chunk, (item % n_blocks) * COL_BLOCK
+                block(xb, x_scale, wt, w_scale, n, r0, min(m, r0 + chunk), c0, min(n_out, c0 + COL_BLOCK), bias,
+                      relu, out)
+
+        return gemm
+
+    def _qesc_driver(block):
+        @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+        def gemm(xn, xs, x_scale, wn, ws, w_scale, bias, relu, out, parallel):
+            """``out[i, j] = relu?(ternary dot(x[i], w[j]) * s_x[i] * s_w[j] + bias[j])`` from transposed planes."""
+            m, n_out = xn.shape[0], w_scale.shape[0]
+            if not parallel:
+                block(xn, xs, x_scale, wn, ws, w_scale, 0, m, 0, n_out, bias, relu, out)
+                return
+            chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
+            n_chunks, n_blocks = (m + chunk - 1) // chunk, (n_out + COL_BLOCK - 1) // COL_BLOCK
+            for item in prange(n_chunks * n_blocks):
+                r0, c0 = (item // n_blocks) * chunk, (item % n_blocks) * COL_BLOCK
+                block(xn, xs, x_scale, wn, ws, w_scale, r0, min(m, r0 + chunk), c0, min(n_out, c0 + COL_BLOCK), bias,
+                      relu, out)
+
+        return gemm
+
+    BINARY_GEMM = {"avx2": _binary_driver(_binary_avx2), "avx512": _binary_driver(_binary_512)}
+    QESC_GEMM = {"avx2": _qesc_driver(_qesc_avx2), "avx512": _qesc_driver(_qesc_512)}
 
     def _parallel(weights: BitWeights, m: int) -> bool:
-        return m * weights.out_features * weights.planes[0].shape[1] >= PARALLEL_WORDS
+        return m * weights.out_features * weights.planes[0].shape[0] >= PARALLEL_WORDS
 
     def binary_np(weights: BitWeights, x: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
         """``relu?(binary recipe(x) + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
         parallel = _parallel(weights, x.shape[0])
         bits, x_scale = pack_signs(x, parallel)
         out = np.empty((x.shape[0], weights.out_features), dtype=np.float32)
-        binary_gemm(bits, x_scale, weights.planes[0], weights.scale, weights.in_features, bias, relu, out, parallel)
+        BINARY_GEMM[weights.isa](bits, x_scale, weights.planes[0], weights.scale, weights.in_features, bias, relu,
+                                 out, parallel)
         return out
 
     def qesc_np(weights: BitWeights, x: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
         """``relu?(qesc recipe(x) + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
         parallel = _parallel(weights, x.shape[0])
-        plus, minus, x_scale = pack_trits(x, parallel)
+        nonzero, negative, x_scale = pack_trits(x, parallel)
         out = np.empty((x.shape[0], weights.out_features), dtype=np.float32)
-        qesc_gemm(plus, minus, x_scale, *weights.planes, weights.scale, bias, relu, out, parallel)
+        QESC_GEMM[weights.isa](nonzero, negative, x_scale, *weights.planes, weights.scale, bias, relu, out, parallel)
         return out
 
     _NO_BIAS = np.empty(0, dtype=np.float32)
 
+    def prepare_binary(fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int], isa: str = ISA) -> BitWeights:
+        return prepare_bits((packed["bits"],), packed["scale"], shape, isa)
+
+    def prepare_qesc(fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int], isa: str = ISA) -> BitWeights:
+        return prepare_bits((packed["plus"], packed["minus"]), packed["scale"], shape, isa, trits=True)
+
     BINARY = register_kernel(
         Kernel(
-            name="binary-popcount-numba",
+            name=f"binary-popcount-numba-{ISA}",
             formats=("binary",),
             device="cpu",
-            prepare=lambda fmt, packed, shape: prepare_bits((packed["bits"],), packed["scale"], shape),
+            prepare=prepare_binary,
             run=lambda w, x: torch.from_numpy(binary_np(w, x.detach().contiguous().numpy(), _NO_BIAS, False)),
             cached_bytes=lambda w: w.cached_bytes,
             run_np=binary_np,
@@ -320,10 +454,10 @@ if FAST_KERNELS:
     )
     QESC = register_kernel(
         Kernel(
-            name="qesc-popcount-numba",
+            name=f"qesc-popcount-numba-{ISA}",
             formats=("qesc",),
             device="cpu",
-            prepare=lambda fmt, packed, shape: prepare_bits((packed["plus"], packed["minus"]), packed["scale"], shape),
+            prepare=prepare_qesc,
             run=lambda w, x: torch.from_numpy(qesc_np(w, x.detach().contiguous().numpy(), _NO_BIAS, False)),
             cached_bytes=lambda w: w.cached_bytes,
             run_np=qesc_np,

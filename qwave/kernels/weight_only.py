@@ -1,5 +1,5 @@
-"""Float-activation formats (fp32, and the weight-only option ``activations="float"`` of int2..int8 and ternary): a
-cached float32 copy of the weights.
+"""Float-activation formats (fp32, and the weight-only option ``activations="float"`` of int2..int8 and ternary;
+fp16 / bf16 on GPU): a cached float32 copy of the weights.
 
 Their recipe is ``x @ dequantize(w).T``. The kernel dequantizes once in
 ``prepare`` and multiplies with PyTorch's float32 GEMM; it never unpacks per call. The copy costs 4 bytes per
@@ -13,7 +13,8 @@ import torch
 
 from qwave.kernels import Kernel, register_kernel
 
-FORMATS = ("fp32", "fp16", "bf16", "int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary")
+FORMATS = ("fp32", "int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary")
+HALF = ("fp16", "bf16")  # on CPU ``half`` converts them inside its kernel; on GPU they use this copy too
 
 
 def prepare(fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> tuple[torch.Tensor, int]:
@@ -36,7 +37,7 @@ def build(device: str) -> Kernel:
     """The cached-copy kernel for one device type (the same recipe on CPU and GPU)."""
     return Kernel(
         name="dequant-cached-fp32" if device == "cpu" else f"dequant-cached-fp32-{device}",
-        formats=FORMATS,
+        formats=FORMATS if device == "cpu" else FORMATS + HALF,
         device=device,
         prepare=prepare,
         run=lambda state, x: x @ state[0].T,

@@ -1,0 +1,225 @@
+"""fp16 / bf16 linear layers: the 16-bit weights are converted to float32 inside the kernel, never cached as float32.
+
+The layer holds only its 16-bit weights, transposed per tile of output columns (``[tile, in, columns]``, a
+permutation of the stored bytes). Each work item converts one tile's columns for all inputs into a float32 scratch
+panel (``vcvtph2ps`` for fp16; bf16 is the high half of a float32, a 16-bit shift), once per row chunk, then runs
+an FP32 register-tiled microkernel over it: 6 rows x 16 columns (``avx2``, 12 ``vfmadd231ps`` accumulators) or
+6 rows x 32 columns (``avx512``). ``y[i, j] = sum_k x[i, k] * w[j, k]`` is accumulated in input order with fused
+multiply-adds (float32 rounding differs from PyTorch's GEMM in the last bits), then bias and ReLU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qwave.kernels import FAST_KERNELS, Kernel, register_kernel
+
+TILES = {"avx2": 16, "avx512": 32}
+ROWS = 6  # rows per register tile
+ROW_CHUNK = 66  # rows per work item (a multiple of ROWS): the panel conversion is shared by them
+PARALLEL_MACS = 1 << 18
+
+
+@dataclass
+class HalfWeights:
+    """16-bit weights in the kernel layout (the stored bits, transposed per column tile)."""
+
+    isa: str  # "avx2" or "avx512"
+    bf16: bool
+    codes: np.ndarray  # uint16 [tiles, in, tile]
+    out_features: int
+    in_features: int
+
+    @property
+    def cached_bytes(self) -> int:
+        return int(self.codes.nbytes)
+
+
+def prepare_weight(weight: torch.Tensor, isa: str) -> HalfWeights:
+    """Kernel state from a stored float16 / bfloat16 weight ``[out, in]``."""
+    out, n = weight.shape
+    tile = TILES[isa]
+    tiles = math.ceil(out / tile)
+    bits = np.zeros((tiles * tile, n), np.uint16)
+    bits[:out] = weight.detach().cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
+    codes = np.ascontiguousarray(bits.reshape(tiles, tile, n).transpose(0, 2, 1))
+    return HalfWeights(isa, weight.dtype == torch.bfloat16, codes, int(out), int(n))
+
+
+if FAST_KERNELS:
+    from numba import njit, prange
+
+    from qwave.kernels._simd import (
+        HAS_AVX512,
+        load1_f32x8,
+        load1_f32x16,
+        load_bf16x8,
+        load_bf16x16,
+        load_f16x8,
+        load_f16x16,
+        load_f32x8,
+        load_f32x16,
+        store,
+        vfma,
+        zero_f32x8,
+        zero_f32x16,
+    )
+
+    ISA = "avx512" if HAS_AVX512 else "avx2"
+
+    @njit(cache=True, boundscheck=False, nogil=True)
+    def _emit(f, rows, r, c0, width, bias, relu, out):
+        for i in range(rows):
+            for c in range(width):
+                y = f[i, c]
+                if bias.shape[0] > 0:
+                    y += bias[c0 + c]
+                if relu and y < 0:
+                    y = np.float32(0.0)
+                out[r + i, c0 + c] = y
+
+    @njit(cache=True, boundscheck=False, nogil=True)
+    def _block_avx2(x, w, bf16, r0, r1, t0, t1, n_out, bias, relu, out):
+        """Rows ``r0:r1`` x column tiles ``t0:t1`` (16 outputs each)."""
+        n = x.shape[1]
+        xf = x.reshape(-1)
+        panel = np.empty(n * 16, np.float32)
+        f = np.empty((ROWS, 16), np.float32)
+        flat = f.reshape(-1)
+        for t in range(t0, t1):
+            wt = w[t].reshape(-1)
+            for k in range(n):  # convert the tile's 16 columns for every input once
+                if bf16:
+                    store(panel, 16 * k, load_bf16x8(wt, 16 * k)); store(panel, 16 * k + 8, load_bf16x8(wt, 16 * k + 8))  # noqa: E501, E702
+                else:
+                    store(panel, 16 * k, load_f16x8(wt, 16 * k)); store(panel, 16 * k + 8, load_f16x8(wt, 16 * k + 8))  # noqa: E501, E702
+            c0 = 16 * t
+            for r in range(r0, r1, ROWS):
+                rows = min(ROWS, r1 - r)
+                if rows == ROWS:
+                    a00 = zero_f32x8(); a01 = zero_f32x8(); a10 = zero_f32x8(); a11 = zero_f32x8()  # noqa: E702
+                    a20 = zero_f32x8(); a21 = zero_f32x8(); a30 = zero_f32x8(); a31 = zero_f32x8()  # noqa: E702
+                    a40 = zero_f32x8(); a41 = zero_f32x8(); a50 = zero_f32x8(); a51 = zero_f32x8()  # noqa: E702
+                    x0 = r * n
+                    for k in range(n):
+                        b0, b1 = load_f32x8(panel, 16 * k), load_f32x8(panel, 16 * k + 8)
+                        a = load1_f32x8(xf, x0 + k)
+                        a00 = vfma(a00, a, b0); a01 = vfma(a01, a, b1)  # noqa: E702
+                        a = load1_f32x8(xf, x0 + n + k)
+                        a10 = vfma(a10, a, b0); a11 = vfma(a11, a, b1)  # noqa: E702
+                        a = load1_f32x8(xf, x0 + 2 * n + k)
+                        a20 = vfma(a20, a, b0); a21 = vfma(a21, a, b1)  # noqa: E702
+                        a = load1_f32x8(xf, x0 + 3 * n + k)
+                        a30 = vfma(a30, a, b0); a31 = vfma(a31, a, b1)  # noqa: E702
+                        a = load1_f32x8(xf, x0 + 4 * n + k)
+                        a40 = vfma(a40, a, b0); a41 = vfma(a41, a, b1)  # noqa: E702
+                        a = load1_f32x8(xf, x0 + 5 * n + k)
+                        a50 = vfma(a50, a, b0); a51 = vfma(a51, a, b1)  # noqa: E702
+                    store(flat, 0, a00); store(flat, 8, a01); store(flat, 16, a10); store(flat, 24, a11)  # noqa: E702
+                    store(flat, 32, a20); store(flat, 40, a21); store(flat, 48, a30); store(flat, 56, a31)  # noqa: E702
+                    store(flat, 64, a40); store(flat, 72, a41); store(flat, 80, a50); store(flat, 88, a51)  # noqa: E702
+                else:
+                    for i in range(rows):
+                        lo, hi = zero_f32x8(), zero_f32x8()
+                        x0 = (r + i) * n
+                        for k in range(n):
+                            a = load1_f32x8(xf, x0 + k)
+                            lo = vfma(lo, a, load_f32x8(panel, 16 * k))
+                            hi = vfma(hi, a, load_f32x8(panel, 16 * k + 8))
+                        store(flat, 16 * i, lo); store(flat, 16 * i + 8, hi)  # noqa: E702
+                _emit(f, rows, r, c0, min(16, n_out - c0), bias, relu, out)
+
+    @njit(cache=True, boundscheck=False, nogil=True)
+    def _block_512(x, w, bf16, r0, r1, t0, t1, n_out, bias, relu, out):
+        """Rows ``r0:r1`` x column tiles ``t0:t1`` (32 outputs each), 512-bit."""
+        n = x.shape[1]
+        xf = x.reshape(-1)
+        panel = np.empty(n * 32, np.float32)
+        f = np.empty((ROWS, 32), np.float32)
+        flat = f.reshape(-1)
+        for t in range(t0, t1):
+            wt = w[t].reshape(-1)
+            for k in range(n):
+                if bf16:
+                    store(panel, 32 * k, load_bf16x16(wt, 32 * k)); store(panel, 32 * k + 16, load_bf16x16(wt, 32 * k + 16))  # noqa: E501, E702
+                else:
+                    store(panel, 32 * k, load_f16x16(wt, 32 * k)); store(panel, 32 * k + 16, load_f16x16(wt, 32 * k + 16))  # noqa: E501, E702
+            c0 = 32 * t
+            for r in range(r0, r1, ROWS):
+                rows = min(ROWS, r1 - r)
+                if rows == ROWS:
+                    a00 = zero_f32x16(); a01 = zero_f32x16(); a10 = zero_f32x16(); a11 = zero_f32x16()  # noqa: E702
+                    a20 = zero_f32x16(); a21 = zero_f32x16(); a30 = zero_f32x16(); a31 = zero_f32x16()  # noqa: E702
+                    a40 = zero_f32x16(); a41 = zero_f32x16(); a50 = zero_f32x16(); a51 = zero_f32x16()  # noqa: E702
+                    x0 = r * n
+                    for k in range(n):
+                        b0, b1 = load_f32x16(panel, 32 * k), load_f32x16(panel, 32 * k + 16)
+                        a = load1_f32x16(xf, x0 + k)
+                        a00 = vfma(a00, a, b0); a01 = vfma(a01, a, b1)  # noqa: E702
+                        a = load1_f32x16(xf, x0 + n + k)
+                        a10 = vfma(a10, a, b0); a11 = vfma(a11, a, b1)  # noqa: E702
+                        a = load1_f32x16(xf, x0 + 2 * n + k)
+                        a20 = vfma(a20, a, b0); a21 = vfma(a21, a, b1)  # noqa: E702
+                        a = load1_f32x16(xf, x0 + 3 * n + k)
+                        a30 = vfma(a30, a, b0); a31 = vfma(a31, a, b1)  # noqa: E702
+                        a = load1_f32x16(xf, x0 + 4 * n + k)
+                        a40 = vfma(a40, a, b0); a41 = vfma(a41, a, b1)  # noqa: E702
+                        a = load1_f32x16(xf, x0 + 5 * n + k)
+                        a50 = vfma(a50, a, b0); a51 = vfma(a51, a, b1)  # noqa: E702
+                    store(flat, 0, a00); store(flat, 16, a01); store(flat, 32, a10); store(flat, 48, a11)  # noqa: E702
+                    store(flat, 64, a20); store(flat, 80, a21); store(flat, 96, a30); store(flat, 112, a31)  # noqa: E702
+                    store(flat, 128, a40); store(flat, 144, a41); store(flat, 160, a50); store(flat, 176, a51)  # noqa: E702
+                else:
+                    for i in range(rows):
+                        lo, hi = zero_f32x16(), zero_f32x16()
+                        x0 = (r + i) * n
+                        for k in range(n):
+                            a = load1_f32x16(xf, x0 + k)
+                            lo = vfma(lo, a, load_f32x16(panel, 32 * k))
+                            hi = vfma(hi, a, load_f32x16(panel, 32 * k + 16))
+                        store(flat, 32 * i, lo); store(flat, 32 * i + 16, hi)  # noqa: E702
+                _emit(f, rows, r, c0, min(32, n_out - c0), bias, relu, out)
+
+    def _driver(block):
+        """A parallel GEMM over ``block`` (one per variant: a CPU compiles only the variant it runs)."""
+
+        @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+        def gemm(x, w, bf16, n_out, bias, relu, out, parallel):
+            m, n_tiles = x.shape[0], w.shape[0]
+            if not parallel:
+                block(x, w, bf16, 0, m, 0, n_tiles, n_out, bias, relu, out)
+                return
+            n_chunks = (m + ROW_CHUNK - 1) // ROW_CHUNK
+            for item in prange(n_chunks * n_tiles):
+                r0, t = (item // n_tiles) * ROW_CHUNK, item % n_tiles
+                block(x, w, bf16, r0, min(m, r0 + ROW_CHUNK), t, t + 1, n_out, bias, relu, out)
+
+        return gemm
+
+    GEMM = {"avx2": _driver(_block_avx2), "avx512": _driver(_block_512)}
+
+    def linear_np(weights: HalfWeights, x: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
+        """``relu?(x @ W.T + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
+        out = np.empty((x.shape[0], weights.out_features), dtype=np.float32)
+        parallel = x.shape[0] * weights.out_features * weights.in_features >= PARALLEL_MACS
+        GEMM[weights.isa](np.ascontiguousarray(x), weights.codes, weights.bf16, weights.out_features, bias, relu, out,
+                          parallel)
+        return out
+
+    _NO_BIAS = np.empty(0, dtype=np.float32)
+
+    KERNEL = register_kernel(
+        Kernel(
+            name=f"half-numba-{ISA}",
+            formats=("fp16", "bf16"),
+            device="cpu",
+            prepare=lambda fmt, packed, shape: prepare_weight(packed["weight"], ISA),
+            run=lambda w, x: torch.from_numpy(linear_np(w, x.detach().contiguous().numpy(), _NO_BIAS, False)),
+            cached_bytes=lambda w: w.cached_bytes,
+            run_np=linear_np,
+        )
+    )

@@ -1,0 +1,59 @@
+"""The fp16 / bf16 kernel (both variants) against a float64 reference on the stored 16-bit values.
+
+The kernel sums in float32 with fused multiply-adds in input order; the bound used is the classic one for a
+float32 dot product of length n: ``|error| <= n * 2^-24 * sum_k |x_k w_k|`` (plus the bias add's rounding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from qwave import kernels
+from qwave.formats import get_format
+
+from .brute import variants
+
+pytestmark = pytest.mark.skipif(not kernels.FAST_KERNELS, reason=f"fast kernels unavailable: {kernels.REASON}")
+
+CASES = [(7, 77, 1), (13, 130, 6), (70, 301, 13), (37, 301, 300), (3, 1, 2), (33, 64, 7)]
+
+
+def _half_isas() -> list[str]:
+    return ["avx512" if isa == "avx512vnni" else isa for isa in variants()]
+
+
+@pytest.mark.parametrize("isa", _half_isas())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("out", "n", "batch"), CASES)
+def test_half_kernel_matches_float64_products_of_the_stored_values(isa, dtype, out, n, batch):
+    from qwave.kernels import half
+
+    gen = torch.Generator().manual_seed(out + n)
+    w = torch.randn(out, n, generator=gen).to(dtype)
+    w[0, 0] = 65504.0 if dtype == torch.float16 else 1e30  # beyond fp16's range for bf16; subnormals below
+    w[-1, -1] = 6e-8 if dtype == torch.float16 else 1e-39
+    x = torch.randn(batch, n, generator=gen).numpy()
+    bias = torch.randn(out, generator=gen).numpy()
+    got = half.linear_np(half.prepare_weight(w, isa), x, bias, True)
+    exact = x.astype(np.float64) @ w.double().numpy().T + bias
+    bound = n * 2.0**-24 * (np.abs(x).astype(np.float64) @ np.abs(w.double().numpy()).T) + 2.0**-23 * np.abs(exact)
+    assert np.all(np.abs(got - np.maximum(exact, 0)) <= bound + 1e-30)
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16"])
+def test_half_formats_run_the_in_kernel_conversion_and_hold_only_16_bit_weights(name):
+    from qwave.kernels import half
+
+    fmt = get_format(name)
+    packed = fmt.pack(fmt.quantize(torch.randn(37, 301)))
+    kernel = kernels.kernel_for(fmt, "cpu")
+    assert kernel.name.startswith("half-numba")
+    state = kernel.prepare(fmt, packed, (37, 301))
+    tile = half.TILES[half.ISA]
+    assert kernel.cached_bytes(state) == 2 * 301 * math.ceil(37 / tile) * tile
+    x = torch.randn(5, 301)
+    torch.testing.assert_close(kernel.run(state, x), fmt.matmul(x, packed, (37, 301)), rtol=1e-5, atol=1e-5)

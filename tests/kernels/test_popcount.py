@@ -1,0 +1,81 @@
+"""The binary and qesc popcount kernels (both variants) against brute-force int64 dot products of the signs /
+trits, and against each format's reference recipe (float outputs to float32 rounding: see the module docstring)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qwave import kernels
+from qwave.formats import get_format
+
+from .brute import int_dots, variants
+
+pytestmark = pytest.mark.skipif(not kernels.FAST_KERNELS, reason=f"fast kernels unavailable: {kernels.REASON}")
+
+# in_features off multiples of 64, exactly 64, a single input, and more words (70) than the AVX2 variant adds in
+# bytes before widening (31)
+SHAPES = [(7, 77), (5, 64), (13, 130), (3, 1), (20, 64 * 70 + 5)]
+BATCHES = [1, 5, 300]
+
+
+def _isas() -> list[str]:
+    return ["avx512" if isa == "avx512vnni" else isa for isa in variants()]
+
+
+def _case(name: str, shape: tuple[int, int], batch: int):
+    fmt = get_format(name)
+    gen = torch.Generator().manual_seed(shape[0] + batch)
+    w, x = torch.randn(shape, generator=gen), torch.randn(batch, shape[1], generator=gen)
+    x[0, : shape[1] // 2] = 0.0  # zeros: sign +1 for binary, trit 0 for qesc
+    return fmt, fmt.pack(fmt.quantize(w)), x
+
+
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_binary_integer_dots_equal_brute_force(isa, shape, batch):
+    from qwave.kernels import popcount
+
+    fmt, packed, x = _case("binary", shape, batch)
+    state = popcount.prepare_binary(fmt, packed, shape, isa)
+    bits, _ = popcount.pack_signs(x.numpy(), batch > 100)
+    out = np.empty((batch, shape[0]), np.float32)
+    popcount.BINARY_GEMM[isa](bits, np.ones(batch, np.float32), state.planes[0], np.ones(shape[0], np.float32),
+                              shape[1], np.empty(0, np.float32), False, out, batch > 100)
+    signs = np.where(x.numpy() >= 0, 1, -1)
+    assert np.array_equal(out, int_dots(signs, fmt.unpack(packed, shape).codes.numpy()).astype(np.float32))
+
+
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_qesc_integer_dots_equal_brute_force(isa, shape, batch):
+    from qwave.kernels import popcount
+
+    fmt, packed, x = _case("qesc", shape, batch)
+    state = popcount.prepare_qesc(fmt, packed, shape, isa)
+    nonzero, negative, scale = popcount.pack_trits(x.numpy(), batch > 100)
+    out = np.empty((batch, shape[0]), np.float32)
+    popcount.QESC_GEMM[isa](nonzero, negative, np.ones(batch, np.float32), *state.planes,
+                            np.ones(shape[0], np.float32), np.empty(0, np.float32), False, out, batch > 100)
+    s = scale[:, None]
+    trits = np.where(s > 0, np.clip(np.rint(x.numpy() / np.where(s > 0, s, 1)), -1, 1), 0).astype(np.int64)
+    assert np.array_equal(out, int_dots(trits, fmt.unpack(packed, shape).codes.numpy()).astype(np.float32))
+
+
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("name", ["binary", "qesc"])
+@pytest.mark.parametrize("shape", SHAPES[:4])
+@pytest.mark.parametrize("batch", BATCHES)
+def test_popcount_kernels_match_the_format_recipe(isa, name, shape, batch):
+    from qwave.kernels import popcount
+
+    fmt, packed, x = _case(name, shape, batch)
+    prepare, run = ((popcount.prepare_binary, popcount.binary_np) if name == "binary" else
+                    (popcount.prepare_qesc, popcount.qesc_np))
+    bias = torch.randn(shape[0])
+    got = run(prepare(fmt, packed, shape, isa), x.numpy(), bias.numpy(), True)
+    want = torch.relu(fmt.matmul(x, packed, shape) + bias)
+    torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-5, atol=1e-6)
