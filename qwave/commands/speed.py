@@ -1,9 +1,14 @@
 """``qwave speed``: latency and throughput of packed models against FP32 eager and peer int8 backends, one run.
 
-Every method runs side by side in one process with the same thread count, inputs and timing rules. Methods:
+Every method runs side by side in one process with the same thread count, inputs and timing rules, interleaved
+round-robin (one call of each per round; medians over the rounds). Methods:
 FP32 PyTorch eager, torch ``quantize_dynamic`` int8, each qwave format (packed per-layer path and the fused
 whole-model path), torchao int8 and ONNX Runtime FP32/int8 when installed. A per-layer audit table names the
 kernel each packed layer actually ran and warns about any fallback to the PyTorch reference recipe.
+
+``--isa avx2`` runs the same measurement in a child process that treats this CPU as an AVX2-only one (numba
+compiles for Zen 3 without AVX-512 / VNNI, so the kernels take their AVX2 variants; torch, MKL and oneDNN are
+capped to AVX2; ONNX Runtime and fbgemm pick their kernels from the CPU and cannot be capped).
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ import argparse
 import csv
 import json
 import logging
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +33,7 @@ from qwave.eval import speed
 
 log = logging.getLogger(__name__)
 DEFAULT_FORMATS = "int8,binary,qesc,int4,int2,ternary,fp16,bf16"
+FORCED_ISA = "QWAVE_SPEED_FORCED_ISA"  # set in the child process of --isa avx2
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -34,6 +43,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-reference", action="store_true", help="skip the reference MLP (time only --artifact)")
     p.add_argument("--batch-sizes", default="1,32,256,4096")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--isa", choices=("native", "avx2"), default="native",
+                   help="avx2: time the AVX2 kernel variants and AVX2-capped baselines on this CPU (see above)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=50, help="timed calls per method and batch (at least)")
     p.add_argument("--max-seconds", type=float, default=3.0, help="time budget per method and batch")
@@ -122,10 +133,22 @@ def _models(args: argparse.Namespace, notes: list[str]) -> list[tuple[str, nn.Mo
     return models
 
 
+def _run_forced_avx2(argv: list[str]) -> int:
+    """The same command in a child process whose numba target and torch/MKL/oneDNN are AVX2-only."""
+    env = {**os.environ, **kernels.avx2_environment(), FORCED_ISA: "avx2"}
+    code = "import sys; from qwave.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.call([sys.executable, "-c", code, "speed", *argv], env=env)
+
+
 def run(argv: list[str]) -> int:
     args = _parse(argv)
+    if args.isa == "avx2" and os.environ.get(FORCED_ISA) != "avx2":
+        return _run_forced_avx2(argv)
     speed.set_threads(args.threads)
     notes: list[str] = []
+    if args.isa == "avx2":
+        notes.append("--isa avx2: numba target znver3 without AVX-512/VNNI; torch, MKL, oneDNN capped to AVX2; "
+                     "ONNX Runtime and torch's fbgemm int8 are NOT capped (they pick kernels from the CPU)")
     if not kernels.status()["fast_kernels"]:
         notes.append(f"WARNING: fast kernels are off ({kernels.status()['reason']}): packed rows run the reference")
     rows: list[dict] = []
@@ -145,10 +168,11 @@ def run(argv: list[str]) -> int:
         for batch in args.batch_sizes:
             x = torch.randn(batch, in_dim, generator=torch.Generator().manual_seed(args.seed))
             with torch.inference_mode():
-                for name, fn in methods.items():
-                    times = speed.time_fn(lambda fn=fn, x=x: fn(x), warmup=args.warmup, repeats=args.repeats,
-                                          max_seconds=args.max_seconds)
-                    rows.append({"model": label, "method": name, **speed.latency_stats(times, batch).as_dict()})
+                calls = {name: (lambda fn=fn, x=x: fn(x)) for name, fn in methods.items()}
+                times = speed.time_round_robin(calls, warmup=args.warmup, repeats=args.repeats,
+                                               max_seconds=args.max_seconds * len(calls))
+            for name in methods:
+                rows.append({"model": label, "method": name, **speed.latency_stats(times[name], batch).as_dict()})
         probe = torch.randn(min(args.batch_sizes[-1], 256), in_dim)
         for fmt, model in packed.items():
             for layer in speed.layer_audit(model, probe):
@@ -173,8 +197,8 @@ def _add_ratios(rows: list[dict]) -> None:
 
 def _table(rows: list[dict], args: argparse.Namespace) -> str:
     status = kernels.status()
-    head = (f"qwave speed: threads={args.threads}, fast kernels={status['fast_kernels']} ({status['reason']}); "
-            "p50 ms (throughput x FP32 eager)")
+    head = (f"qwave speed: threads={args.threads}, isa={args.isa}, fast kernels={status['fast_kernels']} "
+            f"({status['reason']}); p50 ms (throughput x FP32 eager), methods interleaved round-robin")
     batches = args.batch_sizes
     lines = [head, f"{'model':<16} {'method':<28} " + " ".join(f"{'batch ' + str(b):>20}" for b in batches)]
     keys = dict.fromkeys((r["model"], r["method"]) for r in rows)
@@ -205,7 +229,7 @@ def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    meta = {"threads": args.threads, "kernels": kernels.status(), "notes": notes}
+    meta = {"threads": args.threads, "isa": args.isa, "kernels": kernels.status(), "notes": notes}
     from qwave.commands.doctor import cpu_info
 
     meta["cpu"] = cpu_info()

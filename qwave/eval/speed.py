@@ -1,6 +1,8 @@
 """Latency and throughput measurement shared by ``qwave speed`` and ``qwave compare``.
 
-``time_fn`` times calls after a warm-up; ``latency_stats`` turns per-call seconds into p50/p95/p99 latency and
+``time_round_robin`` times several methods after a warm-up, interleaved (each runs once per round, in a rotating
+order, so a shared machine's load moves all of them alike); ``latency_stats`` turns per-call seconds into
+p50/p95/p99 latency and
 samples/s; ``set_threads`` fixes torch's and numba's thread counts; ``layer_audit`` says, per packed layer, which
 kernel actually ran (``PackedLinear.last_kernel``), its bytes and its share of the model's time, flagging any
 layer that fell back to the PyTorch reference recipe.
@@ -52,27 +54,34 @@ def set_threads(threads: int) -> None:
         pass
 
 
-def time_fn(
-    fn: Callable[[], object], *, warmup: int = 3, repeats: int = 30, min_seconds: float = 0.0, max_seconds: float = 5.0
-) -> np.ndarray:
-    """Seconds per call of ``fn()``: ``warmup`` untimed calls, then at least ``repeats`` timed calls (more while
-    under ``min_seconds`` in total), stopping early once ``max_seconds`` is spent (at least 3 calls are timed)."""
+def time_round_robin(
+    fns: dict[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 30, min_seconds: float = 0.0,
+    max_seconds: float = 5.0,
+) -> dict[str, np.ndarray]:
+    """Seconds per call of every ``fns[name]()``: ``warmup`` untimed calls each, then rounds in which every method
+    runs once (the order rotates by one each round), at least ``repeats`` rounds (more while under ``min_seconds``
+    in total), stopping early once ``max_seconds`` is spent (at least 3 rounds)."""
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
+    rounds = 0
     while True:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        for name in names[rounds % len(names):] + names[: rounds % len(names)]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
         spent = time.perf_counter() - start
-        if len(times) >= 3 and spent >= max_seconds:
+        if rounds >= 3 and spent >= max_seconds:
             break
-        if len(times) >= repeats and spent >= min_seconds:
+        if rounds >= repeats and spent >= min_seconds:
             break
-    return np.asarray(times)
+    return {name: np.asarray(t) for name, t in times.items()}
 
 
 def latency_stats(times: np.ndarray, batch: int) -> LatencyStats:

@@ -1,7 +1,8 @@
 """GPU kernels, registered only when CUDA is available (CPU stays the default device).
 
-* int8: the format's recipe with ``torch._int_mm`` (int8 x int8 -> int32 on tensor cores). Activations are
-  quantized per row exactly as the reference does; per-group weights run one ``_int_mm`` per group.
+* int8 activations (int8, and int2..int7 and ternary, whose default recipe is W·A8): the format's recipe with
+  ``torch._int_mm`` (int8 x int8 -> int32 on tensor cores) on the unpacked integer codes. Activations are quantized
+  per row exactly as the reference does; per-group weights run one ``_int_mm`` per group.
 * every weight-only format: the cached float32 copy from ``weight_only`` on the GPU.
 
 Not exercised by the CPU test suite; ``qwave doctor`` self-checks it against the reference on a CUDA machine.
@@ -18,7 +19,9 @@ if torch.cuda.is_available():
 
     def _prepare_int8(fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> dict:
         q = fmt.unpack(packed, shape)
-        size, groups = fmt._group(shape[1])
+        group_size = getattr(fmt, "group_size", None)
+        size = shape[1] if group_size is None else min(group_size, shape[1])
+        groups = q.scale.shape[1]
         codes = torch.nn.functional.pad(q.codes, (0, size * groups - shape[1])).reshape(shape[0], groups, size)
         # _int_mm wants the inner dimension a multiple of 8: zero-pad each group (zeros add nothing).
         pad = -size % 8
@@ -43,11 +46,12 @@ if torch.cuda.is_available():
     register_kernel(
         Kernel(
             name="int8-cuda-int-mm",
-            formats=("int8",),
+            formats=("int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary"),
             device="cuda",
             prepare=_prepare_int8,
             run=_run_int8,
             cached_bytes=lambda state: int(state["codes"].nbytes + state["scale"].nbytes),
+            supports=lambda fmt: fmt.activations == "int8",
         )
     )
     register_kernel(weight_only.build("cuda"))

@@ -57,3 +57,13 @@ def test_speed_times_a_saved_artifact(fp32_artifact, capsys):
     assert speed.run(["--artifact", str(fp32_artifact), "--no-reference", *FAST]) == 0
     out = capsys.readouterr().out
     assert "fp32" in out and "artifact" in out
+
+
+def test_isa_avx2_reruns_the_command_in_a_process_with_an_avx2_only_target(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(speed.subprocess, "call", lambda cmd, env: seen.update(cmd=cmd, env=env) or 0)
+    assert speed.run(["--isa", "avx2", "--formats", "int8", *FAST]) == 0
+    env = seen["env"]
+    assert env["NUMBA_CPU_NAME"] == "znver3" and "+avx512" not in env["NUMBA_CPU_FEATURES"]
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env[speed.FORCED_ISA] == "avx2"
+    assert seen["cmd"][-len(FAST) - 4 :] == ["speed", "--isa", "avx2", "--formats", "int8", *FAST][-len(FAST) - 4 :]

@@ -19,15 +19,17 @@ def test_latency_stats_percentiles_and_throughput():
     assert stats.samples_per_s == pytest.approx(8 / 0.003)
 
 
-def test_time_fn_counts_warmup_apart_and_repeats():
+def test_round_robin_counts_warmup_apart_and_interleaves_rotating_methods():
     calls = []
-    times = speed.time_fn(lambda: calls.append(1), warmup=2, repeats=5)
-    assert len(times) == 5 and len(calls) == 7
+    times = speed.time_round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=2,
+                                   repeats=3)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert calls == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b"]
 
 
-def test_time_fn_rejects_bad_repeats():
+def test_round_robin_rejects_bad_repeats():
     with pytest.raises(ConfigError):
-        speed.time_fn(lambda: None, repeats=0)
+        speed.time_round_robin({"a": lambda: None}, repeats=0)
 
 
 def _small_packed(fmt: str):

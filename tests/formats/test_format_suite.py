@@ -15,6 +15,10 @@ CASES = [(name, {}) for name in registered_formats()] + [
     ("int4", {"group_size": 64}),
     ("int8", {"group_size": 32}),
     ("int2", {"group_size": 128}),
+    ("int2", {"grid": "symmetric"}),
+    ("int4", {"grid": "halfstep"}),
+    ("int4", {"activations": "float"}),
+    ("ternary", {"activations": "float"}),
 ]
 IDS = [name + "".join(f"-{k}{v}" for k, v in opts.items()) for name, opts in CASES]
 SHAPES = [(3, 7), (5, 130), (1, 1), (17, 65), (8, 640)]
