@@ -275,6 +275,18 @@ def sign_i8(typingctx, b, a):
 
 
 @intrinsic
+def abs_i8(typingctx, v):
+    """``vpabsb``: the magnitude of each signed byte (as an unsigned byte: ``|-128|`` is 128)."""
+    if v != I8x32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call(builder, "llvm.abs.v32i8", _ll(I8x32), args[0], ir.Constant(ir.IntType(1), 0))
+
+    return I8x32(I8x32), codegen
+
+
+@intrinsic
 def dpbusd(typingctx, acc, u, b):
     """``vpdpbusd`` on 512 bits: ``acc + sum of 4 neighbouring products u*b`` per int32 lane, ``u`` unsigned
     bytes, ``b`` signed bytes, exact (no intermediate saturation; the int32 sum wraps)."""

@@ -6,8 +6,7 @@ kernel reads, each weight group's codes zero-padded to ``padded`` bytes:
 
 * ``SIGNED``: ``q`` as int8 (the signed operand of ``vpmaddubsw`` / ``vpdpbusd`` against unsigned weight codes),
   with ``sum(q)`` per row and group (int32: ``|sum| <= 127 * group size``), which the W·A8 kernels subtract.
-* ``ABS_SIGNED``: ``|q|`` (uint8) and ``q`` (int8) for the AVX2 int8 kernel's sign trick, with a flag per row
-  telling whether any code is negative (rows without one skip the sign step).
+  A flag per row tells whether any code is negative (the AVX2 int8 kernel skips its sign step on rows without).
 * ``OFFSET``: ``q + 128`` as uint8 (padding 128) for the AVX-512 VNNI int8 kernel.
 """
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from qwave.kernels import FAST_KERNELS
 
-SIGNED, ABS_SIGNED, OFFSET = 0, 1, 2
+SIGNED, OFFSET = 0, 1
 
 if FAST_KERNELS:
     from numba import njit, prange
@@ -44,15 +43,12 @@ if FAST_KERNELS:
         return (v + magic) - magic
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _quantize_row(x, i, amax, a, b, scale, sums, neg, group_size, padded, layout):
+    def _quantize_row(x, i, amax, a, scale, sums, neg, group_size, padded, layout):
         n = x.shape[1]
-        row, arow, brow = x[i], a[i], b[i]
+        row, arow = x[i], a[i]
         s = np.float32(amax[i] / np.float32(127.0))
         scale[i] = s
-        fill = np.uint8(128) if layout == OFFSET else np.uint8(0)
-        arow[:] = fill
-        if layout == ABS_SIGNED:
-            brow[:] = 0
+        arow[:] = np.uint8(128) if layout == OFFSET else np.uint8(0)
         sums[i, :] = 0
         neg[i] = False
         if s == 0:
@@ -61,41 +57,35 @@ if FAST_KERNELS:
         any_negative = False
         for g in range((n + group_size - 1) // group_size):
             src = row[g * group_size : min(n, (g + 1) * group_size)]
-            dst_a, dst_b = arow[g * padded : (g + 1) * padded], brow[g * padded : (g + 1) * padded]
+            dst = arow[g * padded : (g + 1) * padded]
+            offset = 128 if layout == OFFSET else 256  # codes as unsigned bytes: q + 128, or q mod 256
             total = np.int32(0)
             for k in range(src.shape[0]):
                 c = np.int32(_round(min(max(src[k] / s, lo), hi)))
                 total += c
                 any_negative |= c < 0
-                if layout == OFFSET:
-                    dst_a[k] = np.uint8(c + 128)
-                elif layout == ABS_SIGNED:
-                    dst_a[k] = np.uint8(abs(c))
-                    dst_b[k] = np.int8(c)
-                else:
-                    dst_a[k] = np.uint8(c & 0xFF)
+                dst[k] = np.uint8((c + offset) & 0xFF)
             sums[i, g] = total
         neg[i] = any_negative
 
     @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
     def quantize_rows(x, group_size, groups, padded, layout, parallel):
-        """``(a, b, scale, sums, neg)`` for float32 rows ``x [m, n]``: ``a`` uint8 ``[m, groups * padded]`` (the
-        layout's first operand; ``SIGNED``: the int8 codes' bytes), ``b`` int8 (``ABS_SIGNED``: ``q``; otherwise
-        ``a`` itself), ``scale`` float32 ``[m]``, ``sums`` int32 ``[m, groups]``, ``neg`` bool ``[m]``."""
+        """``(a, q, scale, sums, neg)`` for float32 rows ``x [m, n]``: ``a`` uint8 ``[m, groups * padded]`` (the
+        layout's bytes) and ``q`` its int8 view, ``scale`` float32 ``[m]``, ``sums`` int32 ``[m, groups]``, ``neg``
+        bool ``[m]``."""
         m = x.shape[0]
         a = np.empty((m, groups * padded), dtype=np.uint8)
-        b = np.empty((m, groups * padded), dtype=np.int8) if layout == ABS_SIGNED else a.view(np.int8)
         scale = np.empty(m, dtype=np.float32)
         sums = np.empty((m, groups), dtype=np.int32)
         neg = np.empty(m, dtype=np.bool_)
         amax = abs_max_rows(x)
         if parallel:
             for i in prange(m):
-                _quantize_row(x, i, amax, a, b, scale, sums, neg, group_size, padded, layout)
+                _quantize_row(x, i, amax, a, scale, sums, neg, group_size, padded, layout)
         else:
             for i in range(m):
-                _quantize_row(x, i, amax, a, b, scale, sums, neg, group_size, padded, layout)
-        return a, b, scale, sums, neg
+                _quantize_row(x, i, amax, a, scale, sums, neg, group_size, padded, layout)
+        return a, a.view(np.int8), scale, sums, neg
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def emit(f, rows, r, c0, width, x_scale, bias, relu, out):

@@ -8,9 +8,10 @@ feeds a whole vector of columns and each row's activations are broadcast 4 bytes
 (the MLAS / fbgemm u8s8 scheme).
 
 * ``avx2`` (Zen 3 and every AVX2 CPU): 4 rows x 16 columns, ``vpmaddubsw`` + ``vpmaddwd`` + ``vpaddd``. ``vpmaddubsw``
-  multiplies unsigned by signed bytes and saturates int16 pairs, so it gets ``|q_x|`` and the weight codes with the
-  activation's sign moved onto them (``vpsignb``, the sign trick): a pair is at most ``2 * 127 * 127 < 2^15``, exact.
-  Row tiles whose codes are all >= 0 (every row after a ReLU) skip ``vpsignb``.
+  multiplies unsigned by signed bytes and saturates int16 pairs, so it gets ``|w|`` (``vpabsb``, once per weight
+  vector for the 4 rows) and the activation codes with the weight's sign moved onto them (``vpsignb``, the sign
+  trick): ``|w| * sign(w) q_x = w q_x``, and a pair is at most ``2 * 127 * 127 < 2^15``, so it never saturates.
+  Row tiles whose codes are all >= 0 (every row after a ReLU) skip the sign step: ``vpmaddubsw(q_x, w)``.
 * ``avx512vnni``: 4 rows x 64 columns, 512-bit ``vpdpbusd`` on ``q_x + 128`` (unsigned); ``128 * sum(w)`` per
   column and group is subtracted at the end.
 
@@ -104,6 +105,7 @@ if FAST_KERNELS:
 
     from qwave.kernels._simd import (
         HAS_AVX512_VNNI,
+        abs_i8,
         bcast4_i8x32,
         bcast4_i32x16,
         dpbusd,
@@ -117,18 +119,20 @@ if FAST_KERNELS:
         zero_i32x8,
         zero_i32x16,
     )
-    from qwave.kernels.act8 import ABS_SIGNED, OFFSET, emit, quantize_rows
+    from qwave.kernels.act8 import OFFSET, SIGNED, emit, quantize_rows
 
     # numba's cache key includes the CPU's features, so this choice never goes stale in the cache.
     ISA = "avx512vnni" if HAS_AVX512_VNNI else "avx2"
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
-    def _mac(acc, u, s, w, signed):
-        """``acc + 4-product dots`` of one broadcast activation word and one weight vector (8 columns)."""
-        return vadd(acc, widen_pairs(maddubs(u, sign_i8(w, s) if signed else w)))
+    def _mac(acc, q, w, w_abs, signed):
+        """``acc + 4-product dots`` of one broadcast activation word ``q`` and one weight vector (8 columns)."""
+        if signed:
+            return vadd(acc, widen_pairs(maddubs(w_abs, sign_i8(q, w))))
+        return vadd(acc, widen_pairs(maddubs(q, w)))
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
-    def _dot4x16(qa, qs, wf, x0, width, w0, steps, signed):
+    def _dot4x16(qs, wf, x0, width, w0, steps, signed):
         """Eight int32x8 accumulators: rows ``x0 + i * width`` (i < 4) x 16 columns over ``steps`` k/4 steps."""
         a00 = zero_i32x8(); a01 = zero_i32x8(); a10 = zero_i32x8(); a11 = zero_i32x8()  # noqa: E702
         a20 = zero_i32x8(); a21 = zero_i32x8(); a30 = zero_i32x8(); a31 = zero_i32x8()  # noqa: E702
@@ -136,39 +140,40 @@ if FAST_KERNELS:
         for s in range(steps):
             wk, k = w0 + 64 * s, 4 * s
             b0, b1 = load_i8x32(wf, wk), load_i8x32(wf, wk + 32)
-            u, g = bcast4_i8x32(qa, x0 + k), bcast4_i8x32(qs, x0 + k)
-            a00 = _mac(a00, u, g, b0, signed); a01 = _mac(a01, u, g, b1, signed)  # noqa: E702
-            u, g = bcast4_i8x32(qa, x1 + k), bcast4_i8x32(qs, x1 + k)
-            a10 = _mac(a10, u, g, b0, signed); a11 = _mac(a11, u, g, b1, signed)  # noqa: E702
-            u, g = bcast4_i8x32(qa, x2 + k), bcast4_i8x32(qs, x2 + k)
-            a20 = _mac(a20, u, g, b0, signed); a21 = _mac(a21, u, g, b1, signed)  # noqa: E702
-            u, g = bcast4_i8x32(qa, x3 + k), bcast4_i8x32(qs, x3 + k)
-            a30 = _mac(a30, u, g, b0, signed); a31 = _mac(a31, u, g, b1, signed)  # noqa: E702
+            c0, c1 = (abs_i8(b0), abs_i8(b1)) if signed else (b0, b1)
+            q = bcast4_i8x32(qs, x0 + k)
+            a00 = _mac(a00, q, b0, c0, signed); a01 = _mac(a01, q, b1, c1, signed)  # noqa: E702
+            q = bcast4_i8x32(qs, x1 + k)
+            a10 = _mac(a10, q, b0, c0, signed); a11 = _mac(a11, q, b1, c1, signed)  # noqa: E702
+            q = bcast4_i8x32(qs, x2 + k)
+            a20 = _mac(a20, q, b0, c0, signed); a21 = _mac(a21, q, b1, c1, signed)  # noqa: E702
+            q = bcast4_i8x32(qs, x3 + k)
+            a30 = _mac(a30, q, b0, c0, signed); a31 = _mac(a31, q, b1, c1, signed)  # noqa: E702
         return a00, a01, a10, a11, a20, a21, a30, a31
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
-    def _dot1x16(qa, qs, wf, x0, w0, steps, signed):
+    def _dot1x16(qs, wf, x0, w0, steps, signed):
         """One row x 16 columns, two interleaved accumulator pairs (latency hiding for batch 1)."""
         a0 = zero_i32x8(); a1 = zero_i32x8(); b0 = zero_i32x8(); b1 = zero_i32x8()  # noqa: E702
         s = 0
         while s + 1 < steps:
             wk, k = w0 + 64 * s, x0 + 4 * s
-            u, g = bcast4_i8x32(qa, k), bcast4_i8x32(qs, k)
-            a0 = _mac(a0, u, g, load_i8x32(wf, wk), signed); a1 = _mac(a1, u, g, load_i8x32(wf, wk + 32), signed)  # noqa: E501, E702
-            u, g = bcast4_i8x32(qa, k + 4), bcast4_i8x32(qs, k + 4)
-            b0 = _mac(b0, u, g, load_i8x32(wf, wk + 64), signed); b1 = _mac(b1, u, g, load_i8x32(wf, wk + 96), signed)  # noqa: E501, E702
+            q, v0, v1 = bcast4_i8x32(qs, k), load_i8x32(wf, wk), load_i8x32(wf, wk + 32)
+            a0 = _mac(a0, q, v0, abs_i8(v0), signed); a1 = _mac(a1, q, v1, abs_i8(v1), signed)  # noqa: E702
+            q, v0, v1 = bcast4_i8x32(qs, k + 4), load_i8x32(wf, wk + 64), load_i8x32(wf, wk + 96)
+            b0 = _mac(b0, q, v0, abs_i8(v0), signed); b1 = _mac(b1, q, v1, abs_i8(v1), signed)  # noqa: E702
             s += 2
         if s < steps:
             wk, k = w0 + 64 * s, x0 + 4 * s
-            u, g = bcast4_i8x32(qa, k), bcast4_i8x32(qs, k)
-            a0 = _mac(a0, u, g, load_i8x32(wf, wk), signed); a1 = _mac(a1, u, g, load_i8x32(wf, wk + 32), signed)  # noqa: E501, E702
+            q, v0, v1 = bcast4_i8x32(qs, k), load_i8x32(wf, wk), load_i8x32(wf, wk + 32)
+            a0 = _mac(a0, q, v0, abs_i8(v0), signed); a1 = _mac(a1, q, v1, abs_i8(v1), signed)  # noqa: E702
         return vadd(a0, b0), vadd(a1, b1)
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _block_avx2(qa, qs, neg, x_scale, w, w_scale, n_out, groups, padded, r0, r1, t0, t1, bias, relu, out):
+    def _block_avx2(qs, neg, x_scale, w, w_scale, n_out, groups, padded, r0, r1, t0, t1, bias, relu, out):
         """Output rows ``r0:r1`` x column tiles ``t0:t1`` (16 outputs each), ``vpmaddubsw`` variant."""
         width, steps_g, block = groups * padded, padded // 4, BLOCK // 4
-        qa_f, qs_f = qa.reshape(-1), qs.reshape(-1)
+        qs_f = qs.reshape(-1)
         acc = np.empty(64, dtype=np.int32)
         total = np.empty((4, 16), dtype=np.int64)
         f = np.empty((4, 16), dtype=np.float32)
@@ -187,17 +192,17 @@ if FAST_KERNELS:
                         x0, w0 = r * width + g * padded + 4 * b, (g * steps_g + b) * 64
                         if rows == 4:
                             if signed:
-                                v = _dot4x16(qa_f, qs_f, wf, x0, width, w0, n, True)
+                                v = _dot4x16(qs_f, wf, x0, width, w0, n, True)
                             else:
-                                v = _dot4x16(qa_f, qs_f, wf, x0, width, w0, n, False)
+                                v = _dot4x16(qs_f, wf, x0, width, w0, n, False)
                             store(acc, 0, v[0]); store(acc, 8, v[1]); store(acc, 16, v[2]); store(acc, 24, v[3])  # noqa: E702
                             store(acc, 32, v[4]); store(acc, 40, v[5]); store(acc, 48, v[6]); store(acc, 56, v[7])  # noqa: E702
                         else:
                             for i in range(rows):
                                 if neg[r + i]:
-                                    lo, hi = _dot1x16(qa_f, qs_f, wf, x0 + i * width, w0, n, True)
+                                    lo, hi = _dot1x16(qs_f, wf, x0 + i * width, w0, n, True)
                                 else:
-                                    lo, hi = _dot1x16(qa_f, qs_f, wf, x0 + i * width, w0, n, False)
+                                    lo, hi = _dot1x16(qs_f, wf, x0 + i * width, w0, n, False)
                                 store(acc, 16 * i, lo); store(acc, 16 * i + 8, hi)  # noqa: E702
                         for i in range(rows):
                             for c in range(16):
@@ -278,11 +283,11 @@ if FAST_KERNELS:
                 emit(f, rows, r, c0, min(64, n_out - c0), x_scale, bias, relu, out)
 
     @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-    def gemm_avx2(qa, qs, neg, x_scale, w, w_scale, n_out, groups, padded, bias, relu, out, parallel):
+    def gemm_avx2(qs, neg, x_scale, w, w_scale, n_out, groups, padded, bias, relu, out, parallel):
         """All outputs (avx2 layout); with ``parallel``, row chunk x column block items over the numba threads."""
-        m, n_tiles = qa.shape[0], w.shape[0]
+        m, n_tiles = qs.shape[0], w.shape[0]
         if not parallel:
-            _block_avx2(qa, qs, neg, x_scale, w, w_scale, n_out, groups, padded, 0, m, 0, n_tiles, bias, relu, out)
+            _block_avx2(qs, neg, x_scale, w, w_scale, n_out, groups, padded, 0, m, 0, n_tiles, bias, relu, out)
             return
         per_block = COL_BLOCK // 16
         n_blocks = (n_tiles + per_block - 1) // per_block
@@ -290,7 +295,7 @@ if FAST_KERNELS:
         n_chunks = (m + chunk - 1) // chunk
         for item in prange(n_chunks * n_blocks):
             r0, t0 = (item // n_blocks) * chunk, (item % n_blocks) * per_block
-            _block_avx2(qa, qs, neg, x_scale, w, w_scale, n_out, groups, padded, r0, min(m, r0 + chunk), t0,
+            _block_avx2(qs, neg, x_scale, w, w_scale, n_out, groups, padded, r0, min(m, r0 + chunk), t0,
                         min(n_tiles, t0 + per_block), bias, relu, out)
 
     @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
@@ -318,9 +323,8 @@ if FAST_KERNELS:
             gemm_512(qa, x_scale, weights.codes, weights.scale, weights.offset, n_out, groups, padded, bias, relu,
                      out, parallel)
         else:
-            qa, qs, x_scale, _, neg = quantize_rows(x, weights.group_size, groups, padded, ABS_SIGNED, parallel)
-            gemm_avx2(qa, qs, neg, x_scale, weights.codes, weights.scale, n_out, groups, padded, bias, relu, out,
-                      parallel)
+            _, qs, x_scale, _, neg = quantize_rows(x, weights.group_size, groups, padded, SIGNED, parallel)
+            gemm_avx2(qs, neg, x_scale, weights.codes, weights.scale, n_out, groups, padded, bias, relu, out, parallel)
         return out
 
     _NO_BIAS = np.empty(0, dtype=np.float32)
