@@ -82,6 +82,50 @@ if FAST_KERNELS:
                     y = np.float32(0.0)
                 out[r + i, c0 + c] = y
 
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _dot6x16(xf, panel, x0, n):
+        """Twelve float32x8 sums: rows ``x0 + i * n`` (i < 6) of ``xf`` x the panel's 16 columns, over ``n`` inputs."""
+        a00 = zero_f32x8(); a01 = zero_f32x8(); a10 = zero_f32x8(); a11 = zero_f32x8()  # noqa: E702
+        a20 = zero_f32x8(); a21 = zero_f32x8(); a30 = zero_f32x8(); a31 = zero_f32x8()  # noqa: E702
+        a40 = zero_f32x8(); a41 = zero_f32x8(); a50 = zero_f32x8(); a51 = zero_f32x8()  # noqa: E702
+        for k in range(n):
+            b0, b1 = load_f32x8(panel, 16 * k), load_f32x8(panel, 16 * k + 8)
+            a = load1_f32x8(xf, x0 + k)
+            a00 = vfma(a00, a, b0); a01 = vfma(a01, a, b1)  # noqa: E702
+            a = load1_f32x8(xf, x0 + n + k)
+            a10 = vfma(a10, a, b0); a11 = vfma(a11, a, b1)  # noqa: E702
+            a = load1_f32x8(xf, x0 + 2 * n + k)
+            a20 = vfma(a20, a, b0); a21 = vfma(a21, a, b1)  # noqa: E702
+            a = load1_f32x8(xf, x0 + 3 * n + k)
+            a30 = vfma(a30, a, b0); a31 = vfma(a31, a, b1)  # noqa: E702
+            a = load1_f32x8(xf, x0 + 4 * n + k)
+            a40 = vfma(a40, a, b0); a41 = vfma(a41, a, b1)  # noqa: E702
+            a = load1_f32x8(xf, x0 + 5 * n + k)
+            a50 = vfma(a50, a, b0); a51 = vfma(a51, a, b1)  # noqa: E702
+        return a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _dot6x32(xf, panel, x0, n):
+        """Twelve float32x16 sums: rows ``x0 + i * n`` (i < 6) x the panel's 32 columns, 512-bit."""
+        a00 = zero_f32x16(); a01 = zero_f32x16(); a10 = zero_f32x16(); a11 = zero_f32x16()  # noqa: E702
+        a20 = zero_f32x16(); a21 = zero_f32x16(); a30 = zero_f32x16(); a31 = zero_f32x16()  # noqa: E702
+        a40 = zero_f32x16(); a41 = zero_f32x16(); a50 = zero_f32x16(); a51 = zero_f32x16()  # noqa: E702
+        for k in range(n):
+            b0, b1 = load_f32x16(panel, 32 * k), load_f32x16(panel, 32 * k + 16)
+            a = load1_f32x16(xf, x0 + k)
+            a00 = vfma(a00, a, b0); a01 = vfma(a01, a, b1)  # noqa: E702
+            a = load1_f32x16(xf, x0 + n + k)
+            a10 = vfma(a10, a, b0); a11 = vfma(a11, a, b1)  # noqa: E702
+            a = load1_f32x16(xf, x0 + 2 * n + k)
+            a20 = vfma(a20, a, b0); a21 = vfma(a21, a, b1)  # noqa: E702
+            a = load1_f32x16(xf, x0 + 3 * n + k)
+            a30 = vfma(a30, a, b0); a31 = vfma(a31, a, b1)  # noqa: E702
+            a = load1_f32x16(xf, x0 + 4 * n + k)
+            a40 = vfma(a40, a, b0); a41 = vfma(a41, a, b1)  # noqa: E702
+            a = load1_f32x16(xf, x0 + 5 * n + k)
+            a50 = vfma(a50, a, b0); a51 = vfma(a51, a, b1)  # noqa: E702
+        return a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51
+
     @njit(cache=True, boundscheck=False, nogil=True)
     def _block_avx2(x, w, bf16, r0, r1, t0, t1, n_out, bias, relu, out):
         """Rows ``r0:r1`` x column tiles ``t0:t1`` (16 outputs each)."""
@@ -92,40 +136,18 @@ if FAST_KERNELS:
         flat = f.reshape(-1)
         for t in range(t0, t1):
             wt = w[t].reshape(-1)
-            for k in range(n):  # convert the tile's 16 columns for every input once
-                if bf16:
-                    store(panel, 16 * k, load_bf16x8(wt, 16 * k)); store(panel, 16 * k + 8, load_bf16x8(wt, 16 * k + 8))  # noqa: E501, E702
-                else:
-                    store(panel, 16 * k, load_f16x8(wt, 16 * k)); store(panel, 16 * k + 8, load_f16x8(wt, 16 * k + 8))  # noqa: E501, E702
+            for k in range(0, 16 * n, 8):  # convert the tile's 16 columns for every input once
+                store(panel, k, load_bf16x8(wt, k) if bf16 else load_f16x8(wt, k))
             c0 = 16 * t
             for r in range(r0, r1, ROWS):
                 rows = min(ROWS, r1 - r)
                 if rows == ROWS:
-                    a00 = zero_f32x8(); a01 = zero_f32x8(); a10 = zero_f32x8(); a11 = zero_f32x8()  # noqa: E702
-                    a20 = zero_f32x8(); a21 = zero_f32x8(); a30 = zero_f32x8(); a31 = zero_f32x8()  # noqa: E702
-                    a40 = zero_f32x8(); a41 = zero_f32x8(); a50 = zero_f32x8(); a51 = zero_f32x8()  # noqa: E702
-                    x0 = r * n
-                    for k in range(n):
-                        b0, b1 = load_f32x8(panel, 16 * k), load_f32x8(panel, 16 * k + 8)
-                        a = load1_f32x8(xf, x0 + k)
-                        a00 = vfma(a00, a, b0); a01 = vfma(a01, a, b1)  # noqa: E702
-                        a = load1_f32x8(xf, x0 + n + k)
-                        a10 = vfma(a10, a, b0); a11 = vfma(a11, a, b1)  # noqa: E702
-                        a = load1_f32x8(xf, x0 + 2 * n + k)
-                        a20 = vfma(a20, a, b0); a21 = vfma(a21, a, b1)  # noqa: E702
-                        a = load1_f32x8(xf, x0 + 3 * n + k)
-                        a30 = vfma(a30, a, b0); a31 = vfma(a31, a, b1)  # noqa: E702
-                        a = load1_f32x8(xf, x0 + 4 * n + k)
-                        a40 = vfma(a40, a, b0); a41 = vfma(a41, a, b1)  # noqa: E702
-                        a = load1_f32x8(xf, x0 + 5 * n + k)
-                        a50 = vfma(a50, a, b0); a51 = vfma(a51, a, b1)  # noqa: E702
-                    store(flat, 0, a00); store(flat, 8, a01); store(flat, 16, a10); store(flat, 24, a11)  # noqa: E702
-                    store(flat, 32, a20); store(flat, 40, a21); store(flat, 48, a30); store(flat, 56, a31)  # noqa: E702
-                    store(flat, 64, a40); store(flat, 72, a41); store(flat, 80, a50); store(flat, 88, a51)  # noqa: E702
+                    v = _dot6x16(xf, panel, r * n, n)
+                    for j in range(12):
+                        store(flat, 8 * j, v[j])
                 else:
                     for i in range(rows):
-                        lo, hi = zero_f32x8(), zero_f32x8()
-                        x0 = (r + i) * n
+                        lo, hi, x0 = zero_f32x8(), zero_f32x8(), (r + i) * n
                         for k in range(n):
                             a = load1_f32x8(xf, x0 + k)
                             lo = vfma(lo, a, load_f32x8(panel, 16 * k))
@@ -143,40 +165,18 @@ if FAST_KERNELS:
         flat = f.reshape(-1)
         for t in range(t0, t1):
             wt = w[t].reshape(-1)
-            for k in range(n):
-                if bf16:
-                    store(panel, 32 * k, load_bf16x16(wt, 32 * k)); store(panel, 32 * k + 16, load_bf16x16(wt, 32 * k + 16))  # noqa: E501, E702
-                else:
-                    store(panel, 32 * k, load_f16x16(wt, 32 * k)); store(panel, 32 * k + 16, load_f16x16(wt, 32 * k + 16))  # noqa: E501, E702
+            for k in range(0, 32 * n, 16):
+                store(panel, k, load_bf16x16(wt, k) if bf16 else load_f16x16(wt, k))
             c0 = 32 * t
             for r in range(r0, r1, ROWS):
                 rows = min(ROWS, r1 - r)
                 if rows == ROWS:
-                    a00 = zero_f32x16(); a01 = zero_f32x16(); a10 = zero_f32x16(); a11 = zero_f32x16()  # noqa: E702
-                    a20 = zero_f32x16(); a21 = zero_f32x16(); a30 = zero_f32x16(); a31 = zero_f32x16()  # noqa: E702
-                    a40 = zero_f32x16(); a41 = zero_f32x16(); a50 = zero_f32x16(); a51 = zero_f32x16()  # noqa: E702
-                    x0 = r * n
-                    for k in range(n):
-                        b0, b1 = load_f32x16(panel, 32 * k), load_f32x16(panel, 32 * k + 16)
-                        a = load1_f32x16(xf, x0 + k)
-                        a00 = vfma(a00, a, b0); a01 = vfma(a01, a, b1)  # noqa: E702
-                        a = load1_f32x16(xf, x0 + n + k)
-                        a10 = vfma(a10, a, b0); a11 = vfma(a11, a, b1)  # noqa: E702
-                        a = load1_f32x16(xf, x0 + 2 * n + k)
-                        a20 = vfma(a20, a, b0); a21 = vfma(a21, a, b1)  # noqa: E702
-                        a = load1_f32x16(xf, x0 + 3 * n + k)
-                        a30 = vfma(a30, a, b0); a31 = vfma(a31, a, b1)  # noqa: E702
-                        a = load1_f32x16(xf, x0 + 4 * n + k)
-                        a40 = vfma(a40, a, b0); a41 = vfma(a41, a, b1)  # noqa: E702
-                        a = load1_f32x16(xf, x0 + 5 * n + k)
-                        a50 = vfma(a50, a, b0); a51 = vfma(a51, a, b1)  # noqa: E702
-                    store(flat, 0, a00); store(flat, 16, a01); store(flat, 32, a10); store(flat, 48, a11)  # noqa: E702
-                    store(flat, 64, a20); store(flat, 80, a21); store(flat, 96, a30); store(flat, 112, a31)  # noqa: E702
-                    store(flat, 128, a40); store(flat, 144, a41); store(flat, 160, a50); store(flat, 176, a51)  # noqa: E702
+                    v = _dot6x32(xf, panel, r * n, n)
+                    for j in range(12):
+                        store(flat, 16 * j, v[j])
                 else:
                     for i in range(rows):
-                        lo, hi = zero_f32x16(), zero_f32x16()
-                        x0 = (r + i) * n
+                        lo, hi, x0 = zero_f32x16(), zero_f32x16(), (r + i) * n
                         for k in range(n):
                             a = load1_f32x16(xf, x0 + k)
                             lo = vfma(lo, a, load_f32x16(panel, 32 * k))

@@ -285,6 +285,30 @@ if FAST_KERNELS:
     def _xor_bytes(b, x, w):
         return vadd_i8(b, popcount_bytes(vxor(x, w)))
 
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _binary4x8(xf, wf, x0, words, stride, c):
+        """Eight 4-lane ``popcount(x ^ w)`` sums: rows ``x0 + i * words`` (i < 4) x outputs ``c:c+8``."""
+        t00 = zero_i64x4(); t01 = zero_i64x4(); t10 = zero_i64x4(); t11 = zero_i64x4()  # noqa: E702
+        t20 = zero_i64x4(); t21 = zero_i64x4(); t30 = zero_i64x4(); t31 = zero_i64x4()  # noqa: E702
+        for k0 in range(0, words, BYTE_WORDS):
+            b00 = zero_i64x4(); b01 = zero_i64x4(); b10 = zero_i64x4(); b11 = zero_i64x4()  # noqa: E702
+            b20 = zero_i64x4(); b21 = zero_i64x4(); b30 = zero_i64x4(); b31 = zero_i64x4()  # noqa: E702
+            for k in range(k0, min(words, k0 + BYTE_WORDS)):
+                w0, w1 = load_i64x4(wf, k * stride + c), load_i64x4(wf, k * stride + c + 4)
+                x = load1_i64x4(xf, x0 + k)
+                b00 = _xor_bytes(b00, x, w0); b01 = _xor_bytes(b01, x, w1)  # noqa: E702
+                x = load1_i64x4(xf, x0 + words + k)
+                b10 = _xor_bytes(b10, x, w0); b11 = _xor_bytes(b11, x, w1)  # noqa: E702
+                x = load1_i64x4(xf, x0 + 2 * words + k)
+                b20 = _xor_bytes(b20, x, w0); b21 = _xor_bytes(b21, x, w1)  # noqa: E702
+                x = load1_i64x4(xf, x0 + 3 * words + k)
+                b30 = _xor_bytes(b30, x, w0); b31 = _xor_bytes(b31, x, w1)  # noqa: E702
+            t00 = vadd(t00, sum_bytes(b00)); t01 = vadd(t01, sum_bytes(b01))  # noqa: E702
+            t10 = vadd(t10, sum_bytes(b10)); t11 = vadd(t11, sum_bytes(b11))  # noqa: E702
+            t20 = vadd(t20, sum_bytes(b20)); t21 = vadd(t21, sum_bytes(b21))  # noqa: E702
+            t30 = vadd(t30, sum_bytes(b30)); t31 = vadd(t31, sum_bytes(b31))  # noqa: E702
+        return t00, t01, t10, t11, t20, t21, t30, t31
+
     @njit(cache=True, boundscheck=False, nogil=True)
     def _binary_avx2(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, relu, out):
         """Rows ``r0:r1`` x outputs ``c0:c1``: register tiles of 4 rows x 8 outputs (two 4-word vectors)."""
@@ -297,28 +321,9 @@ if FAST_KERNELS:
             for r in range(r0, r1, 4):
                 rows = min(4, r1 - r)
                 if rows == 4:
-                    t00 = zero_i64x4(); t01 = zero_i64x4(); t10 = zero_i64x4(); t11 = zero_i64x4()  # noqa: E702
-                    t20 = zero_i64x4(); t21 = zero_i64x4(); t30 = zero_i64x4(); t31 = zero_i64x4()  # noqa: E702
-                    x0 = r * words
-                    for k0 in range(0, words, BYTE_WORDS):
-                        b00 = zero_i64x4(); b01 = zero_i64x4(); b10 = zero_i64x4(); b11 = zero_i64x4()  # noqa: E702
-                        b20 = zero_i64x4(); b21 = zero_i64x4(); b30 = zero_i64x4(); b31 = zero_i64x4()  # noqa: E702
-                        for k in range(k0, min(words, k0 + BYTE_WORDS)):
-                            w0, w1 = load_i64x4(wf, k * stride + c), load_i64x4(wf, k * stride + c + 4)
-                            x = load1_i64x4(xf, x0 + k)
-                            b00 = _xor_bytes(b00, x, w0); b01 = _xor_bytes(b01, x, w1)  # noqa: E702
-                            x = load1_i64x4(xf, x0 + words + k)
-                            b10 = _xor_bytes(b10, x, w0); b11 = _xor_bytes(b11, x, w1)  # noqa: E702
-                            x = load1_i64x4(xf, x0 + 2 * words + k)
-                            b20 = _xor_bytes(b20, x, w0); b21 = _xor_bytes(b21, x, w1)  # noqa: E702
-                            x = load1_i64x4(xf, x0 + 3 * words + k)
-                            b30 = _xor_bytes(b30, x, w0); b31 = _xor_bytes(b31, x, w1)  # noqa: E702
-                        t00 = vadd(t00, sum_bytes(b00)); t01 = vadd(t01, sum_bytes(b01))  # noqa: E702
-                        t10 = vadd(t10, sum_bytes(b10)); t11 = vadd(t11, sum_bytes(b11))  # noqa: E702
-                        t20 = vadd(t20, sum_bytes(b20)); t21 = vadd(t21, sum_bytes(b21))  # noqa: E702
-                        t30 = vadd(t30, sum_bytes(b30)); t31 = vadd(t31, sum_bytes(b31))  # noqa: E702
-                    store(flat, 0, t00); store(flat, 4, t01); store(flat, 8, t10); store(flat, 12, t11)  # noqa: E702
-                    store(flat, 16, t20); store(flat, 20, t21); store(flat, 24, t30); store(flat, 28, t31)  # noqa: E702
+                    v = _binary4x8(xf, wf, r * words, words, stride, c)
+                    for j in range(8):
+                        store(flat, 4 * j, v[j])
                 else:
                     for i in range(rows):
                         t0 = zero_i64x4(); t1 = zero_i64x4()  # noqa: E702
@@ -341,6 +346,29 @@ if FAST_KERNELS:
         nz = vand(xn, wn)
         return vadd_i8(p, popcount_bytes(nz)), vadd_i8(q, popcount_bytes(vand(nz, vxor(xs, ws))))
 
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _qesc2x8(xnf, xsf, wnf, wsf, x0, x1, words, stride, c):
+        """Four 4-lane ternary dot sums: rows at ``x0`` and ``x1`` x outputs ``c:c+8``."""
+        t00 = zero_i64x4(); t01 = zero_i64x4(); t10 = zero_i64x4(); t11 = zero_i64x4()  # noqa: E702
+        for k0 in range(0, words, BYTE_WORDS):
+            p00 = zero_i64x4(); p01 = zero_i64x4(); p10 = zero_i64x4(); p11 = zero_i64x4()  # noqa: E702
+            q00 = zero_i64x4(); q01 = zero_i64x4(); q10 = zero_i64x4(); q11 = zero_i64x4()  # noqa: E702
+            for k in range(k0, min(words, k0 + BYTE_WORDS)):
+                o = k * stride + c
+                n0, n1 = load_i64x4(wnf, o), load_i64x4(wnf, o + 4)
+                s0, s1 = load_i64x4(wsf, o), load_i64x4(wsf, o + 4)
+                a, b = load1_i64x4(xnf, x0 + k), load1_i64x4(xsf, x0 + k)
+                p00, q00 = _trit_bytes(p00, q00, a, b, n0, s0)
+                p01, q01 = _trit_bytes(p01, q01, a, b, n1, s1)
+                a, b = load1_i64x4(xnf, x1 + k), load1_i64x4(xsf, x1 + k)
+                p10, q10 = _trit_bytes(p10, q10, a, b, n0, s0)
+                p11, q11 = _trit_bytes(p11, q11, a, b, n1, s1)
+            t00 = vsub(vsub(vadd(t00, sum_bytes(p00)), sum_bytes(q00)), sum_bytes(q00))
+            t01 = vsub(vsub(vadd(t01, sum_bytes(p01)), sum_bytes(q01)), sum_bytes(q01))
+            t10 = vsub(vsub(vadd(t10, sum_bytes(p10)), sum_bytes(q10)), sum_bytes(q10))
+            t11 = vsub(vsub(vadd(t11, sum_bytes(p11)), sum_bytes(q11)), sum_bytes(q11))
+        return t00, t01, t10, t11
+
     @njit(cache=True, boundscheck=False, nogil=True)
     def _qesc_avx2(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, relu, out):
         """Rows ``r0:r1`` x outputs ``c0:c1``: register tiles of 2 rows x 8 outputs, two byte counters each."""
@@ -352,26 +380,10 @@ if FAST_KERNELS:
             width = min(8, c1 - c)
             for r in range(r0, r1, 2):
                 rows = min(2, r1 - r)
-                x0, x1 = r * words, (r + rows - 1) * words  # one row: the second row repeats the first
-                t00 = zero_i64x4(); t01 = zero_i64x4(); t10 = zero_i64x4(); t11 = zero_i64x4()  # noqa: E702
-                for k0 in range(0, words, BYTE_WORDS):
-                    p00 = zero_i64x4(); p01 = zero_i64x4(); p10 = zero_i64x4(); p11 = zero_i64x4()  # noqa: E702
-                    q00 = zero_i64x4(); q01 = zero_i64x4(); q10 = zero_i64x4(); q11 = zero_i64x4()  # noqa: E702
-                    for k in range(k0, min(words, k0 + BYTE_WORDS)):
-                        o = k * stride + c
-                        n0, n1 = load_i64x4(wnf, o), load_i64x4(wnf, o + 4)
-                        s0, s1 = load_i64x4(wsf, o), load_i64x4(wsf, o + 4)
-                        a, b = load1_i64x4(xnf, x0 + k), load1_i64x4(xsf, x0 + k)
-                        p00, q00 = _trit_bytes(p00, q00, a, b, n0, s0)
-                        p01, q01 = _trit_bytes(p01, q01, a, b, n1, s1)
-                        a, b = load1_i64x4(xnf, x1 + k), load1_i64x4(xsf, x1 + k)
-                        p10, q10 = _trit_bytes(p10, q10, a, b, n0, s0)
-                        p11, q11 = _trit_bytes(p11, q11, a, b, n1, s1)
-                    t00 = vsub(vsub(vadd(t00, sum_bytes(p00)), sum_bytes(q00)), sum_bytes(q00))
-                    t01 = vsub(vsub(vadd(t01, sum_bytes(p01)), sum_bytes(q01)), sum_bytes(q01))
-                    t10 = vsub(vsub(vadd(t10, sum_bytes(p10)), sum_bytes(q10)), sum_bytes(q10))
-                    t11 = vsub(vsub(vadd(t11, sum_bytes(p11)), sum_bytes(q11)), sum_bytes(q11))
-                store(flat, 0, t00); store(flat, 4, t01); store(flat, 8, t10); store(flat, 12, t11)  # noqa: E702
+                # one row left: the second row of the tile repeats it and is not emitted
+                v = _qesc2x8(xnf, xsf, wnf, wsf, r * words, (r + rows - 1) * words, words, stride, c)
+                for j in range(4):
+                    store(flat, 4 * j, v[j])
                 _emit(acc, rows, r, c, width, x_scale, w_scale, bias, relu, out)
 
     # ---- drivers ----------------------------------------------------------------------------------------------
