@@ -70,7 +70,7 @@ def main() -> int:
     import numpy as np
     from numba import njit
 
-    from qwave.kernels import half, int8, lowbit, popcount
+    from qwave.kernels import half, popcount, wa8
     from qwave.kernels._simd import store
 
     @njit
@@ -85,14 +85,16 @@ def main() -> int:
     print(f"{'kernel (avx2 variant)':<28} {'instr':>5} {'MACs/it':>8} {'zen3 cy':>8} {'MAC/cy':>8} {'vsFP32':>8} "
           f"{'skl cy':>8} {'vsFP32':>8}")
     maddubs = lambda b: 32 * count(b, "vpmaddubsw")  # noqa: E731
-    report("int8 (signed rows)", njit(lambda q, w, o: keep(o, int8._dot4x16(q, w, 0, 1024, 0, 256, True))),
+    report("int8 (signed rows)", njit(lambda q, w, o: keep(o, wa8._int8_4x16(q, w, 0, 1024, 0, 256, True))),
            (i8, i8, i32), maddubs)
-    report("int8 (rows >= 0, after ReLU)", njit(lambda q, w, o: keep(o, int8._dot4x16(q, w, 0, 1024, 0, 256, False))),
+    report("int8 (rows >= 0, after ReLU)", njit(lambda q, w, o: keep(o, wa8._int8_4x16(q, w, 0, 1024, 0, 256, False))),
            (i8, i8, i32), maddubs)
-    report("W4A8 (int4, int3)", njit(lambda q, w, o: keep(o, lowbit._dot4x16(q, w, 0, 1024, 0, 256, 4))),
-           (i8, u8, i32), maddubs)
-    report("W2A8 (int2, ternary)", njit(lambda q, w, o: keep(o, lowbit._dot4x16(q, w, 0, 1024, 0, 256, 2))),
-           (i8, u8, i32), maddubs)
+    report("W4A8 (int4, int3)", njit(lambda q, w, o, c: wa8._low_4x16(q, w, 0, 1024, 0, 256, 4, c, o)),
+           (i8, u8, i32, wa8.CHAIN4),
+           maddubs)
+    report("W2A8 (int2, ternary)", njit(lambda q, w, o, c: wa8._low_4x16(q, w, 0, 1024, 0, 256, 2, c, o)),
+           (i8, u8, i32, wa8.CHAIN2),
+           maddubs)
     report("fp16 / bf16 (fp32 panel)", njit(lambda x, p, o: keep(o, half._dot6x16(x, p, 0, 1024))), (f32, f32, f32),
            lambda b: 8 * count(b, "vfmadd231ps"))
     report("binary", njit(lambda x, w, o: keep(o, popcount._binary4x8(x, w, 0, 512, 16, 0))), (u64, u64, i64),

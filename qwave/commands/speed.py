@@ -43,6 +43,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-reference", action="store_true", help="skip the reference MLP (time only --artifact)")
     p.add_argument("--batch-sizes", default="1,32,256,4096")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: time calls by process CPU time (a loaded machine; meaningful with --threads 1)")
     p.add_argument("--isa", choices=("native", "avx2"), default="native",
                    help="avx2: time the AVX2 kernel variants and AVX2-capped baselines on this CPU (see above)")
     p.add_argument("--warmup", type=int, default=5)
@@ -170,7 +172,7 @@ def run(argv: list[str]) -> int:
             with torch.inference_mode():
                 calls = {name: (lambda fn=fn, x=x: fn(x)) for name, fn in methods.items()}
                 times = speed.time_round_robin(calls, warmup=args.warmup, repeats=args.repeats,
-                                               max_seconds=args.max_seconds * len(calls))
+                                               max_seconds=args.max_seconds * len(calls), clock=args.clock)
             for name in methods:
                 rows.append({"model": label, "method": name, **speed.latency_stats(times[name], batch).as_dict()})
         probe = torch.randn(min(args.batch_sizes[-1], 256), in_dim)
@@ -197,7 +199,8 @@ def _add_ratios(rows: list[dict]) -> None:
 
 def _table(rows: list[dict], args: argparse.Namespace) -> str:
     status = kernels.status()
-    head = (f"qwave speed: threads={args.threads}, isa={args.isa}, fast kernels={status['fast_kernels']} "
+    head = (f"qwave speed: threads={args.threads}, isa={args.isa}, clock={args.clock}, "
+            f"fast kernels={status['fast_kernels']} "
             f"({status['reason']}); p50 ms (throughput x FP32 eager), methods interleaved round-robin")
     batches = args.batch_sizes
     lines = [head, f"{'model':<16} {'method':<28} " + " ".join(f"{'batch ' + str(b):>20}" for b in batches)]
@@ -229,7 +232,8 @@ def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    meta = {"threads": args.threads, "isa": args.isa, "kernels": kernels.status(), "notes": notes}
+    meta = {"threads": args.threads, "isa": args.isa, "clock": args.clock, "kernels": kernels.status(),
+            "notes": notes}
     from qwave.commands.doctor import cpu_info
 
     meta["cpu"] = cpu_info()

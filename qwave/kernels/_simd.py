@@ -83,6 +83,7 @@ def _loader(vt: Vec, doc: str):
 
 
 load_i8x32 = _loader(I8x32, "32 bytes of a contiguous 1-D array from element ``start``.")
+load_i32x8 = _loader(I32x8, "8 int32 of a contiguous 1-D int32 array from element ``start``.")
 load_i64x4 = _loader(I64x4, "4 words of a contiguous 1-D uint64/int64 array from element ``start``.")
 load_f32x8 = _loader(F32x8, "8 float32 of a contiguous 1-D float32 array from element ``start``.")
 load_i32x16 = _loader(I32x16, "64 bytes of a contiguous 1-D array from element ``start``, as 16 int32 lanes.")
@@ -124,6 +125,28 @@ def _bcast_word(vt: Vec, doc: str):
 
 bcast4_i8x32 = _bcast_word(I8x32, "The 4 bytes at element ``start`` repeated 8 times (``vpbroadcastd``).")
 bcast4_i32x16 = _bcast_word(I32x16, "The 4 bytes at element ``start`` repeated in all 16 int32 lanes.")
+
+
+def _bcast_scalar(vt: Vec, doc: str):
+    @intrinsic
+    def bcast(typingctx, value):
+        if not isinstance(value, (types.Float, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            v = context.cast(builder, args[0], sig.args[0], types.float32)
+            one = builder.insert_element(ir.Constant(_ll(vt), None), v, ir.Constant(I32, 0))
+            return builder.shuffle_vector(one, ir.Constant(_ll(vt), None),
+                                          ir.Constant(ir.VectorType(I32, vt.count), [0] * vt.count))
+
+        return vt(value), codegen
+
+    bcast.__doc__ = doc
+    return bcast
+
+
+splat_f32x8 = _bcast_scalar(F32x8, "A number, as float32, in all 8 lanes.")
+splat_f32x16 = _bcast_scalar(F32x16, "A number, as float32, in all 16 lanes.")
 
 
 def _bcast_element(vt: Vec, doc: str):
@@ -182,9 +205,51 @@ def _lanewise(int_op: str, float_op: str | None, doc: str):
 
 
 vadd = _lanewise("add", "fadd", "Lane-wise ``a + b`` (integer lanes wrap).")
+vmul = _lanewise("mul", "fmul", "Lane-wise ``a * b`` (float32: one rounding, as scalar code).")
 vsub = _lanewise("sub", "fsub", "Lane-wise ``a - b`` (integer lanes wrap).")
 vand = _lanewise("and_", None, "Bitwise ``a & b``.")
 vxor = _lanewise("xor", None, "Bitwise ``a ^ b``.")
+
+
+@intrinsic
+def relu(typingctx, v):
+    """``0 where v < 0 else v`` per float32 lane (NaN and -0.0 pass, as ``if y < 0: y = 0`` does)."""
+    if not (isinstance(v, Vec) and v.real):
+        return None
+
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(args[0].type, None)
+        return builder.select(builder.fcmp_ordered("<", args[0], zero), zero, args[0])
+
+    return v(v), codegen
+
+
+@intrinsic
+def to_f32(typingctx, v):
+    """Signed int32 lanes to float32 (``vcvtdq2ps``, round to nearest even, as ``np.float32(int)``)."""
+    if v not in (I32x8, I32x16):
+        return None
+    out = F32x8 if v == I32x8 else F32x16
+
+    def codegen(context, builder, sig, args):
+        return builder.sitofp(args[0], _ll(out))
+
+    return out(v), codegen
+
+
+@intrinsic
+def narrow_f32(typingctx, a, b):
+    """Two int64 vectors (``a`` then ``b``, lanes inside int32's range) as one float32 vector of twice the lanes."""
+    if not (a == b and a in (I64x4, I64x8)):
+        return None
+    out = F32x8 if a == I64x4 else F32x16
+
+    def codegen(context, builder, sig, args):
+        n = a.count
+        both = builder.shuffle_vector(args[0], args[1], ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n))))
+        return builder.sitofp(builder.trunc(both, ir.VectorType(I32, 2 * n)), _ll(out))
+
+    return out(a, b), codegen
 
 
 @intrinsic

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from qwave.errors import FormatError
 from qwave.kernels import FAST_KERNELS, Kernel, register_kernel
 
 PARALLEL_WORDS = 1 << 15  # below this many (row, output, word) triples a call stays on one thread
@@ -68,6 +69,8 @@ def prepare_bits(planes: tuple[torch.Tensor, ...], scale: torch.Tensor, shape: t
                  trits: bool = False) -> BitWeights:
     """Kernel state from packed int64 word planes ``[out, words]`` (binary: ``bits``; qesc: ``plus``, ``minus``,
     turned into nonzero / negative planes) and fp16 scales ``[out, 1]``."""
+    if shape[1] >= 1 << 24:  # the epilogue converts dots to float32 exactly only below 2^24
+        raise FormatError(f"popcount kernels take at most {(1 << 24) - 1} inputs per row; got {shape[1]}")
     words = [p.detach().cpu().numpy().view(np.uint64) for p in planes]
     if trits:
         words = [words[0] | words[1], words[1]]
@@ -81,22 +84,31 @@ if FAST_KERNELS:
 
     from qwave.kernels._simd import (
         HAS_VPOPCNTDQ,
+        load1_f32x8,
+        load1_f32x16,
         load1_i64x4,
         load1_i64x8,
+        load_f32x8,
+        load_f32x16,
         load_i64x4,
         load_i64x8,
+        narrow_f32,
         popcount_bytes,
         popcount_i64,
+        splat_f32x8,
+        splat_f32x16,
         store,
         sum_bytes,
         vadd,
         vadd_i8,
         vand,
+        vmul,
         vsub,
         vxor,
         zero_i64x4,
         zero_i64x8,
     )
+    from qwave.kernels._simd import relu as vrelu
 
     ISA = "avx512" if HAS_VPOPCNTDQ else "avx2"
 
@@ -175,16 +187,38 @@ if FAST_KERNELS:
                 _trit_row(x[i], scale[i], nonzero[i], negative[i])
         return nonzero, negative, scale
 
-    @njit(cache=True, boundscheck=False, nogil=True)
-    def _emit(acc, rows, r0, c0, width, x_scale, w_scale, bias, relu, out):
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _emit(acc, accf, outf, rows, r0, c0, width, x_scale, w_scale, bias, relu, out, n):
+        """``out = relu?(float32(dot) * s_x * s_w + bias)`` for a register tile's outputs, one vector per row when
+        the tile is full (``dot = n - 2 acc`` for binary, ``n = 0``: ``dot = acc``; both exact in float32 because
+        ``|dot| <= in_features < 2^24``, checked in ``prepare_bits``)."""
+        tile, stride = acc.shape[1], out.shape[1]
         for r in range(rows):
-            for c in range(width):
-                y = np.float32(acc[r, c]) * x_scale[r0 + r] * w_scale[c0 + c]
+            if width == 8 and tile == 8:
+                d = narrow_f32(load_i64x4(accf, 8 * r), load_i64x4(accf, 8 * r + 4))
+                if n > 0:
+                    d = vsub(splat_f32x8(n), vadd(d, d))
+                y = vmul(vmul(d, load1_f32x8(x_scale, r0 + r)), load_f32x8(w_scale, c0))
                 if bias.shape[0] > 0:
-                    y += bias[c0 + c]
-                if relu and y < 0:
-                    y = np.float32(0.0)
-                out[r0 + r, c0 + c] = y
+                    y = vadd(y, load_f32x8(bias, c0))
+                store(outf, (r0 + r) * stride + c0, vrelu(y) if relu else y)
+            elif width == 16 and tile == 16:
+                d16 = narrow_f32(load_i64x8(accf, 16 * r), load_i64x8(accf, 16 * r + 8))
+                if n > 0:
+                    d16 = vsub(splat_f32x16(n), vadd(d16, d16))
+                y16 = vmul(vmul(d16, load1_f32x16(x_scale, r0 + r)), load_f32x16(w_scale, c0))
+                if bias.shape[0] > 0:
+                    y16 = vadd(y16, load_f32x16(bias, c0))
+                store(outf, (r0 + r) * stride + c0, vrelu(y16) if relu else y16)
+            else:
+                for c in range(width):
+                    dot = n - 2 * acc[r, c] if n > 0 else acc[r, c]
+                    v = np.float32(dot) * x_scale[r0 + r] * w_scale[c0 + c]
+                    if bias.shape[0] > 0:
+                        v += bias[c0 + c]
+                    if relu and v < 0:
+                        v = np.float32(0.0)
+                    out[r0 + r, c0 + c] = v
 
     # ---- avx512: vpopcntq ---------------------------------------------------------------------------------------
 
@@ -205,7 +239,7 @@ if FAST_KERNELS:
         stride, words = wt.shape[1], xb.shape[1]
         wf, xf = wt.reshape(-1), xb.reshape(-1)
         acc = np.empty((4, 16), dtype=np.int64)
-        flat = acc.reshape(-1)
+        flat, outf = acc.reshape(-1), out.reshape(-1)
         for c in range(c0, c1, 16):
             width = min(16, c1 - c)
             for r in range(r0, r1, 4):
@@ -234,10 +268,7 @@ if FAST_KERNELS:
                             a00 = _xor_pop(a00, x, load_i64x8(wf, k * stride + c))
                             a01 = _xor_pop(a01, x, load_i64x8(wf, k * stride + c + 8))
                         store(flat, 16 * i, a00); store(flat, 16 * i + 8, a01)  # noqa: E702
-                for i in range(rows):
-                    for j in range(width):
-                        acc[i, j] = n - 2 * acc[i, j]
-                _emit(acc, rows, r, c, width, x_scale, w_scale, bias, relu, out)
+                _emit(acc, flat, outf, rows, r, c, width, x_scale, w_scale, bias, relu, out, n)
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _qesc_512(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, relu, out):
@@ -245,7 +276,7 @@ if FAST_KERNELS:
         stride, words = wn.shape[1], xn.shape[1]
         wnf, wsf, xnf, xsf = wn.reshape(-1), ws.reshape(-1), xn.reshape(-1), xs.reshape(-1)
         acc = np.empty((4, 16), dtype=np.int64)
-        flat = acc.reshape(-1)
+        flat, outf = acc.reshape(-1), out.reshape(-1)
         for c in range(c0, c1, 16):
             width = min(16, c1 - c)
             for r in range(r0, r1, 4):
@@ -277,7 +308,7 @@ if FAST_KERNELS:
                             a00 = _trit_pop(a00, a, b, load_i64x8(wnf, o), load_i64x8(wsf, o))
                             a01 = _trit_pop(a01, a, b, load_i64x8(wnf, o + 8), load_i64x8(wsf, o + 8))
                         store(flat, 16 * i, a00); store(flat, 16 * i + 8, a01)  # noqa: E702
-                _emit(acc, rows, r, c, width, x_scale, w_scale, bias, relu, out)
+                _emit(acc, flat, outf, rows, r, c, width, x_scale, w_scale, bias, relu, out, 0)
 
     # ---- avx2: nibble-lookup popcounts accumulated in bytes -------------------------------------------------------
 
@@ -315,7 +346,7 @@ if FAST_KERNELS:
         stride, words = wt.shape[1], xb.shape[1]
         wf, xf = wt.reshape(-1), xb.reshape(-1)
         acc = np.empty((4, 8), dtype=np.int64)
-        flat = acc.reshape(-1)
+        flat, outf = acc.reshape(-1), out.reshape(-1)
         for c in range(c0, c1, 8):
             width = min(8, c1 - c)
             for r in range(r0, r1, 4):
@@ -335,10 +366,7 @@ if FAST_KERNELS:
                                 b1 = _xor_bytes(b1, x, load_i64x4(wf, k * stride + c + 4))
                             t0 = vadd(t0, sum_bytes(b0)); t1 = vadd(t1, sum_bytes(b1))  # noqa: E702
                         store(flat, 8 * i, t0); store(flat, 8 * i + 4, t1)  # noqa: E702
-                for i in range(rows):
-                    for j in range(width):
-                        acc[i, j] = n - 2 * acc[i, j]
-                _emit(acc, rows, r, c, width, x_scale, w_scale, bias, relu, out)
+                _emit(acc, flat, outf, rows, r, c, width, x_scale, w_scale, bias, relu, out, n)
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
     def _trit_bytes(p, q, xn, xs, wn, ws):
@@ -375,7 +403,7 @@ if FAST_KERNELS:
         stride, words = wn.shape[1], xn.shape[1]
         wnf, wsf, xnf, xsf = wn.reshape(-1), ws.reshape(-1), xn.reshape(-1), xs.reshape(-1)
         acc = np.empty((2, 8), dtype=np.int64)
-        flat = acc.reshape(-1)
+        flat, outf = acc.reshape(-1), out.reshape(-1)
         for c in range(c0, c1, 8):
             width = min(8, c1 - c)
             for r in range(r0, r1, 2):
@@ -384,7 +412,7 @@ if FAST_KERNELS:
                 v = _qesc2x8(xnf, xsf, wnf, wsf, r * words, (r + rows - 1) * words, words, stride, c)
                 for j in range(4):
                     store(flat, 4 * j, v[j])
-                _emit(acc, rows, r, c, width, x_scale, w_scale, bias, relu, out)
+                _emit(acc, flat, outf, rows, r, c, width, x_scale, w_scale, bias, relu, out, 0)
 
     # ---- drivers ----------------------------------------------------------------------------------------------
 

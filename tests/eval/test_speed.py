@@ -27,9 +27,18 @@ def test_round_robin_counts_warmup_apart_and_interleaves_rotating_methods():
     assert calls == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b"]
 
 
-def test_round_robin_rejects_bad_repeats():
+def test_round_robin_rejects_bad_repeats_and_clocks():
     with pytest.raises(ConfigError):
         speed.time_round_robin({"a": lambda: None}, repeats=0)
+    with pytest.raises(ConfigError, match="clock"):
+        speed.time_round_robin({"a": lambda: None}, clock="sundial")
+
+
+def test_cpu_clock_does_not_count_time_spent_waiting():
+    import time
+
+    times = speed.time_round_robin({"sleep": lambda: time.sleep(0.02)}, warmup=0, repeats=3, clock="cpu")
+    assert times["sleep"].max() < 0.01
 
 
 def _small_packed(fmt: str):

@@ -1,0 +1,460 @@
+"""Integer weights x int8 activations (W8A8, W4A8, W2A8, W1.58A8): the register tiles, blocks and parallel drivers
+shared by the int8 kernel (``int8``) and the low-bit kernels (``lowbit``).
+
+Recipe (``qwave.formats.base.int8_activation_matmul``): activations quantized per row (``act8``), exact integer dots
+of the activation codes with the weight codes per group, ``y = s_x * sum_g(float(dot_g) * s_w[:, g])``, bit for bit.
+Every kernel state (``IntWeights``) keeps a register tile of 4 rows x ``TILES[isa]`` columns in int32 accumulators
+for a whole block of inputs, with the weights laid out per column tile as ``[group, k/4, columns, 4 inputs]`` so one
+vector load feeds a vector of columns and each row's activation codes are broadcast 4 at a time: no horizontal sums
+(the MLAS / fbgemm u8s8 scheme). ``bits`` selects the weight codes:
+
+* 8 (``int8``, int5..int7): the signed codes themselves (int8 bytes). ``avx2``: ``vpmaddubsw`` + ``vpmaddwd`` +
+  ``vpaddd``. ``vpmaddubsw`` multiplies unsigned by signed bytes and saturates int16 pairs, so it gets ``|w|``
+  (``vpabsb``, once per weight vector for the 4 rows) and the activation codes with the weight's sign moved onto
+  them (``vpsignb``, the sign trick): ``|w| * sign(w) q_x = w q_x``, a pair at most ``2 * 128 * 127 < 2^15``, never
+  saturated. Row tiles whose codes are all >= 0 (every row after a ReLU) skip the sign step: ``vpmaddubsw(q_x, w)``.
+  ``avx512vnni``: 512-bit ``vpdpbusd`` on ``q_x + 128`` (unsigned); ``offset = 128 * sum(w)`` per column and group
+  is subtracted at the end.
+* 4 or 2 (int2..int4, ternary): unsigned codes ``u`` in ``[0, 2^bits)`` with ``code = alpha * u - beta`` (int4:
+  ``u = code + 8``; half-step int2: ``code = 2u - 3``; ternary: ``u = t + 1``), so
+  ``dot_g = alpha * sum(u * q_x) - beta * sum(q_x)``: ``u`` is the *unsigned* operand of ``vpmaddubsw`` /
+  ``vpdpbusd`` against the signed activation codes (no sign trick), and the narrow ``u`` keeps products small
+  enough to add several ``vpmaddubsw`` results in int16 before one ``vpmaddwd`` widens them (``avx2``: 8 steps of
+  4 inputs for 4-bit codes, ``8 * 2 * 15 * 127 < 2^15``; 40 for 2-bit ones). The codes are unpacked in registers
+  (shift and mask): ``avx2`` 4-bit, 32 bytes per step, low nibbles columns 0-7, high nibbles 8-15; 2-bit, 32 bytes
+  per two steps, bit pairs 0..3 = (step 0, columns 0-7), (0, 8-15), (1, 0-7), (1, 8-15). ``avx512vnni`` 4-bit, 128
+  bytes per step (low / high nibbles: columns 0-15 / 16-31, then 32-47 / 48-63); 2-bit, 64 bytes per step, bit pairs
+  0..3 = columns 0-15, 16-31, 32-47, 48-63.
+
+Bound: int32 accumulators see at most ``BLOCK`` inputs before they are added into int64 (``|q_x w| <= 128 * 127``
+per product, ``(q_x + 128) |w| <= 255 * 127`` on VNNI: ``65536 * 255 * 127 < 2^31``), so a group of any length is
+exact. Small batches run on one core (no thread wake-up cost); larger ones split row chunks x column blocks over
+the numba threads. Each kernel layout is a permutation of the codes (the stored tensors can be re-derived bit for
+bit); ``cached_bytes`` is what it holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qwave.kernels import FAST_KERNELS
+
+TILES = {"avx2": 16, "avx512vnni": 64}  # output columns per register tile
+BLOCK = 1 << 16  # inputs per int32 accumulation before the int64 spill (see the bound above)
+CHAIN4, CHAIN2 = 8, 40  # avx2: steps of 4 inputs summed in int16 before widening (4-bit and 2-bit codes)
+STEP_BYTES = {("avx2", 8): 64, ("avx2", 4): 32, ("avx2", 2): 16,  # bytes of one column tile per step of 4 inputs
+              ("avx512vnni", 8): 256, ("avx512vnni", 4): 128, ("avx512vnni", 2): 64}
+ROW_CHUNK = 64  # batch rows per work item
+COL_BLOCK = 64  # output columns per work item
+PARALLEL_MACS = 1 << 18  # below this many multiply-adds a call stays on one thread (measured: 2 threads pay off
+# from a 640 x 320 layer at batch 1 up)
+
+
+@dataclass
+class IntWeights:
+    """Weight codes in one variant's kernel layout, kept on the layer between calls."""
+
+    isa: str  # "avx2" or "avx512vnni"
+    bits: int  # 8: signed codes; 4 or 2: unsigned codes u with code = alpha * u - beta
+    codes: np.ndarray  # [tiles, bytes per tile] (see the module docstring)
+    scale: np.ndarray  # float32 [groups, tiles * tile] (0 on padded columns)
+    offset: np.ndarray  # int64 [groups, tiles * tile]: 128 * sum(w) (bits 8 on avx512vnni; else empty)
+    alpha: int
+    beta: int
+    out_features: int
+    in_features: int
+    group_size: int
+    padded_group: int  # group width padded to the layout's step (4 inputs; 8 for 2-bit codes on avx2)
+
+    @property
+    def cached_bytes(self) -> int:
+        return int(self.codes.nbytes + self.scale.nbytes + self.offset.nbytes)
+
+
+def group_layout(in_features: int, group_size: int | None, step: int = 4) -> tuple[int, int, int]:
+    """``(group width, number of groups, group width padded to a multiple of step)`` as the formats group."""
+    size = max(1, in_features if group_size is None else min(group_size, in_features))
+    return size, math.ceil(in_features / size), math.ceil(size / step) * step
+
+
+def tile_rows(codes: np.ndarray, groups: int, size: int, padded: int, tile: int) -> np.ndarray:
+    """Integer codes ``[out, in]`` -> ``[tiles, groups, padded / 4, tile, 4]`` (zero padding), one tile of output
+    columns per leading index: the ``[k/4][columns][4]`` layout of the dot-product kernels."""
+    out, n = codes.shape
+    tiles = math.ceil(out / tile)
+    full = np.zeros((tiles * tile, groups * size), dtype=codes.dtype)
+    full[:out, :n] = codes
+    padded_w = np.zeros((tiles * tile, groups, padded), dtype=codes.dtype)
+    padded_w[:, :, :size] = full.reshape(tiles * tile, groups, size)
+    return np.ascontiguousarray(padded_w.reshape(tiles, tile, groups, padded // 4, 4).transpose(0, 2, 3, 1, 4))
+
+
+def tile_scales(scale: torch.Tensor, out_features: int, groups: int, tile: int) -> np.ndarray:
+    """fp16 scales ``[out, groups]`` -> float32 ``[groups, tiles * tile]`` (0 on padded columns)."""
+    full = np.zeros((groups, math.ceil(out_features / tile) * tile), np.float32)
+    full[:, :out_features] = scale.detach().cpu().float().numpy().reshape(out_features, groups).T
+    return full
+
+
+if FAST_KERNELS:
+    from numba import njit, prange
+
+    from qwave.kernels._simd import (
+        abs_i8,
+        bcast4_i8x32,
+        bcast4_i32x16,
+        dpbusd,
+        load_i8x32,
+        load_i32x8,
+        load_i32x16,
+        maddubs,
+        shr_mask,
+        sign_i8,
+        store,
+        vadd,
+        widen_pairs,
+        zero_i16x16,
+        zero_i32x8,
+        zero_i32x16,
+    )
+    from qwave.kernels.act8 import OFFSET, SIGNED, emit, quantize_rows
+
+    # ---- avx2 register tiles: 4 rows x 16 columns (8 int32x8 accumulators), and 1 row x 16 columns --------------
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _mac(acc, q, w, w_abs, signed):
+        """``acc + 4-product dots`` of one broadcast activation word ``q`` and one weight vector (8 columns)."""
+        if signed:
+            return vadd(acc, widen_pairs(maddubs(w_abs, sign_i8(q, w))))
+        return vadd(acc, widen_pairs(maddubs(q, w)))
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _int8_4x16(qs, wf, x0, width, w0, steps, signed):
+        """Eight int32x8 accumulators: rows ``x0 + i * width`` (i < 4) x 16 columns over ``steps`` k/4 steps."""
+        a00 = zero_i32x8(); a01 = zero_i32x8(); a10 = zero_i32x8(); a11 = zero_i32x8()  # noqa: E702
+        a20 = zero_i32x8(); a21 = zero_i32x8(); a30 = zero_i32x8(); a31 = zero_i32x8()  # noqa: E702
+        x1, x2, x3 = x0 + width, x0 + 2 * width, x0 + 3 * width
+        for s in range(steps):
+            wk, k = w0 + 64 * s, 4 * s
+            b0, b1 = load_i8x32(wf, wk), load_i8x32(wf, wk + 32)
+            c0, c1 = (abs_i8(b0), abs_i8(b1)) if signed else (b0, b1)
+            q = bcast4_i8x32(qs, x0 + k)
+            a00 = _mac(a00, q, b0, c0, signed); a01 = _mac(a01, q, b1, c1, signed)  # noqa: E702
+            q = bcast4_i8x32(qs, x1 + k)
+            a10 = _mac(a10, q, b0, c0, signed); a11 = _mac(a11, q, b1, c1, signed)  # noqa: E702
+            q = bcast4_i8x32(qs, x2 + k)
+            a20 = _mac(a20, q, b0, c0, signed); a21 = _mac(a21, q, b1, c1, signed)  # noqa: E702
+            q = bcast4_i8x32(qs, x3 + k)
+            a30 = _mac(a30, q, b0, c0, signed); a31 = _mac(a31, q, b1, c1, signed)  # noqa: E702
+        return a00, a01, a10, a11, a20, a21, a30, a31
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _int8_1x16(qs, wf, x0, w0, steps, signed):
+        """One row x 16 columns, two interleaved accumulator pairs (latency hiding for batch 1)."""
+        a0 = zero_i32x8(); a1 = zero_i32x8(); b0 = zero_i32x8(); b1 = zero_i32x8()  # noqa: E702
+        s = 0
+        while s + 1 < steps:
+            wk, k = w0 + 64 * s, x0 + 4 * s
+            q, v0, v1 = bcast4_i8x32(qs, k), load_i8x32(wf, wk), load_i8x32(wf, wk + 32)
+            a0 = _mac(a0, q, v0, abs_i8(v0), signed); a1 = _mac(a1, q, v1, abs_i8(v1), signed)  # noqa: E702
+            q, v0, v1 = bcast4_i8x32(qs, k + 4), load_i8x32(wf, wk + 64), load_i8x32(wf, wk + 96)
+            b0 = _mac(b0, q, v0, abs_i8(v0), signed); b1 = _mac(b1, q, v1, abs_i8(v1), signed)  # noqa: E702
+            s += 2
+        if s < steps:
+            wk, k = w0 + 64 * s, x0 + 4 * s
+            q, v0, v1 = bcast4_i8x32(qs, k), load_i8x32(wf, wk), load_i8x32(wf, wk + 32)
+            a0 = _mac(a0, q, v0, abs_i8(v0), signed); a1 = _mac(a1, q, v1, abs_i8(v1), signed)  # noqa: E702
+        return vadd(a0, b0), vadd(a1, b1)
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _rows4(c, qs, x0, width, k, b0, b1):
+        """Add one step (4 inputs) of 4 rows x 16 columns to the int16 chains ``c`` (8 vectors)."""
+        a = bcast4_i8x32(qs, x0 + k)
+        c0, c1 = vadd(c[0], maddubs(b0, a)), vadd(c[1], maddubs(b1, a))
+        a = bcast4_i8x32(qs, x0 + width + k)
+        c2, c3 = vadd(c[2], maddubs(b0, a)), vadd(c[3], maddubs(b1, a))
+        a = bcast4_i8x32(qs, x0 + 2 * width + k)
+        c4, c5 = vadd(c[4], maddubs(b0, a)), vadd(c[5], maddubs(b1, a))
+        a = bcast4_i8x32(qs, x0 + 3 * width + k)
+        c6, c7 = vadd(c[6], maddubs(b0, a)), vadd(c[7], maddubs(b1, a))
+        return c0, c1, c2, c3, c4, c5, c6, c7
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _widen_into(acc, c):
+        """``acc[8j : 8j + 8] += vpmaddwd(c[j], 1)``: the int32 sums live in memory (L1), so the register file holds
+        only the int16 chains, the weight vectors and one broadcast."""
+        for j in range(8):
+            store(acc, 8 * j, vadd(load_i32x8(acc, 8 * j), widen_pairs(c[j])))
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _zeros8_16():
+        z = zero_i16x16()
+        return z, z, z, z, z, z, z, z
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _low_4x16(qs, wf, x0, width, w0, steps, bits, chain, acc):
+        """``acc`` (int32 [64], zeroed) = sums ``u * q_x``: rows ``x0 + i * width`` (i < 4) x 16 columns over
+        ``steps`` steps, row-major; ``chain`` steps are summed in int16 at a time (a run-time value, so the compiler
+        does not unroll a whole chain and keep every step's vectors live at once)."""
+        for s0 in range(0, steps, chain):
+            c = _zeros8_16()
+            if bits == 4:
+                for s in range(s0, min(steps, s0 + chain)):
+                    v = load_i8x32(wf, w0 + 32 * s)
+                    c = _rows4(c, qs, x0, width, 4 * s, shr_mask(v, 0, 0x0F), shr_mask(v, 4, 0x0F))
+            else:
+                for s in range(s0, min(steps, s0 + chain), 2):
+                    v = load_i8x32(wf, w0 + 16 * s)
+                    c = _rows4(c, qs, x0, width, 4 * s, shr_mask(v, 0, 3), shr_mask(v, 2, 3))
+                    c = _rows4(c, qs, x0, width, 4 * s + 4, shr_mask(v, 4, 3), shr_mask(v, 6, 3))
+            _widen_into(acc, c)
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _low_1x16(qs, wf, x0, w0, steps, bits, chain):
+        """Two int32x8 sums ``u * q_x``: one row x 16 columns."""
+        lo, hi = zero_i32x8(), zero_i32x8()
+        for s0 in range(0, steps, chain):
+            c0, c1 = zero_i16x16(), zero_i16x16()
+            if bits == 4:
+                for s in range(s0, min(steps, s0 + chain)):
+                    v, a = load_i8x32(wf, w0 + 32 * s), bcast4_i8x32(qs, x0 + 4 * s)
+                    c0 = vadd(c0, maddubs(shr_mask(v, 0, 0x0F), a))
+                    c1 = vadd(c1, maddubs(shr_mask(v, 4, 0x0F), a))
+            else:
+                for s in range(s0, min(steps, s0 + chain), 2):
+                    v, a = load_i8x32(wf, w0 + 16 * s), bcast4_i8x32(qs, x0 + 4 * s)
+                    b = bcast4_i8x32(qs, x0 + 4 * s + 4)
+                    c0 = vadd(vadd(c0, maddubs(shr_mask(v, 0, 3), a)), maddubs(shr_mask(v, 4, 3), b))
+                    c1 = vadd(vadd(c1, maddubs(shr_mask(v, 2, 3), a)), maddubs(shr_mask(v, 6, 3), b))
+            lo, hi = vadd(lo, widen_pairs(c0)), vadd(hi, widen_pairs(c1))
+        return lo, hi
+
+    # ---- avx512vnni register tiles: 4 rows x 64 columns (16 int32x16 accumulators), and 1 row x 64 ----------------
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _int8_4x64(qa, wf, x0, width, w0, steps):
+        """Sixteen int32x16 accumulators: rows ``x0 + i * width`` (i < 4) x 64 columns, ``vpdpbusd``."""
+        a00 = zero_i32x16(); a01 = zero_i32x16(); a02 = zero_i32x16(); a03 = zero_i32x16()  # noqa: E702
+        a10 = zero_i32x16(); a11 = zero_i32x16(); a12 = zero_i32x16(); a13 = zero_i32x16()  # noqa: E702
+        a20 = zero_i32x16(); a21 = zero_i32x16(); a22 = zero_i32x16(); a23 = zero_i32x16()  # noqa: E702
+        a30 = zero_i32x16(); a31 = zero_i32x16(); a32 = zero_i32x16(); a33 = zero_i32x16()  # noqa: E702
+        x1, x2, x3 = x0 + width, x0 + 2 * width, x0 + 3 * width
+        for s in range(steps):
+            wk, k = w0 + 256 * s, 4 * s
+            b0, b1 = load_i32x16(wf, wk), load_i32x16(wf, wk + 64)
+            b2, b3 = load_i32x16(wf, wk + 128), load_i32x16(wf, wk + 192)
+            u = bcast4_i32x16(qa, x0 + k)
+            a00 = dpbusd(a00, u, b0); a01 = dpbusd(a01, u, b1); a02 = dpbusd(a02, u, b2); a03 = dpbusd(a03, u, b3)  # noqa: E501, E702
+            u = bcast4_i32x16(qa, x1 + k)
+            a10 = dpbusd(a10, u, b0); a11 = dpbusd(a11, u, b1); a12 = dpbusd(a12, u, b2); a13 = dpbusd(a13, u, b3)  # noqa: E501, E702
+            u = bcast4_i32x16(qa, x2 + k)
+            a20 = dpbusd(a20, u, b0); a21 = dpbusd(a21, u, b1); a22 = dpbusd(a22, u, b2); a23 = dpbusd(a23, u, b3)  # noqa: E501, E702
+            u = bcast4_i32x16(qa, x3 + k)
+            a30 = dpbusd(a30, u, b0); a31 = dpbusd(a31, u, b1); a32 = dpbusd(a32, u, b2); a33 = dpbusd(a33, u, b3)  # noqa: E501, E702
+        return a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _int8_1x64(qa, wf, x0, w0, steps):
+        """One row x 64 columns, ``vpdpbusd``."""
+        c0 = zero_i32x16(); c1 = zero_i32x16(); c2 = zero_i32x16(); c3 = zero_i32x16()  # noqa: E702
+        for s in range(steps):
+            wk = w0 + 256 * s
+            u = bcast4_i32x16(qa, x0 + 4 * s)
+            c0 = dpbusd(c0, u, load_i32x16(wf, wk)); c1 = dpbusd(c1, u, load_i32x16(wf, wk + 64))  # noqa: E702
+            c2 = dpbusd(c2, u, load_i32x16(wf, wk + 128)); c3 = dpbusd(c3, u, load_i32x16(wf, wk + 192))  # noqa: E702
+        return c0, c1, c2, c3
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _nibbles4(wf, wk):
+        """The four 16-column vectors of one 4-bit step of a 64-column tile."""
+        v, u = load_i32x16(wf, wk), load_i32x16(wf, wk + 64)
+        return shr_mask(v, 0, 0x0F), shr_mask(v, 4, 0x0F), shr_mask(u, 0, 0x0F), shr_mask(u, 4, 0x0F)
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _crumbs4(wf, wk):
+        """The four 16-column vectors of one 2-bit step of a 64-column tile."""
+        v = load_i32x16(wf, wk)
+        return shr_mask(v, 0, 3), shr_mask(v, 2, 3), shr_mask(v, 4, 3), shr_mask(v, 6, 3)
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _low_4x64(qs, wf, x0, width, w0, steps, bits):
+        """Sixteen int32x16 sums ``u * q_x``: rows ``x0 + i * width`` (i < 4) x 64 columns, ``vpdpbusd``."""
+        a00 = zero_i32x16(); a01 = zero_i32x16(); a02 = zero_i32x16(); a03 = zero_i32x16()  # noqa: E702
+        a10 = zero_i32x16(); a11 = zero_i32x16(); a12 = zero_i32x16(); a13 = zero_i32x16()  # noqa: E702
+        a20 = zero_i32x16(); a21 = zero_i32x16(); a22 = zero_i32x16(); a23 = zero_i32x16()  # noqa: E702
+        a30 = zero_i32x16(); a31 = zero_i32x16(); a32 = zero_i32x16(); a33 = zero_i32x16()  # noqa: E702
+        x1, x2, x3 = x0 + width, x0 + 2 * width, x0 + 3 * width
+        step_bytes = 128 if bits == 4 else 64
+        for s in range(steps):
+            k = 4 * s
+            if bits == 4:
+                b0, b1, b2, b3 = _nibbles4(wf, w0 + step_bytes * s)
+            else:
+                b0, b1, b2, b3 = _crumbs4(wf, w0 + step_bytes * s)
+            a = bcast4_i32x16(qs, x0 + k)
+            a00 = dpbusd(a00, b0, a); a01 = dpbusd(a01, b1, a); a02 = dpbusd(a02, b2, a); a03 = dpbusd(a03, b3, a)  # noqa: E501, E702
+            a = bcast4_i32x16(qs, x1 + k)
+            a10 = dpbusd(a10, b0, a); a11 = dpbusd(a11, b1, a); a12 = dpbusd(a12, b2, a); a13 = dpbusd(a13, b3, a)  # noqa: E501, E702
+            a = bcast4_i32x16(qs, x2 + k)
+            a20 = dpbusd(a20, b0, a); a21 = dpbusd(a21, b1, a); a22 = dpbusd(a22, b2, a); a23 = dpbusd(a23, b3, a)  # noqa: E501, E702
+            a = bcast4_i32x16(qs, x3 + k)
+            a30 = dpbusd(a30, b0, a); a31 = dpbusd(a31, b1, a); a32 = dpbusd(a32, b2, a); a33 = dpbusd(a33, b3, a)  # noqa: E501, E702
+        return a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _low_1x64(qs, wf, x0, w0, steps, bits):
+        """One row x 64 columns, ``vpdpbusd``."""
+        c0 = zero_i32x16(); c1 = zero_i32x16(); c2 = zero_i32x16(); c3 = zero_i32x16()  # noqa: E702
+        step_bytes = 128 if bits == 4 else 64
+        for s in range(steps):
+            if bits == 4:
+                b0, b1, b2, b3 = _nibbles4(wf, w0 + step_bytes * s)
+            else:
+                b0, b1, b2, b3 = _crumbs4(wf, w0 + step_bytes * s)
+            a = bcast4_i32x16(qs, x0 + 4 * s)
+            c0 = dpbusd(c0, b0, a); c1 = dpbusd(c1, b1, a); c2 = dpbusd(c2, b2, a); c3 = dpbusd(c3, b3, a)  # noqa: E702
+        return c0, c1, c2, c3
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _epilogue(f, total, rows, r, g, c0, tile, sums, w_scale, offset, alpha, beta):
+        """``f += float32(alpha * total - beta * sum(q_x) - offset) * s_w`` for one group of one register tile."""
+        sc = w_scale[g, c0 : c0 + tile]
+        for i in range(rows):
+            correction = beta * np.int64(sums[r + i, g])
+            for c in range(tile):
+                off = offset[g, c0 + c] if offset.shape[0] > 0 else 0
+                f[i, c] += np.float32(alpha * total[i, c] - correction - off) * sc[c]
+
+    @njit(cache=True, boundscheck=False, nogil=True)
+    def _block_avx2(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, r0,
+                    r1, t0, t1, bias, relu, out):
+        """Output rows ``r0:r1`` x column tiles ``t0:t1`` (16 outputs each) of the ``avx2`` variant."""
+        width, steps_g, block = groups * padded, padded // 4, BLOCK // 4
+        step_bytes = 64 if bits == 8 else (32 if bits == 4 else 16)
+        qs = a.reshape(-1).view(np.int8)
+        acc = np.empty(64, dtype=np.int32)
+        total = np.empty((4, 16), dtype=np.int64)
+        f = np.empty((4, 16), dtype=np.float32)
+        for t in range(t0, t1):
+            wf, c0 = w[t], t * 16
+            for r in range(r0, r1, 4):
+                rows = min(4, r1 - r)
+                signed = False
+                for i in range(rows):
+                    signed |= neg[r + i]
+                f[:] = 0.0
+                for g in range(groups):
+                    total[:] = 0
+                    for b in range(0, steps_g, block):
+                        n = min(block, steps_g - b)
+                        x0, w0 = r * width + g * padded + 4 * b, (g * steps_g + b) * step_bytes
+                        if rows == 4 and bits == 8:
+                            if signed:
+                                v = _int8_4x16(qs, wf, x0, width, w0, n, True)
+                            else:
+                                v = _int8_4x16(qs, wf, x0, width, w0, n, False)
+                            for j in range(8):
+                                store(acc, 8 * j, v[j])
+                        elif rows == 4:
+                            acc[:] = 0
+                            if bits == 4:
+                                _low_4x16(qs, wf, x0, width, w0, n, 4, chain, acc)
+                            else:
+                                _low_4x16(qs, wf, x0, width, w0, n, 2, chain, acc)
+                        else:
+                            for i in range(rows):
+                                xi = x0 + i * width
+                                if bits == 8 and neg[r + i]:
+                                    lo, hi = _int8_1x16(qs, wf, xi, w0, n, True)
+                                elif bits == 8:
+                                    lo, hi = _int8_1x16(qs, wf, xi, w0, n, False)
+                                elif bits == 4:
+                                    lo, hi = _low_1x16(qs, wf, xi, w0, n, 4, chain)
+                                else:
+                                    lo, hi = _low_1x16(qs, wf, xi, w0, n, 2, chain)
+                                store(acc, 16 * i, lo); store(acc, 16 * i + 8, hi)  # noqa: E702
+                        for i in range(rows):
+                            for c in range(16):
+                                total[i, c] += acc[16 * i + c]
+                    _epilogue(f, total, rows, r, g, c0, 16, sums, w_scale, offset, alpha, beta)
+                emit(f, rows, r, c0, min(16, n_out - c0), x_scale, bias, relu, out)
+
+    @njit(cache=True, boundscheck=False, nogil=True)
+    def _block_512(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, r0,
+                   r1, t0, t1, bias, relu, out):
+        """Output rows ``r0:r1`` x column tiles ``t0:t1`` (64 outputs each) of the ``avx512vnni`` variant."""
+        width, steps_g, block = groups * padded, padded // 4, BLOCK // 4
+        step_bytes = 256 if bits == 8 else (128 if bits == 4 else 64)
+        qa = a.reshape(-1)
+        acc = np.empty(256, dtype=np.int32)
+        total = np.empty((4, 64), dtype=np.int64)
+        f = np.empty((4, 64), dtype=np.float32)
+        for t in range(t0, t1):
+            wf, c0 = w[t], t * 64
+            for r in range(r0, r1, 4):
+                rows = min(4, r1 - r)
+                f[:] = 0.0
+                for g in range(groups):
+                    total[:] = 0
+                    for b in range(0, steps_g, block):
+                        n = min(block, steps_g - b)
+                        x0, w0 = r * width + g * padded + 4 * b, (g * steps_g + b) * step_bytes
+                        if rows == 4:
+                            v = _int8_4x64(qa, wf, x0, width, w0, n) if bits == 8 else (
+                                _low_4x64(qa, wf, x0, width, w0, n, 4) if bits == 4 else
+                                _low_4x64(qa, wf, x0, width, w0, n, 2))
+                            for j in range(16):
+                                store(acc, 16 * j, v[j])
+                        else:
+                            for i in range(rows):
+                                xi = x0 + i * width
+                                v1 = _int8_1x64(qa, wf, xi, w0, n) if bits == 8 else (
+                                    _low_1x64(qa, wf, xi, w0, n, 4) if bits == 4 else _low_1x64(qa, wf, xi, w0, n, 2))
+                                for j in range(4):
+                                    store(acc, 64 * i + 16 * j, v1[j])
+                        for i in range(rows):
+                            for c in range(64):
+                                total[i, c] += acc[64 * i + c]
+                    _epilogue(f, total, rows, r, g, c0, 64, sums, w_scale, offset, alpha, beta)
+                emit(f, rows, r, c0, min(64, n_out - c0), x_scale, bias, relu, out)
+
+    def _driver(block, tile: int):
+        """A parallel GEMM over ``block`` (one per variant, so a CPU only compiles the variant it can run)."""
+
+        @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+        def gemm(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, bias,
+                 relu, out, parallel):
+            m, n_tiles = a.shape[0], w.shape[0]
+            if not parallel:
+                block(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, 0, m,
+                      0, n_tiles, bias, relu, out)
+                return
+            per_block = max(1, COL_BLOCK // tile)
+            n_blocks = (n_tiles + per_block - 1) // per_block
+            chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
+            n_chunks = (m + chunk - 1) // chunk
+            for item in prange(n_chunks * n_blocks):
+                r0, t0 = (item // n_blocks) * chunk, (item % n_blocks) * per_block
+                block(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, r0,
+                      min(m, r0 + chunk), t0, min(n_tiles, t0 + per_block), bias, relu, out)
+
+        return gemm
+
+    GEMM = {"avx2": _driver(_block_avx2, 16), "avx512vnni": _driver(_block_512, 64)}
+
+    def linear_np(weights: IntWeights, x: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
+        """``relu?(W·A8 recipe(x) + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
+        m, n_out = x.shape[0], weights.out_features
+        groups, padded = weights.scale.shape[0], weights.padded_group
+        parallel = m * n_out * weights.in_features >= PARALLEL_MACS
+        layout = OFFSET if weights.bits == 8 and weights.isa == "avx512vnni" else SIGNED
+        a, _, x_scale, sums, neg = quantize_rows(x, weights.group_size, groups, padded, layout, parallel)
+        out = np.empty((m, n_out), dtype=np.float32)
+        chain = CHAIN4 if weights.bits == 4 else CHAIN2
+        GEMM[weights.isa](a, sums, neg, x_scale, weights.codes, weights.scale, weights.offset, weights.bits,
+                          weights.alpha, weights.beta, chain, n_out, groups, padded, bias, relu, out, parallel)
+        return out
