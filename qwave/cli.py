@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, str] = {
     "size": "stored and active bytes per model and format, from packed tensors (no training needed)",
     "speed": "latency and throughput of packed kernels against FP32 and peer int8 backends",
     "train": "train one deployable artifact on a table",
+    "predict": "run a saved artifact on a table or .npy rows -> predictions.csv (ids, classes, probabilities)",
     "quantize": "turn an FP32 artifact into packed PTQ artifacts",
     "compare": "compare a quantized artifact with its original (logits, predictions, speed, size)",
     "compare-all": "compare every artifact under a directory with the original, one table",
@@ -23,7 +24,8 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 EXAMPLES = """examples:
-  qwave bench                                   # default benchmark on the bundled FSDD table
+  qwave bench                                   # FP32 vs packed formats on the bundled ESC-50 table
+  qwave predict outputs/default/int8/fold_1/artifact --data table.parquet --out predictions.csv
   qwave bench data.path=esc50.csv data.label=class_id data.fold=folder models=[fp32] cv.folds=official tag=my_run
   qwave bench -m seed=0,1,2 models=[fp32],[4]   # Hydra multirun sweep, then: qwave gather outputs/multirun
   qwave size --formats fp32,16,8,4,2,1,bitnet,qesc

@@ -5,18 +5,41 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 
+from qwave.errors import ConfigError
 from qwave.moe.config import MoEConfig
 from qwave.train import TrainConfig
 
+BUNDLED_TABLES = {
+    "esc50": "esc50_efficientnet_lite0.parquet",  # the default: ESC-50 folds 1-3, EfficientNet-Lite0, 50 classes
+    "fsdd": "fsdd_speech_embedding.parquet",  # FSDD, Google speech_embedding pooled (leave-one-speaker-out)
+    "fsdd-mfcc": "fsdd_logmel.parquet",  # FSDD, hand-made MFCC-segment features
+}
+BUNDLED_PREFIX = "bundled:"
 
-def bundled_table() -> str:
-    """Path of the small real FSDD embedding table shipped inside the package."""
-    return str(resources.files("qwave") / "datasets" / "fsdd_logmel.parquet")
+
+def bundled_table(name: str = "esc50") -> str:
+    """Path of a real embedding table shipped inside the package (see ``qwave/datasets/README.md``)."""
+    if name not in BUNDLED_TABLES:
+        raise ConfigError(f"data.path={BUNDLED_PREFIX}{name}: no such bundled table; choose one of "
+                          f"{', '.join(BUNDLED_PREFIX + n for n in BUNDLED_TABLES)}")
+    return str(resources.files("qwave") / "datasets" / BUNDLED_TABLES[name])
+
+
+def table_path(path: str | None) -> str:
+    """``data.path`` as a file: unset -> the default bundled table; ``bundled:<name>`` -> that bundled table."""
+    if path is None:
+        return bundled_table()
+    if path.startswith(BUNDLED_PREFIX):
+        return bundled_table(path[len(BUNDLED_PREFIX):])
+    return path
+
+DEFAULT_MODELS = ["fp32", "8", "4", "bitnet", "1"]
 
 
 @dataclass
 class DataConfig:
-    """Which table to read and which columns play which role (None = bundled table / column absent)."""
+    """Which table to read and which columns play which role (path None: the bundled ESC-50 table;
+    ``bundled:fsdd`` etc.: another bundled table; a column None: absent)."""
 
     path: str | None = None
     label: str = "label"
@@ -65,7 +88,7 @@ class BenchConfig:
     """A benchmark: models x seeds x folds on one table, written under ``output_dir/tag``."""
 
     tag: str = "default"
-    models: list[str] = field(default_factory=lambda: ["fp32"])
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     seed: int = 0
     seeds: list[int] | None = None
     data: DataConfig = field(default_factory=DataConfig)

@@ -8,6 +8,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from qwave.bench.overview import write_overview
 from qwave.bench.summary import print_table, write_tag_summary
 
 
@@ -17,4 +18,6 @@ class GatherCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(config.output_dir) / config.tag
         if root.exists():
-            print_table(write_tag_summary(root), f"qwave bench (multirun) {root}")
+            rows = write_tag_summary(root)
+            write_overview(root, rows)
+            print_table(rows, f"qwave bench (multirun) {root}")

@@ -8,9 +8,7 @@ early stopping on the inner split, deploy (quantize + pack), save the artifact, 
 from __future__ import annotations
 
 import logging
-import resource
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,18 +16,20 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from qwave import artifact
+from qwave import artifact, kernels
 from qwave.bench import report
-from qwave.bench.config import BenchConfig, bundled_table
+from qwave.bench.config import BenchConfig, table_path
 from qwave.bench.energy import EnergyMeter
+from qwave.bench.measure import JobMemory, layer_kernels, timed_inference, warn_fallbacks
 from qwave.bench.models import BuildContext, FoldData, ModelKind, resolve_kind
+from qwave.bench.overview import write_overview
 from qwave.bench.progress import BenchProgress
 from qwave.bench.summary import summarize_model, write_tag_summary
 from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
 from qwave.data.input_quant import INPUT_QUANT_MODES, fit_input_quantizer
 from qwave.errors import ConfigError
 from qwave.eval.metrics import classification_metrics
-from qwave.size import artifact_report
+from qwave.size import artifact_report, resident_bytes
 from qwave.train import predict_logits, resolve_device, train_model
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,10 @@ class FoldJob:
 
 
 def load_dataset(cfg: BenchConfig) -> Dataset:
-    """The configured table (or the bundled FSDD table when ``data.path`` is unset)."""
+    """The configured table (the bundled ESC-50 table when ``data.path`` is unset, see ``table_path``)."""
     d = cfg.data
     spec = TableSpec(
-        path=d.path or bundled_table(),
+        path=table_path(d.path),
         label=d.label,
         fold=d.fold,
         group=d.group,
@@ -94,6 +94,7 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
     torch.manual_seed(job.seed)
     np.random.seed(job.seed)
     meter = EnergyMeter(cfg.energy)
+    memory = JobMemory.begin()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model = job.kind.build(ctx)
@@ -112,9 +113,12 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
         artifact.save(deployed, target, classes=ds.classes, config=OmegaConf.to_container(OmegaConf.structured(cfg)))
         sizes = artifact_report(target)
         loaded = artifact.load(target)
-    start = time.perf_counter()
-    logits = predict_logits(loaded, X_test)
-    infer_seconds = time.perf_counter() - start
+    timing = timed_inference(loaded, X_test)
+    logits = timing.logits
+    layers = layer_kernels(loaded)
+    warn_fallbacks(layers, f"{job.kind.name} fold {job.fold.k}")
+    resident = resident_bytes(loaded)
+    memory_used = memory.end()
     agree = agreement(reference_logits, logits)
     check_agreement(agree, f"{job.kind.name} fold {job.fold.k}")
     proba = torch.softmax(logits, 1).numpy()
@@ -130,11 +134,16 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
         **classification_metrics(y_test, proba, ds.classes),
         "train": {k: v for k, v in asdict(trained).items() if k != "history"},
         "history": trained.history,
-        "inference_seconds": infer_seconds,
-        "inference_ms_per_sample": 1e3 * infer_seconds / max(len(y_test), 1),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "inference_seconds": timing.seconds,
+        "inference_ms_per_sample": 1e3 * timing.seconds / max(len(y_test), 1),
+        "inference_repeats": timing.repeats,
+        "first_call_seconds": timing.first_call_seconds,
+        "layer_kernels": layers,
+        "kernel_status": kernels.status(),
+        **memory_used,
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "stored_bytes": sizes.stored_bytes,
+        "resident_bytes": resident,
         "artifact_file_bytes": sizes.file_bytes,
         "artifact_agreement": agree,
         "energy": meter.result(),
@@ -191,4 +200,6 @@ def run_benchmark(cfg: BenchConfig) -> list[dict]:
             progress.advance()
     for name in dict.fromkeys(job.kind.name for job in jobs):
         summarize_model(root / name)
-    return write_tag_summary(root)
+    rows = write_tag_summary(root)
+    write_overview(root, rows, ds.source)
+    return rows

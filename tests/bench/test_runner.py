@@ -13,7 +13,8 @@ import qwave.bench.runner as runner
 from qwave.bench.runner import run_benchmark
 from qwave.errors import ConfigError
 
-TIMING_KEYS = {"train", "inference_seconds", "inference_ms_per_sample", "peak_rss_mb", "history"}
+TIMING_KEYS = {"train", "inference_seconds", "inference_ms_per_sample", "first_call_seconds", "peak_rss_mb",
+               "peak_rss_delta_mb", "history"}
 
 
 def test_run_writes_every_documented_output(fast_config):
