@@ -26,7 +26,7 @@ def packed_mlp(fmt="4", seed: int = 0, **options) -> nn.Module:
 def test_loaded_artifact_reproduces_the_packed_model_exactly(tmp_path, fmt):
     model = packed_mlp(fmt)
     qwave.save(model, tmp_path / "a", classes=["a", "b", "c", "d", "e"], config={"lr": 0.1}, extra={"fold": 1})
-    loaded = qwave.load(tmp_path / "a")
+    loaded = artifact.load(tmp_path / "a")
     x = torch.randn(20, 40)
     assert torch.equal(loaded(x), model(x))
     assert not loaded.training and loaded.classes == ["a", "b", "c", "d", "e"]

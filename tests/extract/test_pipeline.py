@@ -156,3 +156,28 @@ def test_cli_writes_the_default_output_and_reports_errors_in_one_line(fsdd_dir: 
     assert main(["extract", str(tmp_path / "nowhere"), "--out", "x.parquet"]) == 2
     assert "nowhere does not exist" in capsys.readouterr().err
     assert main(["extract", str(fsdd_dir), "--out", "x.txt"]) == 2
+
+
+def test_parallel_workers_give_the_single_process_table_and_resume_after_a_failure(fsdd_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    for speaker in ("dan", "eve", "fay"):  # a larger folder: 24 files, 12 batches of 2
+        for digit in (1, 2):
+            for take in (0, 1):
+                sf.write(fsdd_dir / f"{digit}_{speaker}_{take}.wav", (0.3 * np.sin(np.arange(2400) * digit * 0.2
+                                                                                   + take)).astype(np.float32), RATE)
+    single = extract_table(config(fsdd_dir, tmp_path / "single.parquet", batch_size=2)).table
+    last = sorted(fsdd_dir.glob("*.wav"))[-1]
+    good = last.read_bytes()
+    last.write_bytes(b"not a wave file")
+    out = tmp_path / "parallel.parquet"
+    with pytest.raises(DataError, match=f"{last.name} cannot be read"):
+        extract_table(config(fsdd_dir, out, batch_size=2, chunk_files=2, workers=2))
+    parts = sorted((tmp_path / "parallel.parquet.parts").glob("part-*.parquet"))
+    assert parts and not out.exists()  # the batches embedded before the failure are kept for --resume
+    last.write_bytes(good)
+    resumed = extract_table(config(fsdd_dir, out, batch_size=2, chunk_files=2, workers=2, resume=True)).table
+    assert resumed["path"].tolist() == single["path"].tolist()
+    pd.testing.assert_frame_equal(resumed.drop(columns=[c for c in resumed if c.isdigit()]),
+                                  single.drop(columns=[c for c in single if c.isdigit()]))
+    # worker processes run with fewer threads; numpy's FFT and reductions agree to float32 rounding
+    np.testing.assert_allclose(features(resumed), features(single), rtol=1e-5, atol=1e-5)
