@@ -25,7 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
 
 EXAMPLES = """examples:
   qwave bench                                   # FP32 vs packed formats on the bundled ESC-50 table
-  qwave predict outputs/default/int8/fold_1/artifact --data table.parquet --out predictions.csv
+  qwave predict outputs/default/8/fold_1/artifact --data table.parquet --out predictions.csv
   qwave bench data.path=esc50.csv data.label=class_id data.fold=folder models=[fp32] cv.folds=official tag=my_run
   qwave bench -m seed=0,1,2 models=[fp32],[4]   # Hydra multirun sweep, then: qwave gather outputs/multirun
   qwave size --formats fp32,16,8,4,2,1,bitnet,qesc

@@ -18,7 +18,7 @@ from qwave.predict import Classifier, load
 log = logging.getLogger(__name__)
 
 EPILOG = """examples:
-  qwave predict outputs/default/int8/fold_1/artifact --data table.parquet --out predictions.csv
+  qwave predict outputs/default/8/fold_1/artifact --data table.parquet --out predictions.csv
   qwave predict models/int4 --data embeddings.npy --out predictions.csv --top-k 3
   qwave predict models/int4 --data table.csv --id-column clip --out predictions.csv
 
