@@ -55,7 +55,8 @@ def plot_pareto(rows: list[dict], title: str):
     """Two panels: macro-F1 against stored bytes (log scale) and against ms/sample, one point per model."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     panels = (("stored_bytes", "stored bytes (artifact tensors, log scale)", None),
-              ("infer_ms_per_sample", "inference ms / sample (warm, whole test fold per call)", "infer_ms_std"))
+              ("infer_ms_per_sample", "inference ms / sample (warm, whole test fold per call; ± std over runs)",
+               "infer_ms_std"))
     for ax, (key, label, xerr_key) in zip(axes, panels, strict=True):
         shown = [r for r in rows if r.get(key) and r.get("macro_f1_mean") is not None]
         for r in shown:
