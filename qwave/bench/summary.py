@@ -127,5 +127,5 @@ def print_table(rows: list[dict], title: str, console: Console | None = None) ->
             f"{r['infer_ms_per_sample']:.4f}", speed,
         )
     if console is None:
-        console = Console() if sys.stdout.isatty() else Console(width=132)
+        console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(table)
