@@ -21,6 +21,10 @@ Packed layouts (row-major, one row per output channel, rows padded independently
   (padding trits are 0, i.e. digit 1); ``scale`` float16 ``[out, 1]``.
 * ``qesc``: ``plus`` and ``minus`` int64 ``[out, ceil(in/64)]`` bit-planes (bit set where the trit is +1 /
   -1, same bit order as binary); ``scale`` float16 ``[out, 1]``.
+
+``layout(shape)`` states each format's packed tensors (dtype and exact shape) and ``check_packed`` refuses any
+tensor that is not exactly that layout, or whose values lie outside it, before a kernel reads it: the kernels do
+no bounds checks, so a wrong shape, an out-of-range code or a set padding bit would otherwise be read as weights.
 """
 
 from __future__ import annotations
@@ -57,6 +61,17 @@ class QuantizedTensor:
         )
 
 
+@dataclass(frozen=True)
+class PackedSpec:
+    """The dtype and exact shape of one packed tensor."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{str(self.dtype).removeprefix('torch.')} {list(self.shape)}"
+
+
 @runtime_checkable
 class QuantFormat(Protocol):
     """What every registered format provides (see the module docstring for the packed layouts)."""
@@ -80,6 +95,10 @@ class QuantFormat(Protocol):
     def matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor: ...
 
     def options(self) -> dict: ...
+
+    def layout(self, shape: tuple[int, int]) -> dict[str, PackedSpec]: ...
+
+    def check_packed(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None: ...
 
 
 FormatFactory = Callable[..., QuantFormat]
@@ -128,10 +147,23 @@ def registered_formats() -> list[str]:
     return list(_REGISTRY)
 
 
+def check_weight_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(out, in)`` of a weight shape of two positive integers; anything else is a FormatError."""
+    dims = tuple(shape)
+    if len(dims) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+        raise FormatError(f"a weight shape is two positive integers [out, in]; got {list(dims)}")
+    return dims
+
+
+def _first_index(mask: torch.Tensor) -> list[int]:
+    return mask.nonzero()[0].tolist()
+
+
 def check_finite(w: torch.Tensor, what: str = "weight") -> None:
-    """Refuse NaN or infinite values: quantizing them would silently produce garbage codes."""
-    if not torch.isfinite(w).all():
-        bad = (~torch.isfinite(w)).nonzero()[0].tolist()
+    """Refuse NaN or infinite values: quantizing them would silently produce garbage codes (meta tensors,
+    which hold no values, pass)."""
+    if not w.is_meta and not torch.isfinite(w).all():
+        bad = _first_index(~torch.isfinite(w))
         raise FormatError(f"{what} has a non-finite value (NaN or inf) at index {bad}; cannot quantize it")
 
 
@@ -194,6 +226,59 @@ class FormatBase:
     def options(self) -> dict:
         """Constructor options: ``get_format(self.name, **self.options())`` rebuilds this format."""
         return {}
+
+    def layout(self, shape: tuple[int, int]) -> dict[str, PackedSpec]:
+        """The tensors ``pack`` stores for a weight of ``shape`` ``[out, in]``: name -> dtype and exact shape."""
+        raise NotImplementedError
+
+    def code_range(self) -> tuple[int, int] | None:
+        """Smallest and largest integer weight code the format stores (None: the weight itself is stored)."""
+        return None
+
+    def check_packed(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+        """Refuse ``packed`` unless it is exactly ``layout(shape)`` and its values are ones ``pack`` can write.
+
+        Values: re-packing the unpacked codes must give the same bytes (no padding bit or unused code bit set),
+        codes lie in ``code_range()``, scales are finite and >= 0, stored float weights are finite. Meta tensors
+        (shape checks before any allocation) have their layout checked only.
+        """
+        out, n = check_weight_shape(shape)
+        expected = self.layout((out, n))
+        if set(packed) != set(expected):
+            raise FormatError(f"{self.name} stores the tensors {sorted(expected)} for a weight; got {sorted(packed)}")
+        for name, spec in expected.items():
+            got = PackedSpec(packed[name].dtype, tuple(packed[name].shape))
+            if got != spec:
+                raise FormatError(f"{self.name} tensor {name!r} of a [{out}, {n}] weight must be {spec.describe()}; "
+                                  f"got {got.describe()}")
+        if any(t.is_meta for t in packed.values()):
+            return
+        self._check_values(packed, (out, n))
+
+    def _check_values(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+        q = self.unpack(packed, shape)
+        repacked = self.pack(q)
+        for name, tensor in packed.items():
+            if not torch.equal(repacked[name], tensor):
+                where = _first_index(repacked[name] != tensor)
+                raise FormatError(f"{self.name} tensor {name!r} has bits outside the layout at index {where} "
+                                  "(a padding bit or an unused code value is set)")
+        bounds = self.code_range()
+        if bounds is not None:
+            low, high = bounds
+            bad = (q.codes < low) | (q.codes > high)
+            if bad.any():
+                where = _first_index(bad)
+                raise FormatError(f"{self.name} weight code {int(q.codes[tuple(where)])} at index {where} is outside "
+                                  f"the format's range [{low}, {high}]")
+        else:
+            check_finite(q.codes, f"{self.name} stored weight")
+        if q.scale.is_floating_point() and q.scale.numel():
+            bad = ~torch.isfinite(q.scale) | (q.scale < 0)
+            if bad.any():
+                where = _first_index(bad)
+                raise FormatError(f"{self.name} scale {float(q.scale[tuple(where)])} at index {where} is not a "
+                                  "finite value >= 0")
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from qwave.formats.base import FP16_MAX, FormatBase, QuantizedTensor, as_rows, register, ste
+from qwave.formats.base import FP16_MAX, FormatBase, PackedSpec, QuantizedTensor, as_rows, register, ste
 from qwave.formats.packing import pack_words, popcount, unpack_words
 
 # Largest [batch, out, words] block the reference popcount matmul materialises at once.
@@ -38,6 +38,13 @@ class Binary(FormatBase):
     def _quantize(self, w: torch.Tensor) -> QuantizedTensor:
         signs, scale = binarize_rows(w)
         return QuantizedTensor(codes=signs.to(torch.int8), scale=scale.clamp(max=FP16_MAX).half(), shape=tuple(w.shape))
+
+    def layout(self, shape: tuple[int, int]) -> dict[str, PackedSpec]:
+        out, n = shape
+        return {"bits": PackedSpec(torch.int64, (out, -(-n // 64))), "scale": PackedSpec(torch.float16, (out, 1))}
+
+    def code_range(self) -> tuple[int, int]:
+        return -1, 1
 
     def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
         return {"bits": pack_words(q.codes > 0), "scale": q.scale}

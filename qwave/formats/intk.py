@@ -21,6 +21,7 @@ from qwave.errors import FormatError
 from qwave.formats.base import (
     FP16_MAX,
     FormatBase,
+    PackedSpec,
     QuantizedTensor,
     as_rows,
     register,
@@ -36,13 +37,20 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scaled_codes(x, scale, 127), scale
 
 
+def _is_positive_integer(value) -> bool:
+    try:
+        return not isinstance(value, bool) and int(value) == value and value >= 1
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 class IntK(FormatBase):
     """Symmetric ``bits``-bit integer codes with fp16 scales per output channel or per ``group_size`` inputs."""
 
     def __init__(self, bits: int, group_size: int | None = None) -> None:
         if not 2 <= int(bits) <= 8:
             raise FormatError(f"integer formats take 2..8 bits; got bits={bits}")
-        if group_size is not None and (int(group_size) != group_size or group_size < 1):
+        if group_size is not None and not _is_positive_integer(group_size):
             raise FormatError(f"group_size must be a positive integer or None; got {group_size!r}")
         self.name = f"int{int(bits)}"
         self.bits = float(bits)
@@ -72,6 +80,14 @@ class IntK(FormatBase):
         codes = scaled_codes(wg, scale.float().unsqueeze(-1), self.qmax)
         codes = codes.reshape(out, groups * size)[:, :n].to(torch.int8)
         return QuantizedTensor(codes=codes, scale=scale, shape=(out, n))
+
+    def layout(self, shape: tuple[int, int]) -> dict[str, PackedSpec]:
+        out, n = shape
+        return {"codes": PackedSpec(torch.uint8, (out, math.ceil(n * int(self.bits) / 8))),
+                "scale": PackedSpec(torch.float16, (out, self._group(n)[1]))}
+
+    def code_range(self) -> tuple[int, int]:
+        return -self.qmax, self.qmax
 
     def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
         return {"codes": pack_bits(q.codes, int(self.bits)), "scale": q.scale}

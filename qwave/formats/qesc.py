@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from qwave.formats.base import FormatBase, QuantizedTensor, as_rows, register, scaled_codes, ste
+from qwave.formats.base import FormatBase, PackedSpec, QuantizedTensor, as_rows, register, scaled_codes, ste
 from qwave.formats.binary import row_blocks
 from qwave.formats.packing import pack_words, popcount, unpack_words
 from qwave.formats.ternary import ternarize
@@ -32,6 +32,14 @@ class Qesc(FormatBase):
 
     def _quantize(self, w: torch.Tensor) -> QuantizedTensor:
         return ternarize(w)
+
+    def layout(self, shape: tuple[int, int]) -> dict[str, PackedSpec]:
+        out, n = shape
+        words = PackedSpec(torch.int64, (out, -(-n // 64)))
+        return {"plus": words, "minus": words, "scale": PackedSpec(torch.float16, (out, 1))}
+
+    def code_range(self) -> tuple[int, int]:
+        return -1, 1
 
     def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
         return {"plus": pack_words(q.codes > 0), "minus": pack_words(q.codes < 0), "scale": q.scale}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from qwave.formats.base import FP16_MAX, FormatBase, QuantizedTensor, as_rows, register, scaled_codes
+from qwave.formats.base import FP16_MAX, FormatBase, PackedSpec, QuantizedTensor, as_rows, register, scaled_codes
 from qwave.formats.packing import pack_trits, unpack_trits
 
 
@@ -27,6 +27,13 @@ class Ternary(FormatBase):
 
     def _quantize(self, w: torch.Tensor) -> QuantizedTensor:
         return ternarize(w)
+
+    def layout(self, shape: tuple[int, int]) -> dict[str, PackedSpec]:
+        out, n = shape
+        return {"codes": PackedSpec(torch.uint8, (out, -(-n // 5))), "scale": PackedSpec(torch.float16, (out, 1))}
+
+    def code_range(self) -> tuple[int, int]:
+        return -1, 1
 
     def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
         return {"codes": pack_trits(q.codes), "scale": q.scale}
