@@ -23,14 +23,15 @@ def atomic_path(path: str | Path, suffix: str = ""):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give outputs the usual permissions
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates 0600; give outputs the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process umask (``os.umask`` can only be read by setting it, so it is set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
