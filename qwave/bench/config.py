@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 
+from qwave.data.table import AUTO
 from qwave.errors import ConfigError
 from qwave.moe.config import MoEConfig
 from qwave.train import TrainConfig
@@ -38,14 +39,18 @@ DEFAULT_MODELS = ["fp32", "8", "4", "bitnet", "1"]
 
 @dataclass
 class DataConfig:
-    """Which table to read and which columns play which role (path None: the bundled ESC-50 table;
-    ``bundled:fsdd`` etc.: another bundled table; a column None: absent)."""
+    """Which table to read and which columns play which role.
+
+    ``path`` None: the bundled ESC-50 table; ``bundled:fsdd`` etc.: another bundled table. ``fold`` / ``group``
+    / ``id``: a column name (it must exist), ``auto`` (the column ``fold`` / ``group`` / ``name`` when the table
+    has one; else stratified folds, no groups, row numbers) or None (not used).
+    """
 
     path: str | None = None
     label: str = "label"
-    fold: str | None = "fold"
-    group: str | None = None
-    id: str | None = "name"
+    fold: str | None = AUTO
+    group: str | None = AUTO
+    id: str | None = AUTO
     features: list[str] | None = None
     drop: list[str] = field(default_factory=list)
     normalize: str = "standard"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from qwave.cli import SUBCOMMANDS, main
@@ -43,3 +45,34 @@ def test_bench_bad_column_is_one_clear_line(separable_table, tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "label column 'klass' not found" in err[0] and str(separable_table) in err[0]
+
+
+@pytest.fixture
+def wine_table(tmp_path) -> Path:
+    """A plain CSV as a new user brings it: a label named ``cultivar`` and numeric columns, no fold, name or group."""
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    frame = pd.DataFrame(rng.normal(size=(60, 5)) + y[:, None], columns=["alcohol", "ash", "hue", "proline", "mg"])
+    frame.insert(0, "cultivar", [f"c{c}" for c in y])
+    path = tmp_path / "wine.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_a_plain_user_table_runs_with_only_data_path_and_label(wine_table, tmp_path, capsys):
+    args = ["bench", f"data.path={wine_table}", "data.label=cultivar", "model.hidden=[8]", "train.epochs=2",
+            f"output_dir={tmp_path}", "tag=wine", "quiet=true", "plots=false", "device=cpu", "save_artifacts=false"]
+    assert main(args) == 0
+    folds = sorted(p.name for p in (tmp_path / "wine" / "fp32").glob("fold_*"))
+    assert folds == [f"fold_{k}" for k in range(1, 6)]  # cv.n_folds=5 stratified folds
+    predictions = pd.read_csv(tmp_path / "wine" / "fp32" / "fold_1" / "predictions.csv")
+    assert set(predictions["id"]) <= {i for i in range(60)}
+
+
+@pytest.mark.parametrize("role, column", [("fold", "fold"), ("id", "name"), ("group", "group")])
+def test_a_column_named_explicitly_on_the_command_line_must_exist(wine_table, tmp_path, capsys, role, column):
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", f"data.path={wine_table}", "data.label=cultivar", f"data.{role}={column}",
+              f"output_dir={tmp_path}", "quiet=true", "device=cpu"])
+    assert stop.value.code == 2
+    assert f"{role} column {column!r} not found" in capsys.readouterr().err

@@ -67,7 +67,7 @@ def test_official_folds_equal_the_fold_column(tiny_table):
 
 
 def test_auto_without_fold_column_is_stratified_and_official_needs_one(tiny_table):
-    ds = load_table(TableSpec(str(tiny_table), group="group"))
+    ds = load_table(TableSpec(str(tiny_table), fold=None, group="group"))
     assert len(make_folds(ds, "auto", n_folds=3)) == 3
     with pytest.raises(DataError, match="tiny.csv: official folds requested but the table has no fold column"):
         make_folds(ds, "official")
