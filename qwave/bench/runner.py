@@ -1,6 +1,7 @@
 """Cross-validation runner: models x seeds x folds, each fold trained on its training folds only.
 
-Per fold: carve an inner validation split from the training folds, fit the normaliser on the fit rows, train with
+Per fold: carve an inner validation split from the training folds (grouped by the table's group column when it
+has one), fit the input quantizer and the normaliser on the fit rows, train with
 early stopping on the inner split, deploy (quantize + pack), save the artifact, load it back and evaluate the
 *loaded* artifact on the held-out fold. The reported fold is never seen by training or model selection.
 """
@@ -87,7 +88,7 @@ def check_agreement(stats: dict, where: str) -> None:
 def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, progress: BenchProgress) -> dict:
     """Train, deploy, save, reload and evaluate one fold; write its outputs; return its metrics record."""
     fit, val = inner_split(ds, job.fold.train, cfg.cv.val_fraction, job.seed)
-    quantizer = fit_input_quantizer(ds.X[job.fold.train], cfg.data.input_quant)
+    quantizer = fit_input_quantizer(ds.X[fit], cfg.data.input_quant)  # fit rows only, like the normaliser
     X = quantizer.quantize(ds.X)
     normalize = fit_normalizer(X[fit], cfg.data.normalize)
     ctx = BuildContext(ds.n_features, ds.n_classes, normalize, cfg, job.seed, X[fit], ds.y[fit], X[val], ds.y[val])

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import qwave.bench.runner as runner
+from qwave.bench.config import DataConfig
 from qwave.bench.runner import run_benchmark
 from qwave.errors import ConfigError
 
@@ -161,18 +162,42 @@ def test_unknown_input_quantization_names_the_option(fast_config):
         run_benchmark(fast_config)
 
 
-def test_input_quantizer_never_sees_test_rows(fast_config, monkeypatch):
-    seen = []
-    real_fit = runner.fit_input_quantizer
+def test_input_quantizer_is_fitted_on_the_fit_rows_only_like_the_normaliser(fast_config, monkeypatch):
+    fitted, trained = [], []
+    real_fit, real_train = runner.fit_input_quantizer, runner.train_model
 
-    def spy(X_train, mode):
-        seen.append(set(X_train[:, 0].astype(int)))
+    def spy_fit(X_train, mode):
+        fitted.append(set(X_train[:, 0].astype(int)))
         return real_fit(X_train, mode)
 
-    monkeypatch.setattr(runner, "fit_input_quantizer", spy)
+    def spy_train(model, X_fit, *args, **kwargs):
+        trained.append(set(np.rint(X_fit[:, 0]).astype(int)))  # int8 codes of row numbers 0..89 decode within 0.18
+        return real_train(model, X_fit, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "fit_input_quantizer", spy_fit)
+    monkeypatch.setattr(runner, "train_model", spy_train)
     fast_config.data.input_quant = "int8"
     fast_config.plots = False
     run_benchmark(fast_config)
     table = pd.read_csv(fast_config.data.path)
-    for rows, k in zip(seen, (1, 2, 3), strict=True):
-        assert rows == set(np.flatnonzero(table.fold != k))
+    for rows, fit_rows, k in zip(fitted, trained, (1, 2, 3), strict=True):
+        assert rows == fit_rows and not rows & set(np.flatnonzero(table.fold == k))
+        assert len(rows) < (table.fold != k).sum()  # the inner validation rows are left out
+
+
+def test_the_inner_validation_split_uses_the_tables_group_column_by_default(fast_config, monkeypatch):
+    table = pd.read_csv(fast_config.data.path).rename(columns={"clip": "group"})
+    table.to_csv(fast_config.data.path, index=False)
+    fast_config.data = DataConfig(path=fast_config.data.path)  # defaults: the column ``group`` when present
+    seen = []
+    real_train = runner.train_model
+
+    def spy(model, X_fit, y_fit, X_val, *args, **kwargs):
+        seen.append((X_fit[:, 0].astype(int), X_val[:, 0].astype(int)))
+        return real_train(model, X_fit, y_fit, X_val, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_model", spy)
+    run_benchmark(fast_config)
+    assert len(seen) == 3
+    for fit_rows, val_rows in seen:
+        assert not set(table["group"][fit_rows]) & set(table["group"][val_rows])
