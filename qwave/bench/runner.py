@@ -4,28 +4,30 @@ Per fold: carve an inner validation split from the training folds (grouped by th
 has one), fit the input quantizer and the normaliser on the fit rows, train with
 early stopping on the inner split, deploy (quantize + pack), save the artifact, load it back and evaluate the
 *loaded* artifact on the held-out fold. The reported fold is never seen by training or model selection.
+Each fold's metrics.json carries the fingerprint of the configuration that made it (``qwave.bench.provenance``):
+resume skips only folds with the planned fingerprint, summaries count only the plan's jobs, and one run writes a
+tag at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from qwave import artifact, kernels
-from qwave.bench import report
+from qwave import artifact, atomic, kernels
+from qwave.bench import provenance, report
 from qwave.bench.config import BenchConfig, table_path
 from qwave.bench.energy import EnergyMeter
 from qwave.bench.measure import JobMemory, layer_kernels, timed_inference, warn_fallbacks
 from qwave.bench.models import BuildContext, FoldData, ModelKind, resolve_kind
 from qwave.bench.overview import write_overview
 from qwave.bench.progress import BenchProgress
-from qwave.bench.summary import summarize_model, write_tag_summary
 from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
 from qwave.data.input_quant import INPUT_QUANT_MODES, fit_input_quantizer
 from qwave.errors import ConfigError
@@ -47,6 +49,7 @@ class FoldJob:
     fold: Fold
     seed: int
     out_dir: Path
+    fingerprint: dict = field(default_factory=dict)  # provenance.fingerprint of what determines the result
 
 
 def load_dataset(cfg: BenchConfig) -> Dataset:
@@ -132,6 +135,7 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
         "n_fit": len(fit),
         "n_val": len(val),
         "n_test": len(job.fold.test),
+        "fingerprint": job.fingerprint,
         **classification_metrics(y_test, proba, ds.classes),
         "train": {k: v for k, v in asdict(trained).items() if k != "history"},
         "history": trained.history,
@@ -177,30 +181,41 @@ def plan(cfg: BenchConfig, ds: Dataset) -> list[FoldJob]:
     seeds = cfg.seed_list()
     folds = make_folds(ds, cfg.cv.folds, cfg.cv.n_folds, seed=cfg.seed)
     root = Path(cfg.output_dir) / cfg.tag
+    data_file = provenance.file_identity(ds.source)
     return [
-        FoldJob(kind, fold, seed, fold_dir(root, kind.name, fold.k, seed))
+        FoldJob(kind, fold, seed, fold_dir(root, kind.name, fold.k, seed),
+                provenance.fingerprint(provenance.job_config(cfg, ds, data_file, kind, fold, seed)))
         for kind in kinds
         for seed in seeds
         for fold in folds
     ]
 
 
-def run_benchmark(cfg: BenchConfig) -> list[dict]:
-    """Run (or resume) every job, write per-model and per-tag summaries, and return the summary rows."""
+def run_benchmark(cfg: BenchConfig, sweep_plan: Path | None = None) -> list[dict]:
+    """Run (or resume) every job, write per-model and per-tag summaries of exactly these jobs, and return the
+    summary rows.
+
+    ``sweep_plan``: this run is one job of a Hydra multirun; it shares the tag with the other jobs and writes its
+    plan there for the gather at the end of the sweep.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg)
     jobs = plan(cfg, ds)
     root = Path(cfg.output_dir) / cfg.tag
-    with BenchProgress(len(jobs), cfg.train.epochs, quiet=cfg.quiet) as progress:
-        for job in jobs:
-            progress.start(f"{job.kind.name} fold {job.fold.k} seed {job.seed}")
-            if not (cfg.resume and (job.out_dir / "metrics.json").exists()):
-                run_fold(ds, job, cfg, device, progress)
-            progress.advance()
-    for name in dict.fromkeys(job.kind.name for job in jobs):
-        summarize_model(root / name)
-    rows = write_tag_summary(root)
-    write_overview(root, rows, ds.source)
-    return rows
+    with provenance.tag_lock(root, shared=sweep_plan is not None):
+        with BenchProgress(len(jobs), cfg.train.epochs, quiet=cfg.quiet) as progress:
+            for job in jobs:
+                label = f"{job.kind.name} fold {job.fold.k} seed {job.seed}"
+                progress.start(label)
+                if not (cfg.resume and provenance.resumable(job.out_dir, job.fingerprint, label)):
+                    with provenance.job_lock(job.out_dir):
+                        run_fold(ds, job, cfg, device, progress)
+                progress.advance()
+        entries = provenance.plan_entries(jobs)
+        if sweep_plan is not None:
+            atomic.write_json(sweep_plan, {"root": str(root), "jobs": entries})
+        rows = provenance.summarize_plan(root, entries)
+        write_overview(root, rows, ds.source)
+        return rows

@@ -1,4 +1,5 @@
-"""Aggregates over folds x seeds: per-model summary.json, the per-tag summary.csv, the printed table, gather."""
+"""Aggregates over folds (seeds averaged within each fold): per-model summary.json, the per-tag summary.csv, the
+printed table, gather."""
 
 from __future__ import annotations
 
@@ -12,26 +13,24 @@ from rich.table import Table
 
 from qwave import atomic
 from qwave.errors import QwaveError
-from qwave.eval.metrics import aggregate
+from qwave.eval.metrics import INTERVAL, aggregate, aggregate_over_folds
 
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "roc_auc_macro", "ece")
 
 
-def summarize_model(model_dir: Path) -> dict:
-    """Mean, std and 95% CI of each metric over every finished fold x seed of the model, plus size and time.
-
-    Runs are read from disk (``fold_*/metrics.json``) so that jobs of one tag run in parallel (multirun) or
-    resumed later all count once.
-    """
-    runs = [json.loads(p.read_text()) for p in sorted(Path(model_dir).glob("fold_*/metrics.json"))]
+def summarize_model(model_dir: Path, runs: list[dict]) -> dict:
+    """Mean, std and 95% CI of each metric over the folds of the given runs (the metrics.json records of the
+    current plan's jobs of this model; seeds averaged within each fold first), plus size and time."""
+    folds = [r["fold"] for r in runs]
     summary = {
         "model": runs[0]["model"],
         "method": runs[0].get("method"),
         "n_runs": len(runs),
-        "folds": sorted({r["fold"] for r in runs}),
+        "folds": sorted(set(folds)),
         "seeds": sorted({r["seed"] for r in runs}),
+        "interval": INTERVAL,
         "metrics": {
-            key: aggregate([r[key] for r in runs if r.get(key) is not None])
+            key: aggregate_over_folds(folds, [r.get(key) for r in runs])
             for key in METRICS
             if any(r.get(key) is not None for r in runs)
         },
@@ -95,9 +94,13 @@ def collect_summaries(roots: list[Path]) -> list[dict]:
     return [json.loads(p.read_text()) for p in found]
 
 
-def write_tag_summary(root: Path, extra_roots: list[Path] | None = None) -> list[dict]:
-    """Write ``<root>/summary.csv`` from every model summary found and return its rows (best macro-F1 first)."""
-    summaries = collect_summaries([root, *(extra_roots or [])])
+def write_tag_summary(root: Path, extra_roots: list[Path] | None = None, models: list[str] | None = None) -> list[dict]:
+    """Write ``<root>/summary.csv`` and return its rows (best macro-F1 first): from the summaries of ``models``
+    (the current plan's) when given, else from every model summary found below ``root`` and ``extra_roots``."""
+    if models is None:
+        summaries = collect_summaries([root, *(extra_roots or [])])
+    else:
+        summaries = [json.loads((Path(root) / m / "summary.json").read_text()) for m in models]
     if not summaries:
         raise QwaveError(f"no model summaries (summary.json) found under {root}")
     fp32 = next((s["stored_bytes"] for s in summaries if s["model"] in ("fp32", "esc")), None)
@@ -111,7 +114,7 @@ def write_tag_summary(root: Path, extra_roots: list[Path] | None = None) -> list
 def print_table(rows: list[dict], title: str, console: Console | None = None) -> None:
     """The summary as a terminal table: macro-F1 (headline) with std and 95% CI, accuracy, stored and resident
     size, time and warm inference speed relative to FP32."""
-    table = Table(title=title)
+    table = Table(title=title, caption=f"CI95: {INTERVAL}")
     columns = ("model", "method", "runs", "macro-F1", "± std", "CI95", "accuracy", "stored KB", "vs fp32",
                "resident KB", "train s", "ms/sample", "speed")
     for col in columns:

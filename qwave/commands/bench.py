@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from qwave.bench.config import BenchConfig
+from qwave.bench.gather import PLAN
 from qwave.errors import QwaveError
 
 ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
@@ -22,8 +26,10 @@ def _bench(config: DictConfig) -> None:
 
     cfg: BenchConfig = OmegaConf.to_object(config)
     logging.getLogger("qwave").setLevel(logging.WARNING if cfg.quiet else logging.INFO)
+    hydra_cfg = HydraConfig.get()
+    sweep_plan = Path(hydra_cfg.runtime.output_dir) / PLAN if hydra_cfg.mode == RunMode.MULTIRUN else None
     try:
-        rows = run_benchmark(cfg)
+        rows = run_benchmark(cfg, sweep_plan)
     except QwaveError as err:
         print(f"qwave bench: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
