@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 from qwave.errors import QwaveError
@@ -40,7 +41,21 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``qwave`` script; returns the process exit code."""
+    """Entry point of the ``qwave`` script; returns the process exit code.
+
+    A reader that closes the pipe early (``qwave --help | head -1``) ends the output quietly, with the exit code a
+    shell gives a writer stopped by SIGPIPE (141), instead of a BrokenPipeError traceback.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -54,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(rest) or 0)
     except QwaveError as err:
+        print(f"qwave {name}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        raise
+    except OSError as err:  # a file that could not be written after all (disk full, removed folder, ...)
         print(f"qwave {name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 
 from qwave.data.table import AUTO
@@ -113,3 +114,15 @@ class BenchConfig:
     def seed_list(self) -> list[int]:
         """The seeds to run: ``seeds`` when given, else the single ``seed``."""
         return list(self.seeds) if self.seeds else [self.seed]
+
+
+def config_keys(schema: type = BenchConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the benchmark's schema (``train.epochs``, ``moe.curiosity.alpha``, ...), nodes included."""
+    keys = []
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        kind = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if kind is not None and is_dataclass(kind):
+            keys += config_keys(kind, f"{key}.")
+    return keys

@@ -76,3 +76,44 @@ def test_a_column_named_explicitly_on_the_command_line_must_exist(wine_table, tm
               f"output_dir={tmp_path}", "quiet=true", "device=cpu"])
     assert stop.value.code == 2
     assert f"{role} column {column!r} not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, hint", [
+    ("trian.epochs=3", "did you mean train.epochs?"),
+    ("+trian.epochs=3", "did you mean train.epochs?"),  # Hydra would add the key and the run would ignore it
+    ("++model.hiden=[8]", "did you mean model.hidden?"),
+    ("moe.curiosity.alfa=0.5", "did you mean moe.curiosity.alpha?"),
+])
+def test_an_unknown_key_is_refused_with_the_closest_known_key(override, hint, tmp_path, capsys):
+    assert main(["bench", override, f"output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qwave bench: error:") and hint in err[0]
+    assert not any(tmp_path.iterdir()), "nothing may run"
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["train.epochs=abc"], "could not be converted to Integer"),
+    (["-m", "seed=0,1", "train.epochs=2,abc"], "could not be converted to Integer"),
+    (["cv.folds=[1"], "cannot read the override"),
+])
+def test_hydra_errors_exit_2_with_one_line_like_qwaves_own(argv, text, tmp_path, capsys):
+    assert main(["bench", *argv, f"output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and text in err[0]
+
+
+def test_an_unquoted_non_ascii_value_gets_a_hint_to_quote_it(tmp_path, capsys):
+    assert main(["bench", "tag=café", f"output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "non-ASCII" in err and "'tag=\"café\"'" in err
+
+
+def test_a_closed_pipe_ends_the_output_quietly():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "qwave.cli", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before qwave writes (as with `qwave --help | head -1`)
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err and "BrokenPipe" not in err
