@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qwave import __version__
-from qwave.atomic import umask
+from qwave.atomic import check_writable, umask
 from qwave.data.normalize import Normalize
 from qwave.errors import ArtifactError, FormatError, QwaveError
 from qwave.formats import PackedSpec, get_format
@@ -188,6 +188,17 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def check_target(directory: str | Path, option: str) -> None:
+    """Fail before any work when ``save`` could not write ``directory`` (not writable, or a folder that is not
+    an artifact, which save refuses to replace)."""
+    directory = Path(directory)
+    if directory.is_dir() and any(directory.iterdir()) and not (directory / MANIFEST).is_file():
+        raise ArtifactError(f"{option} {directory} exists and is not a qwave artifact; refusing to replace it")
+    if directory.exists() and not directory.is_dir():
+        raise ArtifactError(f"{option} {directory} is a file, not an artifact folder")
+    check_writable(directory.parent, option, directory=True)
 
 
 def _reject_constant(name: str) -> None:

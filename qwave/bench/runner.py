@@ -200,10 +200,11 @@ def run_benchmark(cfg: BenchConfig, sweep_plan: Path | None = None) -> list[dict
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    root = Path(cfg.output_dir) / cfg.tag
+    atomic.check_writable(root, f"output_dir={cfg.output_dir} (tag {cfg.tag}):", directory=True)
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg)
     jobs = plan(cfg, ds)
-    root = Path(cfg.output_dir) / cfg.tag
     with provenance.tag_lock(root, shared=sweep_plan is not None):
         with BenchProgress(len(jobs), cfg.train.epochs, quiet=cfg.quiet) as progress:
             for job in jobs:

@@ -12,7 +12,7 @@ import pandas as pd
 
 import qwave.nn.recurrent  # noqa: F401  (registers the sequence architecture for artifact.load)
 from qwave import artifact
-from qwave.atomic import write_json, write_with
+from qwave.atomic import check_writable, write_json, write_with
 from qwave.data import TableSpec, load_table
 from qwave.data.table import AUTO, METADATA_NAMES, _extension, _read_frame, resolve_roles
 from qwave.errors import ConfigError, DataError
@@ -42,8 +42,10 @@ def add_table_arguments(parser: argparse.ArgumentParser, data_required: bool = T
 
 def _columns(path: str) -> list[str] | None:
     """Column names of a table file (None for .npz, which has arrays instead)."""
+    if not Path(path).is_file():
+        return None
     ext = _extension(Path(path))
-    if ext == ".npz" or not Path(path).is_file():
+    if ext == ".npz":
         return None
     if ext == ".parquet":
         import pyarrow.parquet as pq
@@ -227,6 +229,13 @@ def render(result: Comparison) -> str:
     return "\n".join(lines)
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """The per-sample CSV and summary JSON targets can be written (checked before any model runs)."""
+    for option, path in (("--output-csv", args.output_csv), ("--output-json", args.output_json)):
+        if path:
+            check_writable(path, option)
+
+
 def write_outputs(result: Comparison, csv_path: str | None, json_path: str | None) -> None:
     """Per-sample CSV and summary JSON, each written atomically when a path is given."""
     if csv_path:
@@ -244,6 +253,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--output-csv", default=None, help="per-sample CSV")
     parser.add_argument("--output-json", default=None, help="summary JSON")
     args = parser.parse_args(argv)
+    check_outputs(args)
     result = run_pair(args.original, args.quantized, args)
     write_outputs(result, args.output_csv, args.output_json)
     print(render(result))

@@ -4,7 +4,9 @@ table.md and plot.png under OUTPUT_DIR/TAG."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from qwave.atomic import check_writable
 from qwave.commands.compare import add_table_arguments, table_spec
 from qwave.studies import StudyConfig, bit_sweep, ptq_int8, qat_vs_ptq
 from qwave.train import TrainConfig
@@ -36,6 +38,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    check_writable(Path(args.output_dir) / (args.tag or args.name), "--output-dir", directory=True)
     cfg = StudyConfig(
         data=table_spec(args), tag=args.tag or args.name, output_dir=args.output_dir, hidden=args.hidden,
         dropout=args.dropout, seeds=args.seeds, folds=args.folds, device=args.device, threads=args.threads,

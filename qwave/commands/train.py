@@ -43,6 +43,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
+    artifact.check_target(args.out, "--out")
 
     ds = load_table(table_spec(args))
     train_idx, test_idx = np.arange(len(ds.y)), np.array([], dtype=np.int64)

@@ -131,3 +131,8 @@ def test_non_finite_logits_are_an_error_not_a_number(fp32_artifact, tiny_table, 
     assert main(["compare", str(fp32_artifact), str(broken), "--data", str(tiny_table), *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "non-finite logits" in err[0] and "broken" in err[0]
+
+
+def test_a_directory_given_as_the_table_says_so(fp32_artifact, tmp_path, capsys):
+    assert main(["compare", str(fp32_artifact), str(fp32_artifact), "--data", str(tmp_path)]) == 2
+    assert "is a directory, not a table" in capsys.readouterr().err
