@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -208,16 +210,26 @@ def assert_kernels_agree_with_reference(model: nn.Module) -> None:
             assert (fast - reference).abs().max() <= tol, f"{path} ({layer.fmt.name}, kernel {layer.last_kernel})"
 
 
-def check_raw(saved: dict, data) -> None:
-    name = data.draw(st.sampled_from(sorted(saved)), label="model")
-    source, expected = saved[name]
+@contextmanager
+def copy_of(saved: dict, data) -> Iterator[tuple[Path, torch.Tensor]]:
+    """A temporary copy of one saved artifact (drawn) and the original model's outputs."""
+    source, expected = saved[data.draw(st.sampled_from(sorted(saved)), label="model")]
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "a"
         shutil.copytree(source, target)
+        yield target, expected
+
+
+def edit_manifest_file(target: Path, data) -> None:
+    manifest = edit_json(json.loads((target / "manifest.json").read_text()), data)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+
+
+def check_raw(saved: dict, data) -> None:
+    with copy_of(saved, data) as (target, expected):
         which = data.draw(st.sampled_from(["model.safetensors", "manifest.json", "manifest entry"]), label="file")
         if which == "manifest entry":
-            manifest = edit_json(json.loads((target / "manifest.json").read_text()), data)
-            (target / "manifest.json").write_text(json.dumps(manifest))
+            edit_manifest_file(target, data)
         else:
             (target / which).write_bytes(edit_bytes((target / which).read_bytes(), data))
         model = load_or_error(target)
@@ -228,14 +240,9 @@ def check_raw(saved: dict, data) -> None:
 
 
 def check_resealed(saved: dict, data) -> None:
-    name = data.draw(st.sampled_from(sorted(saved)), label="model")
-    source, _ = saved[name]
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / "a"
-        shutil.copytree(source, target)
+    with copy_of(saved, data) as (target, _):
         if data.draw(st.booleans(), label="edit the manifest"):
-            manifest = edit_json(json.loads((target / "manifest.json").read_text()), data)
-            (target / "manifest.json").write_text(json.dumps(manifest))
+            edit_manifest_file(target, data)
             reseal(target)
         else:
             reseal(target, tensors_change=lambda tensors: edit_tensors(tensors, data))
