@@ -19,6 +19,7 @@ allocates nothing), and the values (codes in range, no padding bit set, finite f
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
@@ -39,6 +40,7 @@ from qwave.atomic import check_writable, umask
 from qwave.data.normalize import Normalize
 from qwave.errors import ArtifactError, FormatError, QwaveError
 from qwave.formats import PackedSpec, get_format
+from qwave.formats.base import non_finite
 from qwave.nn.mlp import MLPClassifier
 from qwave.nn.packed_linear import PackedLinear
 
@@ -407,9 +409,10 @@ _BUILD_ERRORS = (QwaveError, TypeError, ValueError, KeyError, IndexError, Attrib
                  MemoryError)
 
 
-def _build(cls: type, manifest: dict, where: Path, device: str) -> nn.Module:
+def _build(cls: type, manifest: dict, where: Path, meta: bool) -> nn.Module:
+    """The untrained model the config describes; on the meta device (shapes only, nothing allocated) if ``meta``."""
     try:
-        with torch.device(device):
+        with torch.device("meta") if meta else contextlib.nullcontext():
             return cls.from_config(copy.deepcopy(manifest["architecture"]["config"]))
     except _BUILD_ERRORS as err:
         summary = " ".join(str(err).split())[:300]
@@ -447,13 +450,15 @@ def _check_skeleton(skeleton: nn.Module, manifest: dict, where: Path) -> None:
 
 
 def _check_values(tensors: dict[str, torch.Tensor], manifest: dict, path: Path) -> None:
-    """Checksums (format version 2) and finite floats of every stored tensor."""
+    """Checksums (format version 2) of every stored tensor, and finite floats in those outside the packed layers
+    (``PackedLinear`` checks its own tensors and bias against the format)."""
+    packed = {f"{layer}.{name}" for layer, spec in manifest["layers"].items() for name in [*spec["tensors"], "bias"]}
     for name, tensor in tensors.items():
         expected = manifest["tensors"][name].get("sha256")
         if manifest.get("format_version", 1) >= 2 and tensor_sha256(tensor) != expected:
             raise ArtifactError(f"{path}: tensor {name!r} does not match its sha256 checksum (the file is corrupt "
                                 "or was changed after it was saved)")
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if name not in packed and tensor.is_floating_point() and non_finite(tensor) is not None:
             raise ArtifactError(f"{path}: tensor {name!r} holds a non-finite value (NaN or inf)")
 
 
@@ -465,12 +470,12 @@ def load(directory: str | Path) -> nn.Module:
     where = directory / MANIFEST
     cls = _architecture(manifest, where)
     try:
-        skeleton = _build(cls, manifest, where, "meta")  # shapes only: nothing is allocated
+        skeleton = _build(cls, manifest, where, meta=True)
     except ArtifactError:
         skeleton = None  # an architecture that cannot be built without data; its real build is checked instead
     if skeleton is not None:
         _check_skeleton(skeleton, manifest, where)
-    model = _build(cls, manifest, where, "cpu")
+    model = _build(cls, manifest, where, meta=False)
     if skeleton is None:
         _check_skeleton(model, manifest, where)
     tensors = _read_tensors(directory / WEIGHTS)

@@ -24,6 +24,11 @@ from qwave.formats.base import (
     PackedSpec,
     QuantizedTensor,
     as_rows,
+    check_scale,
+    first_true,
+    host_array,
+    refuse_bits,
+    refuse_code,
     register,
     scaled_codes,
     ste,
@@ -88,6 +93,30 @@ class IntK(FormatBase):
 
     def code_range(self) -> tuple[int, int]:
         return -self.qmax, self.qmax
+
+    def _check_values(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+        """Codes in range and padding bits 0, read from the bytes when whole codes fill a byte (k = 2, 4, 8):
+        one vector comparison per code slot of a byte and per out-of-range k-bit pattern. Codes that straddle
+        bytes take the generic check."""
+        k = int(self.bits)
+        if 8 % k:
+            return super()._check_values(packed, shape)
+        data = host_array(packed["codes"])
+        per_byte, mask, (low, high) = 8 // k, (1 << k) - 1, self.code_range()
+        signed = {u: u - (1 << k) if u >> (k - 1) else u for u in range(1 << k)}
+        outside = [u for u, code in signed.items() if not low <= code <= high]
+        for slot in range(per_byte):
+            field = (data >> (k * slot)) & mask if per_byte > 1 else data
+            for u in outside:
+                where = first_true(field == u)
+                if where is not None:
+                    refuse_code(self.name, signed[u], [where[0], where[1] * per_byte + slot], (low, high))
+        tail = shape[1] - per_byte * (data.shape[1] - 1)  # codes in the last byte of a row; the rest is padding
+        if tail < per_byte:
+            where = first_true((data[:, -1] >> (k * tail)) != 0)
+            if where is not None:
+                refuse_bits(self.name, "codes", [where[0], data.shape[1] - 1])
+        check_scale(self.name, packed["scale"])
 
     def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
         return {"codes": pack_bits(q.codes, int(self.bits)), "scale": q.scale}

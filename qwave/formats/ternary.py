@@ -7,9 +7,22 @@ Weight-only: activations stay float and ``y = x @ dequantize(q).T``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from qwave.formats.base import FP16_MAX, FormatBase, PackedSpec, QuantizedTensor, as_rows, register, scaled_codes
+from qwave.formats.base import (
+    FP16_MAX,
+    FormatBase,
+    PackedSpec,
+    QuantizedTensor,
+    as_rows,
+    check_scale,
+    first_true,
+    host_array,
+    refuse_bits,
+    register,
+    scaled_codes,
+)
 from qwave.formats.packing import pack_trits, unpack_trits
 
 
@@ -34,6 +47,19 @@ class Ternary(FormatBase):
 
     def code_range(self) -> tuple[int, int]:
         return -1, 1
+
+    def _check_values(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+        """Bytes below 3^5 = 243 (five trits), and the padding trits of a row's last byte 0 (digit 1)."""
+        data = host_array(packed["codes"])
+        where = first_true(data >= 243)
+        tail = shape[1] - 5 * (data.shape[1] - 1)  # trits in the last byte of a row
+        if where is None and tail < 5:
+            padding = (data[:, -1].astype(np.int32) // 3**tail) % 3 ** (5 - tail)
+            where = first_true(padding != sum(3**i for i in range(5 - tail)))
+            where = None if where is None else [where[0], data.shape[1] - 1]
+        if where is not None:
+            refuse_bits(self.name, "codes", where)
+        check_scale(self.name, packed["scale"])
 
     def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
         return {"codes": pack_trits(q.codes), "scale": q.scale}

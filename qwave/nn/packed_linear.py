@@ -16,6 +16,7 @@ from torch import nn
 from qwave import kernels
 from qwave.errors import FormatError
 from qwave.formats import QuantFormat
+from qwave.formats.base import non_finite
 
 _EMPTY = np.empty(0, np.float32)
 
@@ -24,7 +25,7 @@ def check_bias(bias: torch.Tensor, out_features: int) -> None:
     """A layer bias is a finite float vector of ``out_features`` values (a kernel adds it without bounds checks)."""
     if not bias.is_floating_point() or tuple(bias.shape) != (out_features,):
         raise FormatError(f"bias must be a float vector of {out_features} values; got {bias.dtype} {list(bias.shape)}")
-    if not bias.is_meta and not torch.isfinite(bias).all():
+    if non_finite(bias) is not None:
         raise FormatError("bias has a non-finite value (NaN or inf)")
 
 

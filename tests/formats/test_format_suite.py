@@ -286,3 +286,35 @@ def test_check_packed_refuses_codes_padding_bits_and_scales_pack_never_writes(fm
         with pytest.raises(FormatError):
             fmt.check_packed(bad, shape)
             pytest.fail(f"{label} was accepted")
+
+
+def _random_like(t: torch.Tensor, gen: torch.Generator, sparse: bool) -> torch.Tensor:
+    """Random bits for integer tensors (mostly valid ones when ``sparse``), random values for float ones."""
+    if t.dtype.is_floating_point:
+        values = torch.randn(t.shape, generator=gen).abs()
+        values = torch.where(torch.rand(t.shape, generator=gen) < 0.02, -values, values)
+        return torch.where(torch.rand(t.shape, generator=gen) < 0.002 * (not sparse), torch.nan, values).to(t.dtype)
+    info = torch.iinfo(t.dtype)
+    noise = torch.randint(info.min, info.max, t.shape, generator=gen, dtype=t.dtype)
+    if not sparse:
+        return noise
+    keep = torch.rand(t.shape, generator=gen) < 0.995
+    return torch.where(keep, t, noise)
+
+
+@pytest.mark.parametrize("shape", [(5, 130), (3, 7), (4, 64), (2, 1)])
+def test_each_formats_own_value_check_agrees_with_the_generic_unpack_repack_check(fmt, shape):
+    from qwave.formats.base import FormatBase
+
+    packed = fmt.pack(fmt.quantize(weights(shape)))
+    gen = torch.Generator().manual_seed(11)
+    for trial in range(60):
+        candidate = {k: _random_like(v, gen, sparse=trial % 2 == 0) for k, v in packed.items()}
+        verdicts = []
+        for check in (fmt._check_values, lambda p, s: FormatBase._check_values(fmt, p, s)):
+            try:
+                check(candidate, shape)
+                verdicts.append(True)
+            except FormatError:
+                verdicts.append(False)
+        assert verdicts[0] == verdicts[1], f"trial {trial}: own check {verdicts[0]}, generic {verdicts[1]}"
