@@ -74,8 +74,15 @@ def test_non_finite_logits_are_an_error_not_a_number(saved, tmp_path, capsys) ->
     path, model, X = saved
     last = [m for m in model.modules() if hasattr(m, "packed_names")][-1]
     last.bias[1] = float("inf")
-    artifact.save(model, tmp_path / "broken", classes=CLASSES)
-    with pytest.raises(ArtifactError, match="non-finite logits for 30 of 30 rows"):
+    artifact.save(model, tmp_path / "inf_bias", classes=CLASSES)
+    with pytest.raises(ArtifactError, match="bias has a non-finite value"):  # refused on load, before any kernel
+        qwave.load(tmp_path / "inf_bias")
+    torch.manual_seed(0)
+    broken = pack_model(quantize_model(MLPClassifier(12, 4, (16,)), "8", keep_last_fp=True)).eval()
+    with torch.no_grad():
+        broken.body[-1].weight.fill_(3e38)  # finite stored weights whose products overflow to inf
+    artifact.save(broken, tmp_path / "broken", classes=CLASSES)
+    with pytest.raises(ArtifactError, match=r"non-finite logits for \d+ of 30 rows"):
         qwave.load(tmp_path / "broken").predict_proba(X)
     np.save(tmp_path / "x.npy", X)
     assert main(["predict", str(tmp_path / "broken"), "--data", str(tmp_path / "x.npy"),
