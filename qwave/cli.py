@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "quantize": "turn an FP32 artifact into packed PTQ artifacts",
     "compare": "compare a quantized artifact with its original (logits, predictions, speed, size)",
     "compare-all": "compare every artifact under a directory with the original, one table",
-    "study": "quantization studies: ptq-int8, qat-vs-ptq, bit-sweep",
+    "study": "quantization studies: ptq-int8, qat-vs-ptq, bit-sweep, moe-curiosity",
     "extract": "audio or spectrogram images -> embedding table",
     "doctor": "versions, CPU flags, backends and kernel self-checks for a bug report",
 }
