@@ -4,7 +4,8 @@ Arms, each a ``qwave bench`` run on the same table, folds and seeds (so every ar
 
 * ``singles``: every single format of ``singles`` (QAT MLPs; active bytes = stored bytes);
 * ``moe``: the plain MoE of ``bench.moe`` (curiosity off);
-* ``moe_arms``: further plain MoE arms, each named with its own ``moe.*`` overrides (e.g. selection rules);
+* ``moe_arms``: further MoE arms, each named with its own ``moe.*`` overrides (e.g. selection rules, more experts;
+  curiosity is off unless the overrides turn it on);
 * ``curious_<measure>_a<alpha>``: the same MoE with the curiosity cascade on, for every ``measure`` x ``alpha``
   (trained with the rule in the loop, so the experts learn from the rows it routes to them).
 
@@ -66,7 +67,7 @@ class MoECuriosityConfig:
 
     ``bench`` holds everything a ``qwave bench`` run takes (``data``, ``cv``, ``model``, ``train``, ``moe``,
     ``seeds``, ``threads``, ``output_dir``, ``resume``); ``bench.models`` and ``bench.tag`` are set per arm.
-    ``moe_arms`` maps an arm name to ``moe.*`` overrides (``key=value`` strings) of extra plain MoE arms.
+    ``moe_arms`` maps an arm name to ``moe.*`` overrides (``key=value`` strings) of extra MoE arms.
     """
 
     bench: BenchConfig = field(default_factory=default_bench)
@@ -168,10 +169,14 @@ def read_records(arm: Arm, folds: list[int], macs: int) -> list[dict]:
             for k in folds:
                 m = json.loads((fold_dir(root, model, k, seed) / "metrics.json").read_text())
                 moe = m.get("moe")
+                curious = bool(moe and moe["curiosity"]["enabled"])
                 records.append({
                     "arm": arm.name if moe else canonical_name(m["model"]),
-                    "kind": "single" if not moe else ("curious" if arm.measure else "moe"),
-                    "model": m["model"], "fold": k, "seed": seed, "measure": arm.measure, "alpha": arm.alpha,
+                    "kind": "single" if not moe else ("curious" if curious else "moe"),
+                    "sweep": arm.measure is not None,
+                    "model": m["model"], "fold": k, "seed": seed,
+                    "measure": moe["curiosity"]["measure"] if curious else None,
+                    "alpha": moe["curiosity"]["alpha"] if curious else None,
                     "macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "stored_bytes": m["stored_bytes"],
                     "active_bytes": m.get("active_bytes") or m["stored_bytes"],
                     "macs": moe["macs_per_sample"] if moe else macs,
@@ -223,8 +228,8 @@ def summarise(records: list[dict], arms: list[Arm]) -> dict:
     by_arm: dict[str, list[dict]] = {}
     for r in records:
         by_arm.setdefault(r["arm"], []).append(r)
-    summary = {name: {"kind": runs[0]["kind"], "measure": runs[0]["measure"], "alpha": runs[0]["alpha"],
-                      "n_runs": len(runs), **{k: over_folds(runs, k) for k in KEYS}}
+    summary = {name: {"kind": runs[0]["kind"], "sweep": runs[0]["sweep"], "measure": runs[0]["measure"],
+                      "alpha": runs[0]["alpha"], "n_runs": len(runs), **{k: over_folds(runs, k) for k in KEYS}}
                for name, runs in by_arm.items()}
     singles = {n: s for n, s in summary.items() if s["kind"] == "single"}
     for name, s in summary.items():
@@ -297,10 +302,11 @@ def panel(ax, summary: dict, cost: str, label: str) -> None:
     ax.step([s[cost]["mean"] for s in order] + [right], best + best[-1:], where="post", color="tab:blue", alpha=0.4,
             label="single-format front")
     for name, s in summary.items():
-        if s["kind"] == "moe":
-            point(s, fmt="s", color="k" if name == PLAIN else "tab:gray", label=f"plain MoE: {name}")
+        if s["kind"] != "single" and not s["sweep"]:
+            marker, colour = ("s", "k" if name == PLAIN else "tab:gray") if s["kind"] == "moe" else ("^", "tab:gray")
+            point(s, fmt=marker, color=colour, label=f"MoE: {name}")
     for measure, colour in COLOURS.items():
-        arms = sorted((s for s in summary.values() if s["measure"] == measure), key=lambda s: s["alpha"])
+        arms = sorted((s for s in summary.values() if s["sweep"] and s["measure"] == measure), key=lambda s: s["alpha"])
         if not arms:
             continue
         ax.plot([s[cost]["mean"] for s in arms], [s["macro_f1"]["mean"] for s in arms], "-", alpha=0.5,
