@@ -184,6 +184,7 @@ def read_records(arm: Arm, folds: list[int], macs: int) -> list[dict]:
                     **({} if not moe else {
                         "formats": moe["formats"],
                         "usage": [e["usage_fraction"] for e in moe["experts"]],
+                        "expert_accuracy": [e["expert_accuracy_on_all"] for e in moe["experts"]],
                         "router_bytes": moe["router_bytes"],
                         "routes_changed_by_curiosity": moe["routes_changed_by_curiosity"],
                         "routes_changed_vs_constant_u": moe["routes_changed_vs_constant_u"],
@@ -212,6 +213,17 @@ def paired(a: list[dict], b: list[dict], key: str = "macro_f1") -> dict:
     return over_folds(diffs, "d")
 
 
+def expert_summary(runs: list[dict]) -> dict[str, dict]:
+    """Per expert format over an MoE arm's runs: how many runs had it, its mean usage and its mean accuracy alone
+    on the whole test fold (means over the runs that had it)."""
+    by_format: dict[str, list[tuple[float, float]]] = {}
+    for r in runs:
+        for fmt, usage, accuracy in zip(r["formats"], r["usage"], r["expert_accuracy"], strict=True):
+            by_format.setdefault(fmt, []).append((usage, accuracy))
+    return {fmt: {"runs": len(v), "usage": float(np.mean([u for u, _ in v])),
+                  "solo_accuracy": float(np.mean([a for _, a in v]))} for fmt, v in by_format.items()}
+
+
 def front_single(singles: dict[str, dict], cost: str, budget: float) -> str | None:
     """The single format with the best mean macro-F1 among those whose mean ``cost`` is at most ``budget``."""
     fits = [name for name, s in singles.items() if s[cost]["mean"] <= budget]
@@ -236,6 +248,7 @@ def summarise(records: list[dict], arms: list[Arm]) -> dict:
         if s["kind"] == "single":
             continue
         runs = by_arm[name]
+        s["experts"] = expert_summary(runs)
         s["vs_plain_moe"] = paired(runs, by_arm[PLAIN]) if name != PLAIN else None
         s["vs_single"] = {single: paired(runs, by_arm[single]) for single in singles}
         for cost in ("active_bytes", "macs"):

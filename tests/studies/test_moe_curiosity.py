@@ -103,6 +103,10 @@ def test_a_tiny_study_runs_every_arm_and_its_tables_agree_with_the_fold_files(ti
     assert front == (max(fits, key=lambda n: fits[n]["macro_f1"]["mean"]) if fits else None)
     plain = [json.loads(p.read_text()) for p in sorted(Path(out, "moe", "moe").glob("fold_*/metrics.json"))]
     assert not any(m["moe"]["curiosity"]["enabled"] for m in plain)
+    experts = summary["moe"]["experts"]
+    assert set(experts) == {"binary", "int8"} and sum(e["usage"] for e in experts.values()) == pytest.approx(1.0)
+    solo = [row["expert_accuracy_on_all"] for m in plain for row in m["moe"]["experts"] if row["format"] == "binary"]
+    assert experts["binary"]["solo_accuracy"] == pytest.approx(np.mean(solo)) and experts["binary"]["runs"] == 8
     assert summary["moe"]["routes_changed_by_curiosity"]["mean"] is None
     assert 0 <= curious["routes_changed_vs_constant_u"]["mean"] <= 1
     assert set(saved["wall_seconds"]["arms"]) == set(summary) - {"fp32", "binary"} | {"singles"}
