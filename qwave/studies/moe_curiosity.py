@@ -43,6 +43,7 @@ from qwave.bench.runner import fold_dir, load_dataset, run_benchmark  # noqa: E4
 from qwave.data import make_folds  # noqa: E402
 from qwave.errors import ConfigError  # noqa: E402
 from qwave.eval.metrics import aggregate  # noqa: E402
+from qwave.eval.speed import set_threads  # noqa: E402
 from qwave.formats import canonical_name  # noqa: E402
 from qwave.moe.config import MEASURES  # noqa: E402
 from qwave.studies.common import fmt_ci, markdown_table  # noqa: E402
@@ -357,6 +358,10 @@ def moe_curiosity(cfg: MoECuriosityConfig) -> dict:
     for i, arm in enumerate(arms, 1):
         log.info("moe-curiosity: arm %d/%d %s (%s)", i, len(arms), arm.name, ", ".join(arm.models))
         t0 = time.perf_counter()
+        if arm.bench.threads:
+            # numba's thread count too: its OpenMP pool, started by the first packed kernel, otherwise resets
+            # torch's (shared) OpenMP thread count to numba's and training then oversubscribes the cores
+            set_threads(arm.bench.threads)
         run_benchmark(arm.bench)
         wall[arm.name] = time.perf_counter() - t0
     total = time.perf_counter() - start

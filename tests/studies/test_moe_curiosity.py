@@ -66,7 +66,8 @@ def test_config_errors_name_the_option(tmp_path):
 
 
 def test_a_tiny_study_runs_every_arm_and_its_tables_agree_with_the_fold_files(tiny_table, tmp_path):
-    threads = torch.get_num_threads()
+    numba = pytest.importorskip("numba")
+    threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
     overrides = [
         f"bench.data.path={tiny_table}", "bench.data.group=group", f"bench.output_dir={tmp_path}", "tag=s",
         "bench.seeds=[0,1]", "bench.model.hidden=[8]", "bench.train.epochs=2", "bench.train.patience=2",
@@ -76,8 +77,11 @@ def test_a_tiny_study_runs_every_arm_and_its_tables_agree_with_the_fold_files(ti
     ]
     try:
         moe_curiosity(load_config(None, overrides))
+        # bench.threads=1 binds numba's kernels too; its OpenMP pool would otherwise reset torch's count to its own
+        assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+        numba.set_num_threads(numba_threads)
     out = tmp_path / "s"
     assert (out / "plot.png").stat().st_size > 1000 and "vs active-bytes front" in (out / "table.md").read_text()
     saved = json.loads((out / "results.json").read_text())
