@@ -259,17 +259,18 @@ def summarise(records: list[dict], arms: list[Arm]) -> dict:
 
 
 def above_front(s: dict, cost: str) -> str:
-    """``yes``/``no`` (and whether the interval excludes 0) for an MoE arm against one front."""
+    """Where an MoE arm lies against one front: ``above|below <single> by <margin> ± <CI>``, flagged when the
+    interval excludes 0."""
     front = s[f"front_{cost}"]
     if front["single"] is None:
         return "cheaper than every single format"
     m = front["margin"]
     if m["mean"] is None:
         return "n/a"
-    ci = m["ci95"]
-    sure = ci is not None and abs(m["mean"]) > ci
-    verdict = ("above" if m["mean"] > 0 else "below") + (" (CI excludes 0)" if sure else " (CI includes 0)")
-    return f"{verdict} by {fmt_ci(m)} vs {front['single']}"
+    sure = m["ci95"] is not None and abs(m["mean"]) > m["ci95"]
+    ci = "" if m["ci95"] is None else f" ± {m['ci95']:.4f}"
+    side = "above" if m["mean"] > 0 else "below"
+    return f"{side} {front['single']} by {abs(m['mean']):.4f}{ci}{' (CI excludes 0)' if sure else ''}"
 
 
 def tables(summary: dict) -> str:
@@ -297,6 +298,8 @@ def tables(summary: dict) -> str:
 
 
 COLOURS = dict(zip(MEASURES, ("tab:red", "tab:green", "tab:purple"), strict=True))
+MARKERS = ("s", "D", "P", "X", "v", "<", ">", "h")
+OTHER_COLOURS = ("k", "tab:brown", "tab:olive", "tab:cyan", "tab:pink", "tab:orange", "tab:gray", "navy")
 
 
 def panel(ax, summary: dict, cost: str, label: str) -> None:
@@ -315,11 +318,10 @@ def panel(ax, summary: dict, cost: str, label: str) -> None:
     right = max(s[cost]["mean"] for s in summary.values())
     ax.step([s[cost]["mean"] for s in order] + [right], best + best[-1:], where="post", color="tab:blue", alpha=0.4,
             label="single-format front")
-    for name, s in summary.items():
-        if s["kind"] != "single" and not s["sweep"]:
-            marker, colour = ("s", "k" if name == PLAIN else "tab:gray") if s["kind"] == "moe" else ("^", "tab:gray")
-            point(s, fmt=marker, color=colour, label=f"MoE: {name}")
-    for measure, colour in COLOURS.items():
+    others = [name for name, s in summary.items() if s["kind"] != "single" and not s["sweep"]]
+    for name, marker, colour in zip(others, MARKERS, OTHER_COLOURS, strict=False):
+        point(summary[name], fmt=marker, color=colour, label=f"MoE: {name}")
+    for j, (measure, colour) in enumerate(COLOURS.items()):
         arms = sorted((s for s in summary.values() if s["sweep"] and s["measure"] == measure), key=lambda s: s["alpha"])
         if not arms:
             continue
@@ -328,8 +330,11 @@ def panel(ax, summary: dict, cost: str, label: str) -> None:
         for i, s in enumerate(arms):
             point(s, fmt="^", color=colour, label=f"curiosity: {measure}" if i == 0 else None)
             ax.annotate(f"α={s['alpha']:g}", (s[cost]["mean"], s["macro_f1"]["mean"]), textcoords="offset points",
-                        xytext=(4, -10), fontsize=7, color=colour)
-    ax.set_xscale("log")
+                        xytext=(5, -12 - 8 * j), fontsize=7, color=colour)
+    if cost == "active_bytes":
+        ax.set_xscale("log")
+    else:
+        ax.ticklabel_format(axis="x", style="plain")
     ax.set_xlabel(label)
     ax.set_ylabel("macro-F1 (mean ± 95 % CI over folds)")
     ax.grid(alpha=0.3)
@@ -337,12 +342,13 @@ def panel(ax, summary: dict, cost: str, label: str) -> None:
 
 def plot(summary: dict, title: str):
     """Macro-F1 against mean active bytes and against MACs per sample, every arm on the same axes."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    panel(axes[0], summary, "active_bytes", "mean active bytes per sample")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    panel(axes[0], summary, "active_bytes", "mean active bytes per sample (log)")
     panel(axes[1], summary, "macs", "MACs per sample")
-    axes[0].legend(fontsize=8, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 
