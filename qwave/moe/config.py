@@ -23,7 +23,7 @@ class CuriosityConfig:
     """
 
     enabled: bool = False
-    alpha: float = 0.3
+    alpha: float = 0.5
     mc_samples: int = 8
     measure: str = "mutual_info"
 

@@ -374,7 +374,8 @@ def moe_curiosity(cfg: MoECuriosityConfig) -> dict:
     records = [r for arm in arms for r in read_records(arm, folds, macs)]
     summary = summarise(records, arms)
     table_name = cfg.bench.data.path or "bundled FSDD table"
-    title = f"{cfg.tag}: {table_name} ({len(folds)} folds x {len(cfg.bench.seed_list())} seeds)"
+    seeds = len(cfg.bench.seed_list())
+    title = f"{cfg.tag}: {table_name} ({len(folds)} folds x {seeds} seed{'s' if seeds > 1 else ''})"
     table = f"### moe-curiosity ({title})\n\n{tables(summary)}"
     results = {"study": "moe-curiosity", "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
                "folds": folds, "seeds": cfg.bench.seed_list(), "wall_seconds": {"total": total, "arms": wall},
