@@ -6,9 +6,14 @@ __all__ = ["__version__", "load", "save"]
 
 
 def __getattr__(name: str):
-    """``qwave.save`` / ``qwave.load`` (imported on first use, so ``import qwave`` stays light)."""
-    if name in ("save", "load"):
+    """``qwave.save`` (an artifact) / ``qwave.load`` (a ``qwave.predict.Classifier``), imported on first use so
+    ``import qwave`` stays light."""
+    if name == "save":
         from qwave import artifact
 
-        return getattr(artifact, name)
+        return artifact.save
+    if name == "load":
+        from qwave import predict
+
+        return predict.load
     raise AttributeError(f"module 'qwave' has no attribute {name!r}")

@@ -8,14 +8,25 @@ layers at the listed paths and loads the tensors strictly, so the loaded model r
 
 Storage shared by several state entries (tied weights) is stored once; the manifest's ``aliases`` maps the
 other names to the stored one and ``load`` ties them again.
+
+Nothing in the files is trusted: ``load`` checks, before any kernel reads a tensor, the manifest's types, its
+sha256 digest and each tensor's sha256 (format version 2; version 1 files have none and are checked without
+them), the safetensors header against the manifest, every packed tensor's dtype and exact shape against its
+format's layout and the architecture's own layer shapes (built on the meta device, so an enlarged shape
+allocates nothing), and the values (codes in range, no padding bit set, finite floats). Any mismatch is one
+``ArtifactError`` line naming the file and the entry.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import hashlib
 import importlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -25,15 +36,22 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qwave import __version__
+from qwave.atomic import check_writable, umask
 from qwave.data.normalize import Normalize
-from qwave.errors import ArtifactError, FormatError
-from qwave.formats.base import format_from_manifest
+from qwave.errors import ArtifactError, FormatError, QwaveError
+from qwave.formats import PackedSpec
+from qwave.formats.base import format_from_manifest, non_finite
 from qwave.nn.mlp import MLPClassifier
 from qwave.nn.packed_linear import PackedLinear
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
-FORMAT_VERSION = 1  # bump on an incompatible change of the manifest or tensor layout
+# Bump on an incompatible change of the manifest or tensor layout. 2: sha256 of every tensor and of the manifest.
+FORMAT_VERSION = 2
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header of a file
+# safetensors dtype codes -> torch dtype names (the dtypes a qwave artifact may hold)
+SAFETENSORS_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64",
+                      "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 _ARCHITECTURES: dict[str, type] = {}
 # Built-in architectures registered by modules that ``import qwave`` does not load; load() imports them on demand.
@@ -80,6 +98,22 @@ def _tensors_and_aliases(model: nn.Module) -> tuple[dict[str, torch.Tensor], dic
     return tensors, aliases
 
 
+def tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes as safetensors stores them (contiguous, native little-endian)."""
+    data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(data).hexdigest()
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON without its ``integrity`` entry (which holds this digest)."""
+    body = {k: v for k, v in manifest.items() if k != "integrity"}
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ArtifactError(f"manifest is not plain JSON data ({err})") from None
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def save(
     model: nn.Module,
     directory: str | Path,
@@ -90,7 +124,8 @@ def save(
 ) -> Path:
     """Write ``model`` (packed, see ``qwave.nn.surgery.pack_model``) to ``directory`` atomically; returns it.
 
-    The files are written into a temporary directory beside the target, which then replaces the target.
+    The files are written into a temporary directory beside the target, which then replaces the target; the
+    directory gets the permissions the umask gives a new directory.
     """
     directory = Path(directory)
     architecture = _architecture_name(model)
@@ -120,7 +155,8 @@ def save(
             if isinstance(m, Normalize)
         },
         "tensors": {
-            name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)} for name, t in tensors.items()
+            name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "sha256": tensor_sha256(t)}
+            for name, t in tensors.items()
         },
         "aliases": aliases,
         "classes": None if classes is None else [str(c) for c in classes],
@@ -128,8 +164,9 @@ def save(
         "extra": extra,
     }
     try:
+        manifest["integrity"] = {"algorithm": "sha256", "manifest": manifest_digest(manifest)}
         text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
-    except (TypeError, ValueError) as err:
+    except (ArtifactError, TypeError, ValueError) as err:
         raise ArtifactError(f"cannot save {directory}: config/extra are not plain JSON data ({err})") from None
     if directory.exists() and any(directory.iterdir()) and not (directory / MANIFEST).is_file():
         raise ArtifactError(f"{directory} exists and is not a qwave artifact; refusing to replace it")
@@ -138,6 +175,10 @@ def save(
     try:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"qwave_version": __version__})
         (tmp / MANIFEST).write_text(text, encoding="utf-8")
+        mask = umask()  # mkdtemp creates 0700 and safetensors 0600; an artifact is shared like any other output
+        os.chmod(tmp, 0o777 & ~mask)
+        for name in (WEIGHTS, MANIFEST):
+            os.chmod(tmp / name, 0o666 & ~mask)
         old = None
         if directory.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
@@ -151,8 +192,23 @@ def save(
     return directory
 
 
+def check_target(directory: str | Path, option: str) -> None:
+    """Fail before any work when ``save`` could not write ``directory`` (not writable, or a folder that is not
+    an artifact, which save refuses to replace)."""
+    directory = Path(directory)
+    if directory.is_dir() and any(directory.iterdir()) and not (directory / MANIFEST).is_file():
+        raise ArtifactError(f"{option} {directory} exists and is not a qwave artifact; refusing to replace it")
+    if directory.exists() and not directory.is_dir():
+        raise ArtifactError(f"{option} {directory} is a file, not an artifact folder")
+    check_writable(directory.parent, option, directory=True)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def read_manifest(directory: str | Path) -> dict:
-    """The parsed ``manifest.json`` of an artifact directory, with clear errors for missing or bad files."""
+    """The parsed ``manifest.json`` of an artifact directory, its types and digest checked (one clear error)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ArtifactError(f"{directory} is not an artifact directory (it does not exist)")
@@ -160,23 +216,170 @@ def read_manifest(directory: str | Path) -> dict:
     if not path.is_file():
         raise ArtifactError(f"{path} is missing; {directory} is not a qwave artifact")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        manifest = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ArtifactError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(manifest, dict) or "architecture" not in manifest or "layers" not in manifest:
         raise ArtifactError(f"{path} lacks the 'architecture' and 'layers' entries of a qwave manifest")
     version = manifest.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not _is_int(version, 1) or version > FORMAT_VERSION:
         raise ArtifactError(
             f"{path} has artifact format version {version!r} (written by qwave {manifest.get('qwave_version')}); "
             f"this qwave {__version__} reads up to version {FORMAT_VERSION}: upgrade qwave"
         )
+    if version >= 2:
+        integrity = manifest.get("integrity")
+        if not isinstance(integrity, dict) or integrity.get("algorithm") != "sha256":
+            raise ArtifactError(f"{path}: format version {version} needs an 'integrity' entry with a sha256 digest")
+        try:
+            digest = manifest_digest(manifest)
+        except ArtifactError as err:
+            raise ArtifactError(f"{path}: {err}") from None
+        if integrity.get("manifest") != digest:
+            raise ArtifactError(f"{path} was changed after it was saved (its sha256 digest does not match); "
+                                "save the model again instead of editing the manifest")
+    _check_manifest_types(manifest, path)
     return manifest
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def _is_int(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_shape(value, low: int = 0) -> bool:
+    return isinstance(value, list) and all(_is_int(d, low) for d in value)
+
+
+def _check_manifest_types(manifest: dict, path: Path) -> None:
+    """Every entry ``load`` uses has the JSON type ``save`` writes (a hand-edited file fails here, not in Python)."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ArtifactError(f"{path}: {what}")
+
+    arch = manifest["architecture"]
+    need(isinstance(arch, dict) and isinstance(arch.get("name"), str) and isinstance(arch.get("config"), dict),
+         "'architecture' must be an object with a string 'name' and an object 'config'")
+    need(isinstance(manifest["layers"], dict), "'layers' must be an object mapping module paths to packed layers")
+    for name, spec in manifest["layers"].items():
+        need(isinstance(spec, dict), f"layer {name!r} must be an object")
+        need(isinstance(spec.get("format"), str), f"layer {name!r}: 'format' must be a format name")
+        need(isinstance(spec.get("options", {}), dict), f"layer {name!r}: 'options' must be an object")
+        need(_is_shape(spec.get("shape"), 1) and len(spec["shape"]) == 2,
+             f"layer {name!r}: 'shape' must be two positive integers [out, in]; got {spec.get('shape')!r}")
+        need(isinstance(spec.get("bias"), bool), f"layer {name!r}: 'bias' must be true or false")
+        tensors = spec.get("tensors")
+        need(isinstance(tensors, list) and all(isinstance(t, str) for t in tensors),
+             f"layer {name!r}: 'tensors' must be a list of tensor names")
+    need(isinstance(manifest.get("tensors"), dict), "'tensors' must be an object describing every stored tensor")
+    for name, info in manifest["tensors"].items():
+        need(isinstance(info, dict) and isinstance(info.get("dtype"), str) and _is_shape(info.get("shape")),
+             f"tensor {name!r} must be described by a 'dtype' name and a 'shape' of non-negative integers")
+        if manifest.get("format_version", 1) >= 2:
+            need(isinstance(info.get("sha256"), str), f"tensor {name!r} has no 'sha256' checksum")
+    aliases = manifest.get("aliases", {})
+    need(isinstance(aliases, dict) and all(isinstance(v, str) for v in aliases.values()),
+         "'aliases' must map state names to stored tensor names")
+    classes = manifest.get("classes")
+    need(classes is None or (isinstance(classes, list) and all(isinstance(c, str) for c in classes)),
+         "'classes' must be null or a list of class names")
+
+
+def read_header(path: Path) -> tuple[int, dict[str, dict]]:
+    """Length and tensor entries of a safetensors header, checked against the file before anything is read.
+
+    Each entry is ``{"dtype": torch dtype name, "shape": [...], "data_offsets": [begin, end]}`` with the offsets
+    inside the file and ``end - begin`` the bytes of that dtype and shape.
+    """
     if not path.is_file():
         raise ArtifactError(f"{path} is missing")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > min(MAX_HEADER_BYTES, size - 8):
+                raise ArtifactError(f"{path} is not a safetensors file: its header claims {length:,} bytes of a "
+                                    f"{size:,}-byte file")
+            header = json.loads(f.read(length), parse_constant=_reject_constant)
+    except (OSError, struct.error, ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ArtifactError(f"{path} has no readable safetensors header: {err}") from None
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{path}: the safetensors header is not an object")
+    data_bytes = size - 8 - length
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        ok = isinstance(info, dict) and info.get("dtype") in SAFETENSORS_DTYPES and _is_shape(info.get("shape"))
+        offsets = info.get("data_offsets") if ok else None
+        ok = ok and _is_shape(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1] <= data_bytes
+        dtype = SAFETENSORS_DTYPES[info["dtype"]] if ok else None
+        if ok:
+            numel = 1
+            for d in info["shape"]:
+                numel *= d
+            ok = offsets[1] - offsets[0] == numel * getattr(torch, dtype).itemsize
+        if not ok:
+            raise ArtifactError(f"{path}: the safetensors entry of tensor {name!r} is malformed or outside the file")
+        entries[name] = {"dtype": dtype, "shape": list(info["shape"]), "data_offsets": list(offsets)}
+    return length, entries
+
+
+def _spec(info: dict) -> PackedSpec:
+    return PackedSpec(getattr(torch, info["dtype"], None), tuple(info["shape"]))
+
+
+def _layer_specs(path: str, spec: dict, where: Path) -> dict[str, PackedSpec]:
+    """The state entries of one packed layer as its format lays them out for its shape, bias included."""
+    try:
+        fmt = format_from_manifest(spec["format"], spec.get("options", {}))
+        layout = fmt.layout(tuple(spec["shape"]))
+    except FormatError as err:
+        raise ArtifactError(f"{where}: packed layer {path!r}: {err}") from None
+    if sorted(spec["tensors"]) != sorted(layout):
+        raise ArtifactError(f"{where}: packed layer {path!r} lists tensors {spec['tensors']} but format "
+                            f"{fmt.name} stores {sorted(layout)}")
+    specs = {f"{path}.{name}": s for name, s in layout.items()}
+    if spec["bias"]:
+        specs[f"{path}.bias"] = PackedSpec(torch.float32, (spec["shape"][0],))
+    return specs
+
+
+def inspect_artifact(directory: str | Path) -> tuple[dict, int, dict[str, dict]]:
+    """The checked manifest, safetensors header length and header entries of an artifact, without reading tensor
+    data: the header matches the manifest's tensor list, aliases point at stored tensors, and every packed layer's
+    tensors have its format's layout for the layer's shape."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    path = directory / WEIGHTS
+    length, entries = read_header(path)
+    described = manifest["tensors"]
+    if entries.keys() != described.keys():
+        extra, missing = sorted(entries.keys() - described.keys()), sorted(described.keys() - entries.keys())
+        raise ArtifactError(f"{path} does not hold the tensors {directory / MANIFEST} lists (missing: "
+                            f"{missing[:5]}, not listed: {extra[:5]})")
+    for name, info in entries.items():
+        if _spec(info) != _spec(described[name]):
+            raise ArtifactError(f"{path}: tensor {name!r} is {_spec(info).describe()} but the manifest says "
+                                f"{described[name]['dtype']} {described[name]['shape']}")
+    aliases = manifest.get("aliases", {})
+    for name, target in aliases.items():
+        if target not in entries or name in entries:
+            raise ArtifactError(f"{directory / MANIFEST}: alias {name!r} -> {target!r} must name a stored tensor "
+                                "from a name that is not stored")
+    for layer, spec in manifest["layers"].items():
+        for name, expected in _layer_specs(layer, spec, directory / MANIFEST).items():
+            stored = aliases.get(name, name)
+            if stored not in entries:
+                raise ArtifactError(f"{path}: packed layer {layer!r} needs tensor {name!r}, which is not stored")
+            if _spec(entries[stored]) != expected:
+                raise ArtifactError(f"{path}: tensor {name!r} of packed layer {layer!r} "
+                                    f"{spec['shape']} ({spec['format']}) must be {expected.describe()}; got "
+                                    f"{_spec(entries[stored]).describe()}")
+    return manifest, length, entries
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -188,48 +391,132 @@ def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_path) if parent_path else model, name, module)
 
 
-def load(directory: str | Path) -> nn.Module:
-    """Rebuild the saved model from ``directory``: packed layers from the stored bytes, eval mode, with
-    ``.classes`` and ``.manifest`` set."""
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    arch = manifest["architecture"]
-    if arch.get("name") not in _ARCHITECTURES and arch.get("name") in BUILTIN_ARCHITECTURES:
-        importlib.import_module(BUILTIN_ARCHITECTURES[arch["name"]])
-    cls = _ARCHITECTURES.get(arch.get("name"))
+def _architecture(manifest: dict, where: Path) -> type:
+    name = manifest["architecture"]["name"]
+    if name not in _ARCHITECTURES and name in BUILTIN_ARCHITECTURES:
+        importlib.import_module(BUILTIN_ARCHITECTURES[name])
+    cls = _ARCHITECTURES.get(name)
     if cls is None:
         raise ArtifactError(
-            f"{directory / MANIFEST}: unknown architecture {arch.get('name')!r} "
-            f"(registered: {', '.join(sorted(_ARCHITECTURES))}); import the module that registers it"
+            f"{where}: unknown architecture {name!r} (registered: {', '.join(sorted(_ARCHITECTURES))}); "
+            "import the module that registers it"
         )
+    return cls
+
+
+# What a config that does not fit its architecture's constructor raises there.
+_BUILD_ERRORS = (QwaveError, TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
+                 MemoryError)
+
+
+def _build(cls: type, manifest: dict, where: Path, meta: bool) -> nn.Module:
+    """The untrained model the config describes; on the meta device (shapes only, nothing allocated) if ``meta``."""
+    try:
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            return cls.from_config(copy.deepcopy(manifest["architecture"]["config"]))
+    except _BUILD_ERRORS as err:
+        summary = " ".join(str(err).split())[:300]
+        raise ArtifactError(f"{where}: the architecture config does not build a {manifest['architecture']['name']} "
+                            f"model ({type(err).__name__}: {summary})") from None
+
+
+def _check_skeleton(skeleton: nn.Module, manifest: dict, where: Path) -> None:
+    """The stored tensors (with aliases) are exactly the state the architecture config describes, with each packed
+    layer's shape equal to the architecture's layer at that path."""
+    expected = {name: PackedSpec(t.dtype, tuple(t.shape)) for name, t in skeleton.state_dict().items()}
+    for layer, spec in manifest["layers"].items():
+        try:
+            module = skeleton.get_submodule(layer)
+        except AttributeError:
+            raise ArtifactError(f"{where}: packed layer {layer!r} is not a module of the architecture") from None
+        if not isinstance(module, (nn.Linear, PackedLinear)):
+            raise ArtifactError(f"{where}: packed layer {layer!r} is a {type(module).__name__}, not a linear layer")
+        shape = [module.out_features, module.in_features]
+        if shape != spec["shape"] or (module.bias is not None) != spec["bias"]:
+            raise ArtifactError(f"{where}: packed layer {layer!r} is {spec['shape']} (bias {spec['bias']}) but the "
+                                f"architecture config makes it {shape} (bias {module.bias is not None})")
+        expected = {k: v for k, v in expected.items() if not k.startswith(layer + ".")}
+        expected.update(_layer_specs(layer, spec, where))
+    described = {name: _spec(info) for name, info in manifest["tensors"].items()}
+    described.update({name: described[target] for name, target in manifest.get("aliases", {}).items()})
+    if described.keys() != expected.keys():
+        missing, extra = sorted(expected.keys() - described.keys()), sorted(described.keys() - expected.keys())
+        raise ArtifactError(f"{where}: the stored tensors do not match the {manifest['architecture']['name']} model "
+                            f"the config describes (missing: {missing[:5]}, unexpected: {extra[:5]})")
+    for name, spec in expected.items():
+        if described[name] != spec:
+            raise ArtifactError(f"{where}: tensor {name!r} must be {spec.describe()} for the architecture config; "
+                                f"the file holds {described[name].describe()}")
+
+
+def _check_values(tensors: dict[str, torch.Tensor], manifest: dict, path: Path) -> None:
+    """Checksums (format version 2) of every stored tensor, and finite floats in those outside the packed layers
+    (``PackedLinear`` checks its own tensors and bias against the format)."""
+    packed = {f"{layer}.{name}" for layer, spec in manifest["layers"].items() for name in [*spec["tensors"], "bias"]}
+    for name, tensor in tensors.items():
+        expected = manifest["tensors"][name].get("sha256")
+        if manifest.get("format_version", 1) >= 2 and tensor_sha256(tensor) != expected:
+            raise ArtifactError(f"{path}: tensor {name!r} does not match its sha256 checksum (the file is corrupt "
+                                "or was changed after it was saved)")
+        if name not in packed and tensor.is_floating_point() and non_finite(tensor) is not None:
+            raise ArtifactError(f"{path}: tensor {name!r} holds a non-finite value (NaN or inf)")
+
+
+def load(directory: str | Path) -> nn.Module:
+    """Rebuild the saved model from ``directory``: packed layers from the stored bytes, eval mode, with
+    ``.classes`` and ``.manifest`` set. Everything is checked first (see the module docstring)."""
+    directory = Path(directory)
+    manifest, _, _ = inspect_artifact(directory)
+    where = directory / MANIFEST
+    cls = _architecture(manifest, where)
+    try:
+        skeleton = _build(cls, manifest, where, meta=True)
+    except ArtifactError:
+        skeleton = None  # an architecture that cannot be built without data; its real build is checked instead
+    if skeleton is not None:
+        _check_skeleton(skeleton, manifest, where)
+    model = _build(cls, manifest, where, meta=False)
+    if skeleton is None:
+        _check_skeleton(model, manifest, where)
     tensors = _read_tensors(directory / WEIGHTS)
+    _check_values(tensors, manifest, directory / WEIGHTS)
     aliases = manifest.get("aliases", {})
     state = dict(tensors)
-    for name, target in aliases.items():
-        if target in tensors:
-            state[name] = tensors[target]
-    model = cls.from_config(arch["config"])
+    state.update({name: tensors[target] for name, target in aliases.items()})
     for path, spec in manifest["layers"].items():
+        packed = {name: state[f"{path}.{name}"] for name in spec["tensors"]}
+        bias = state[f"{path}.bias"] if spec["bias"] else None
         try:
-            model.get_submodule(path)
-            fmt = format_from_manifest(spec["format"], spec.get("options", {}))
-            packed = {name: state[f"{path}.{name}"] for name in spec["tensors"]}
-            bias = state[f"{path}.bias"] if spec["bias"] else None
-        except (AttributeError, KeyError, FormatError) as err:
-            raise ArtifactError(f"{directory}: packed layer {path!r} cannot be rebuilt: {err}") from None
-        _set_module(model, path, PackedLinear(fmt, packed, tuple(spec["shape"]), bias))
+            layer = PackedLinear(format_from_manifest(spec["format"], spec.get("options", {})), packed,
+                                 tuple(spec["shape"]), bias)
+        except FormatError as err:
+            raise ArtifactError(f"{directory / WEIGHTS}: packed layer {path!r}: {err}") from None
+        _set_module(model, path, layer)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         summary = " ".join(str(err).split())[:400]
         raise ArtifactError(
-            f"{directory / WEIGHTS} does not match the {arch['name']} model it describes: {summary}"
+            f"{directory / WEIGHTS} does not match the {manifest['architecture']['name']} model it describes: "
+            f"{summary}"
         ) from None
     _retie(model, aliases)
+    _check_model(model, manifest, where)
     model.eval()
     model.classes = manifest.get("classes")
     model.manifest = manifest
     return model
+
+
+def _check_model(model: nn.Module, manifest: dict, where: Path) -> None:
+    """Model-level rules a file can break with valid tensors: a normaliser dividing by zero, a class list whose
+    length is not the model's number of outputs."""
+    for path, m in model.named_modules():
+        if isinstance(m, Normalize) and m.mode in ("standard", "min_max") and (m.scale == 0).any():
+            raise ArtifactError(f"{where}: normaliser {path or 'norm'!r} has a zero scale (it would divide by zero)")
+    classes, outputs = manifest.get("classes"), getattr(model, "num_classes", None)
+    if classes is not None and outputs is not None and len(classes) != outputs:
+        raise ArtifactError(f"{where}: 'classes' names {len(classes)} classes but the model has {outputs} outputs")
 
 
 def _retie(model: nn.Module, aliases: dict[str, str]) -> None:

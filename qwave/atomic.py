@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from qwave.errors import ConfigError
+
 
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ""):
@@ -23,14 +25,33 @@ def atomic_path(path: str | Path, suffix: str = ""):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give outputs the usual permissions
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates 0600; give outputs the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
+def check_writable(target: str | Path, option: str, directory: bool = False) -> None:
+    """Fail now, in one line naming ``option``, when ``target`` (a file, or a folder with ``directory``) could not
+    be written: checked before the work whose result it receives, not after. Creates the folder if needed."""
+    target = Path(target)
+    if directory and target.exists() and not target.is_dir():
+        raise ConfigError(f"{option} {target} is a file, not a folder")
+    if not directory and target.is_dir():
+        raise ConfigError(f"{option} {target} is a folder; give a file name")
+    folder = target if directory else target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".qwave-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"{option} {target}: cannot write there ({err.strerror or err})") from None
+
+
+def umask() -> int:
+    """The process umask (``os.umask`` can only be read by setting it, so it is set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 from qwave.errors import QwaveError
@@ -14,16 +15,18 @@ SUBCOMMANDS: dict[str, str] = {
     "size": "stored and active bytes per model and format, from packed tensors (no training needed)",
     "speed": "latency and throughput of packed kernels against FP32 and peer int8 backends",
     "train": "train one deployable artifact on a table",
+    "predict": "run a saved artifact on a table or .npy rows -> predictions.csv (ids, classes, probabilities)",
     "quantize": "turn an FP32 artifact into packed PTQ artifacts",
     "compare": "compare a quantized artifact with its original (logits, predictions, speed, size)",
     "compare-all": "compare every artifact under a directory with the original, one table",
-    "study": "quantization studies: ptq-int8, qat-vs-ptq, bit-sweep",
+    "study": "quantization studies: ptq-int8, qat-vs-ptq, bit-sweep, moe-curiosity",
     "extract": "audio or spectrogram images -> embedding table",
     "doctor": "versions, CPU flags, backends and kernel self-checks for a bug report",
 }
 
 EXAMPLES = """examples:
-  qwave bench                                   # default benchmark on the bundled FSDD table
+  qwave bench                                   # FP32 vs packed formats on the bundled ESC-50 table
+  qwave predict outputs/default/8/fold_1/artifact --data table.parquet --out predictions.csv
   qwave bench data.path=esc50.csv data.label=class_id data.fold=folder models=[fp32] cv.folds=official tag=my_run
   qwave bench -m seed=0,1,2 models=[fp32],[4]   # Hydra multirun sweep, then: qwave gather outputs/multirun
   qwave size --formats fp32,16,8,4,2,1,bitnet,qesc
@@ -38,7 +41,21 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``qwave`` script; returns the process exit code."""
+    """Entry point of the ``qwave`` script; returns the process exit code.
+
+    A reader that closes the pipe early (``qwave --help | head -1``) ends the output quietly, with the exit code a
+    shell gives a writer stopped by SIGPIPE (141), instead of a BrokenPipeError traceback.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -52,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(rest) or 0)
     except QwaveError as err:
+        print(f"qwave {name}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        raise
+    except OSError as err:  # a file that could not be written after all (disk full, removed folder, ...)
         print(f"qwave {name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,9 +15,7 @@ its active size (bytes one inference touches, e.g. router plus top-k experts) in
 from __future__ import annotations
 
 import copy
-import json
 import os
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qwave.errors import ArtifactError, ConfigError, FormatError
+from qwave.errors import ConfigError, FormatError
 from qwave.formats import canonical_name
 from qwave.nn.mlp import MLPClassifier
 from qwave.nn.packed_linear import PackedLinear
@@ -174,32 +172,15 @@ class ArtifactSize:
         return self.stored_bytes * 8 / self.weight_count if self.weight_count else float("nan")
 
 
-def read_safetensors_header(path: str | Path) -> tuple[int, dict]:
-    """Length and parsed JSON of a safetensors header (the 8-byte little-endian length, then the JSON)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path} has no readable safetensors header: {err}") from None
-    return length, header
-
-
 def artifact_report(directory: str | Path) -> ArtifactSize:
-    """Stored bytes of a saved artifact from its safetensors header offsets, plus header and manifest bytes."""
-    from qwave.artifact import MANIFEST, WEIGHTS, read_manifest
+    """Stored bytes of a saved artifact from its (checked) safetensors header offsets, plus header and manifest
+    bytes."""
+    from qwave.artifact import MANIFEST, WEIGHTS, inspect_artifact
 
     directory = Path(directory)
-    manifest = read_manifest(directory)
-    path = directory / WEIGHTS
-    if not path.is_file():
-        raise ArtifactError(f"{path} is missing")
-    header_bytes, header = read_safetensors_header(path)
+    manifest, header_bytes, entries = inspect_artifact(directory)
     rows = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
+    for name, info in entries.items():
         begin, end = info["data_offsets"]
         numel = 1
         for s in info["shape"]:
@@ -211,7 +192,7 @@ def artifact_report(directory: str | Path) -> ArtifactSize:
         stored_bytes=sum(r.bytes for r in rows),
         header_bytes=header_bytes,
         manifest_bytes=os.path.getsize(directory / MANIFEST),
-        file_bytes=os.path.getsize(path),
+        file_bytes=os.path.getsize(directory / WEIGHTS),
         weight_count=weights,
         rows=rows,
     )

@@ -2,27 +2,56 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 
+from qwave.data.table import AUTO
+from qwave.errors import ConfigError
 from qwave.moe.config import MoEConfig
 from qwave.train import TrainConfig
 
+BUNDLED_TABLES = {
+    "esc50": "esc50_efficientnet_lite0.parquet",  # the default: ESC-50 folds 1-3, EfficientNet-Lite0, 50 classes
+    "fsdd": "fsdd_speech_embedding.parquet",  # FSDD, Google speech_embedding pooled (leave-one-speaker-out)
+    "fsdd-mfcc": "fsdd_logmel.parquet",  # FSDD, hand-made MFCC-segment features
+}
+BUNDLED_PREFIX = "bundled:"
 
-def bundled_table() -> str:
-    """Path of the small real FSDD embedding table shipped inside the package."""
-    return str(resources.files("qwave") / "datasets" / "fsdd_logmel.parquet")
+
+def bundled_table(name: str = "esc50") -> str:
+    """Path of a real embedding table shipped inside the package (see ``qwave/datasets/README.md``)."""
+    if name not in BUNDLED_TABLES:
+        raise ConfigError(f"data.path={BUNDLED_PREFIX}{name}: no such bundled table; choose one of "
+                          f"{', '.join(BUNDLED_PREFIX + n for n in BUNDLED_TABLES)}")
+    return str(resources.files("qwave") / "datasets" / BUNDLED_TABLES[name])
+
+
+def table_path(path: str | None) -> str:
+    """``data.path`` as a file: unset -> the default bundled table; ``bundled:<name>`` -> that bundled table."""
+    if path is None:
+        return bundled_table()
+    if path.startswith(BUNDLED_PREFIX):
+        return bundled_table(path[len(BUNDLED_PREFIX):])
+    return path
+
+DEFAULT_MODELS = ["fp32", "8", "4", "bitnet", "1"]
 
 
 @dataclass
 class DataConfig:
-    """Which table to read and which columns play which role (None = bundled table / column absent)."""
+    """Which table to read and which columns play which role.
+
+    ``path`` None: the bundled ESC-50 table; ``bundled:fsdd`` etc.: another bundled table. ``fold`` / ``group``
+    / ``id``: a column name (it must exist), ``auto`` (the column ``fold`` / ``group`` / ``name`` when the table
+    has one; else stratified folds, no groups, row numbers) or None (not used).
+    """
 
     path: str | None = None
     label: str = "label"
-    fold: str | None = "fold"
-    group: str | None = None
-    id: str | None = "name"
+    fold: str | None = AUTO
+    group: str | None = AUTO
+    id: str | None = AUTO
     features: list[str] | None = None
     drop: list[str] = field(default_factory=list)
     normalize: str = "standard"
@@ -68,7 +97,7 @@ class BenchConfig:
     """A benchmark: models x seeds x folds on one table, written under ``output_dir/tag``."""
 
     tag: str = "default"
-    models: list[str] = field(default_factory=lambda: ["fp32"])
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     seed: int = 0
     seeds: list[int] | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -88,3 +117,15 @@ class BenchConfig:
     def seed_list(self) -> list[int]:
         """The seeds to run: ``seeds`` when given, else the single ``seed``."""
         return list(self.seeds) if self.seeds else [self.seed]
+
+
+def config_keys(schema: type = BenchConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the benchmark's schema (``train.epochs``, ``moe.curiosity.alpha``, ...), nodes included."""
+    keys = []
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        kind = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if kind is not None and is_dataclass(kind):
+            keys += config_keys(kind, f"{key}.")
+    return keys

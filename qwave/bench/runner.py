@@ -1,35 +1,38 @@
 """Cross-validation runner: models x seeds x folds, each fold trained on its training folds only.
 
-Per fold: carve an inner validation split from the training folds, fit the normaliser on the fit rows, train with
+Per fold: carve an inner validation split from the training folds (grouped by the table's group column when it
+has one), fit the input quantizer and the normaliser on the fit rows, train with
 early stopping on the inner split, deploy (quantize + pack), save the artifact, load it back and evaluate the
 *loaded* artifact on the held-out fold. The reported fold is never seen by training or model selection.
+Each fold's metrics.json carries the fingerprint of the configuration that made it (``qwave.bench.provenance``):
+resume skips only folds with the planned fingerprint, summaries count only the plan's jobs, and one run writes a
+tag at a time.
 """
 
 from __future__ import annotations
 
 import logging
-import resource
 import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from qwave import artifact
-from qwave.bench import report
-from qwave.bench.config import BenchConfig, bundled_table
+from qwave import artifact, atomic, kernels
+from qwave.bench import provenance, report
+from qwave.bench.config import BenchConfig, table_path
 from qwave.bench.energy import EnergyMeter
+from qwave.bench.measure import JobMemory, layer_kernels, timed_inference, warn_fallbacks
 from qwave.bench.models import BuildContext, FoldData, ModelKind, resolve_kind
+from qwave.bench.overview import write_overview
 from qwave.bench.progress import BenchProgress
-from qwave.bench.summary import summarize_model, write_tag_summary
 from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
 from qwave.data.input_quant import INPUT_QUANT_MODES, fit_input_quantizer
 from qwave.errors import ConfigError
 from qwave.eval.metrics import classification_metrics
-from qwave.size import artifact_report
+from qwave.size import artifact_report, resident_bytes
 from qwave.train import predict_logits, resolve_device, train_model
 
 log = logging.getLogger(__name__)
@@ -46,13 +49,14 @@ class FoldJob:
     fold: Fold
     seed: int
     out_dir: Path
+    fingerprint: dict = field(default_factory=dict)  # provenance.fingerprint of what determines the result
 
 
 def load_dataset(cfg: BenchConfig) -> Dataset:
-    """The configured table (or the bundled FSDD table when ``data.path`` is unset)."""
+    """The configured table (the bundled ESC-50 table when ``data.path`` is unset, see ``table_path``)."""
     d = cfg.data
     spec = TableSpec(
-        path=d.path or bundled_table(),
+        path=table_path(d.path),
         label=d.label,
         fold=d.fold,
         group=d.group,
@@ -87,13 +91,14 @@ def check_agreement(stats: dict, where: str) -> None:
 def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, progress: BenchProgress) -> dict:
     """Train, deploy, save, reload and evaluate one fold; write its outputs; return its metrics record."""
     fit, val = inner_split(ds, job.fold.train, cfg.cv.val_fraction, job.seed)
-    quantizer = fit_input_quantizer(ds.X[job.fold.train], cfg.data.input_quant)
+    quantizer = fit_input_quantizer(ds.X[fit], cfg.data.input_quant)  # fit rows only, like the normaliser
     X = quantizer.quantize(ds.X)
     normalize = fit_normalizer(X[fit], cfg.data.normalize)
     ctx = BuildContext(ds.n_features, ds.n_classes, normalize, cfg, job.seed, X[fit], ds.y[fit], X[val], ds.y[val])
     torch.manual_seed(job.seed)
     np.random.seed(job.seed)
     meter = EnergyMeter(cfg.energy)
+    memory = JobMemory.begin()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model = job.kind.build(ctx)
@@ -112,9 +117,12 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
         artifact.save(deployed, target, classes=ds.classes, config=OmegaConf.to_container(OmegaConf.structured(cfg)))
         sizes = artifact_report(target)
         loaded = artifact.load(target)
-    start = time.perf_counter()
-    logits = predict_logits(loaded, X_test)
-    infer_seconds = time.perf_counter() - start
+    timing = timed_inference(loaded, X_test)
+    logits = timing.logits
+    layers = layer_kernels(loaded)
+    warn_fallbacks(layers, f"{job.kind.name} fold {job.fold.k}")
+    resident = resident_bytes(loaded)
+    memory_used = memory.end()
     agree = agreement(reference_logits, logits)
     check_agreement(agree, f"{job.kind.name} fold {job.fold.k}")
     proba = torch.softmax(logits, 1).numpy()
@@ -127,14 +135,20 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
         "n_fit": len(fit),
         "n_val": len(val),
         "n_test": len(job.fold.test),
+        "fingerprint": job.fingerprint,
         **classification_metrics(y_test, proba, ds.classes),
         "train": {k: v for k, v in asdict(trained).items() if k != "history"},
         "history": trained.history,
-        "inference_seconds": infer_seconds,
-        "inference_ms_per_sample": 1e3 * infer_seconds / max(len(y_test), 1),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "inference_seconds": timing.seconds,
+        "inference_ms_per_sample": 1e3 * timing.seconds / max(len(y_test), 1),
+        "inference_repeats": timing.repeats,
+        "first_call_seconds": timing.first_call_seconds,
+        "layer_kernels": layers,
+        "kernel_status": kernels.status(),
+        **memory_used,
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "stored_bytes": sizes.stored_bytes,
+        "resident_bytes": resident,
         "artifact_file_bytes": sizes.file_bytes,
         "artifact_agreement": agree,
         "energy": meter.result(),
@@ -167,28 +181,42 @@ def plan(cfg: BenchConfig, ds: Dataset) -> list[FoldJob]:
     seeds = cfg.seed_list()
     folds = make_folds(ds, cfg.cv.folds, cfg.cv.n_folds, seed=cfg.seed)
     root = Path(cfg.output_dir) / cfg.tag
+    data_file = provenance.file_identity(ds.source)
     return [
-        FoldJob(kind, fold, seed, fold_dir(root, kind.name, fold.k, seed))
+        FoldJob(kind, fold, seed, fold_dir(root, kind.name, fold.k, seed),
+                provenance.fingerprint(provenance.job_config(cfg, ds, data_file, kind, fold, seed)))
         for kind in kinds
         for seed in seeds
         for fold in folds
     ]
 
 
-def run_benchmark(cfg: BenchConfig) -> list[dict]:
-    """Run (or resume) every job, write per-model and per-tag summaries, and return the summary rows."""
+def run_benchmark(cfg: BenchConfig, sweep_plan: Path | None = None) -> list[dict]:
+    """Run (or resume) every job, write per-model and per-tag summaries of exactly these jobs, and return the
+    summary rows.
+
+    ``sweep_plan``: this run is one job of a Hydra multirun; it shares the tag with the other jobs and writes its
+    plan there for the gather at the end of the sweep.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    root = Path(cfg.output_dir) / cfg.tag
+    atomic.check_writable(root, f"output_dir={cfg.output_dir} (tag {cfg.tag}):", directory=True)
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg)
     jobs = plan(cfg, ds)
-    root = Path(cfg.output_dir) / cfg.tag
-    with BenchProgress(len(jobs), cfg.train.epochs, quiet=cfg.quiet) as progress:
-        for job in jobs:
-            progress.start(f"{job.kind.name} fold {job.fold.k} seed {job.seed}")
-            if not (cfg.resume and (job.out_dir / "metrics.json").exists()):
-                run_fold(ds, job, cfg, device, progress)
-            progress.advance()
-    for name in dict.fromkeys(job.kind.name for job in jobs):
-        summarize_model(root / name)
-    return write_tag_summary(root)
+    with provenance.tag_lock(root, shared=sweep_plan is not None):
+        with BenchProgress(len(jobs), cfg.train.epochs, quiet=cfg.quiet) as progress:
+            for job in jobs:
+                label = f"{job.kind.name} fold {job.fold.k} seed {job.seed}"
+                progress.start(label)
+                if not (cfg.resume and provenance.resumable(job.out_dir, job.fingerprint, label)):
+                    with provenance.job_lock(job.out_dir):
+                        run_fold(ds, job, cfg, device, progress)
+                progress.advance()
+        entries = provenance.plan_entries(jobs)
+        if sweep_plan is not None:
+            atomic.write_json(sweep_plan, {"root": str(root), "jobs": entries})
+        rows = provenance.summarize_plan(root, entries)
+        write_overview(root, rows, ds.source)
+        return rows

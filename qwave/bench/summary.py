@@ -1,4 +1,5 @@
-"""Aggregates over folds x seeds: per-model summary.json, the per-tag summary.csv, the printed table, gather."""
+"""Aggregates over folds (seeds averaged within each fold): per-model summary.json, the per-tag summary.csv, the
+printed table, gather."""
 
 from __future__ import annotations
 
@@ -12,26 +13,24 @@ from rich.table import Table
 
 from qwave import atomic
 from qwave.errors import QwaveError
-from qwave.eval.metrics import aggregate
+from qwave.eval.metrics import INTERVAL, aggregate, aggregate_over_folds
 
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "roc_auc_macro", "ece")
 
 
-def summarize_model(model_dir: Path) -> dict:
-    """Mean, std and 95% CI of each metric over every finished fold x seed of the model, plus size and time.
-
-    Runs are read from disk (``fold_*/metrics.json``) so that jobs of one tag run in parallel (multirun) or
-    resumed later all count once.
-    """
-    runs = [json.loads(p.read_text()) for p in sorted(Path(model_dir).glob("fold_*/metrics.json"))]
+def summarize_model(model_dir: Path, runs: list[dict]) -> dict:
+    """Mean, std and 95% CI of each metric over the folds of the given runs (the metrics.json records of the
+    current plan's jobs of this model; seeds averaged within each fold first), plus size and time."""
+    folds = [r["fold"] for r in runs]
     summary = {
         "model": runs[0]["model"],
         "method": runs[0].get("method"),
         "n_runs": len(runs),
-        "folds": sorted({r["fold"] for r in runs}),
+        "folds": sorted(set(folds)),
         "seeds": sorted({r["seed"] for r in runs}),
+        "interval": INTERVAL,
         "metrics": {
-            key: aggregate([r[key] for r in runs if r.get(key) is not None])
+            key: aggregate_over_folds(folds, [r.get(key) for r in runs])
             for key in METRICS
             if any(r.get(key) is not None for r in runs)
         },
@@ -41,6 +40,7 @@ def summarize_model(model_dir: Path) -> dict:
         "epochs_run": aggregate([r["train"]["epochs_run"] for r in runs]),
         "inference_ms_per_sample": aggregate([r["inference_ms_per_sample"] for r in runs]),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        **resident_and_kernels(runs),
         "min_artifact_agreement": min(r["artifact_agreement"]["top1_agreement"] for r in runs),
         "input_quant": runs[0].get("input_quant", {}).get("mode", "float32"),
         "input_bytes_per_embedding": runs[0].get("input_quant", {}).get("bytes_per_embedding"),
@@ -51,6 +51,25 @@ def summarize_model(model_dir: Path) -> dict:
     return summary
 
 
+def resident_and_kernels(runs: list[dict]) -> dict:
+    """Resident bytes after the first forward (largest over runs) and the kernels the layers ran, by layer."""
+    resident = [r["resident_bytes"] for r in runs if r.get("resident_bytes") is not None]
+    kernels: dict[str, list[str]] = {}
+    for r in runs:
+        for path, layer in (r.get("layer_kernels") or {}).items():
+            kernels.setdefault(path, [])
+            if layer["kernel"] not in kernels[path]:
+                kernels[path].append(layer["kernel"])
+    return {"resident_bytes": max(resident) if resident else None, "layer_kernels": kernels}
+
+
+def speed_vs_fp32(rows: list[dict]) -> None:
+    """Set each row's ``speed_vs_fp32`` (FP32 ms/sample over the row's) when an FP32 row is present."""
+    base = next((r["infer_ms_per_sample"] for r in rows if r["model"] in ("fp32", "esc")), None)
+    for r in rows:
+        r["speed_vs_fp32"] = base / r["infer_ms_per_sample"] if base and r["infer_ms_per_sample"] else None
+
+
 def summary_row(summary: dict, fp32_bytes: int | None) -> dict:
     """Flatten a model summary into one table row."""
     row = {"model": summary["model"], "method": summary.get("method"), "runs": summary["n_runs"]}
@@ -58,12 +77,14 @@ def summary_row(summary: dict, fp32_bytes: int | None) -> dict:
         row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_ci95"] = stats["mean"], stats["std"], stats["ci95"]
     row["stored_bytes"] = summary["stored_bytes"]
     row["stored_kb"] = summary["stored_bytes"] / 1024
+    row["resident_kb"] = summary["resident_bytes"] / 1024 if summary.get("resident_bytes") is not None else None
     row["reduction_vs_fp32"] = fp32_bytes / summary["stored_bytes"] if fp32_bytes else None
     row["active_bytes_mean"] = summary["active_bytes"]["mean"] if "active_bytes" in summary else summary["stored_bytes"]
     row["input_quant"] = summary.get("input_quant", "float32")
     row["input_bytes_per_embedding"] = summary.get("input_bytes_per_embedding")
     row["train_s_mean"] = summary["train_seconds"]["mean"]
     row["infer_ms_per_sample"] = summary["inference_ms_per_sample"]["mean"]
+    row["infer_ms_std"] = summary["inference_ms_per_sample"]["std"]
     return row
 
 
@@ -73,33 +94,41 @@ def collect_summaries(roots: list[Path]) -> list[dict]:
     return [json.loads(p.read_text()) for p in found]
 
 
-def write_tag_summary(root: Path, extra_roots: list[Path] | None = None) -> list[dict]:
-    """Write ``<root>/summary.csv`` from every model summary found and return its rows (best macro-F1 first)."""
-    summaries = collect_summaries([root, *(extra_roots or [])])
+def write_tag_summary(root: Path, extra_roots: list[Path] | None = None, models: list[str] | None = None) -> list[dict]:
+    """Write ``<root>/summary.csv`` and return its rows (best macro-F1 first): from the summaries of ``models``
+    (the current plan's) when given, else from every model summary found below ``root`` and ``extra_roots``."""
+    if models is None:
+        summaries = collect_summaries([root, *(extra_roots or [])])
+    else:
+        summaries = [json.loads((Path(root) / m / "summary.json").read_text()) for m in models]
     if not summaries:
         raise QwaveError(f"no model summaries (summary.json) found under {root}")
     fp32 = next((s["stored_bytes"] for s in summaries if s["model"] in ("fp32", "esc")), None)
     rows = sorted((summary_row(s, fp32) for s in summaries), key=lambda r: -(r.get("macro_f1_mean") or 0))
+    speed_vs_fp32(rows)
     frame = pd.DataFrame(rows)
     atomic.write_with(Path(root) / "summary.csv", lambda tmp: frame.to_csv(tmp, index=False))
     return rows
 
 
 def print_table(rows: list[dict], title: str, console: Console | None = None) -> None:
-    """The summary as a terminal table: macro-F1 (headline) with std and 95% CI, accuracy, size, time."""
-    table = Table(title=title)
-    columns = ("model", "method", "runs", "macro-F1", "± std", "CI95", "accuracy", "stored KB", "vs fp32", "train s",
-               "ms/sample")
+    """The summary as a terminal table: macro-F1 (headline) with std and 95% CI, accuracy, stored and resident
+    size, time and warm inference speed relative to FP32."""
+    table = Table(title=title, caption=f"CI95: {INTERVAL}")
+    columns = ("model", "method", "runs", "macro-F1", "± std", "CI95", "accuracy", "stored KB", "vs fp32",
+               "resident KB", "train s", "ms/sample", "speed")
     for col in columns:
         table.add_column(col, justify="left" if col in ("model", "method") else "right", no_wrap=True)
     for r in rows:
         ci = f"±{r['macro_f1_ci95']:.4f}" if r.get("macro_f1_ci95") is not None else "-"
         reduction = f"{r['reduction_vs_fp32']:.2f}x" if r.get("reduction_vs_fp32") else "-"
+        resident = f"{r['resident_kb']:.1f}" if r.get("resident_kb") is not None else "-"
+        speed = f"{r['speed_vs_fp32']:.2f}x" if r.get("speed_vs_fp32") else "-"
         table.add_row(
             str(r["model"]), str(r["method"]), str(r["runs"]), f"{r['macro_f1_mean']:.4f}", f"{r['macro_f1_std']:.4f}",
-            ci, f"{r['accuracy_mean']:.4f}", f"{r['stored_kb']:.1f}", reduction, f"{r['train_s_mean']:.1f}",
-            f"{r['infer_ms_per_sample']:.4f}",
+            ci, f"{r['accuracy_mean']:.4f}", f"{r['stored_kb']:.1f}", reduction, resident, f"{r['train_s_mean']:.1f}",
+            f"{r['infer_ms_per_sample']:.4f}", speed,
         )
     if console is None:
-        console = Console() if sys.stdout.isatty() else Console(width=132)
+        console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(table)

@@ -12,9 +12,9 @@ import pandas as pd
 
 import qwave.nn.recurrent  # noqa: F401  (registers the sequence architecture for artifact.load)
 from qwave import artifact
-from qwave.atomic import write_json, write_with
+from qwave.atomic import check_writable, write_json, write_with
 from qwave.data import TableSpec, load_table
-from qwave.data.table import METADATA_NAMES, _extension, _read_frame
+from qwave.data.table import AUTO, METADATA_NAMES, _extension, _read_frame, resolve_roles
 from qwave.errors import ConfigError, DataError
 from qwave.eval.compare import Comparison, Rows, compare_models
 from qwave.eval.sequence import parse_tokens
@@ -34,15 +34,18 @@ def add_table_arguments(parser: argparse.ArgumentParser, data_required: bool = T
     """The table options shared by train, quantize, compare and study (column roles as in the benchmark)."""
     parser.add_argument("--data", required=data_required, help="embedding table (.csv, .csv.gz, .parquet, .npz)")
     parser.add_argument("--label", default="label", help="label column (default: label)")
-    parser.add_argument("--fold-column", default="fold", help="fold column (default: fold, when present)")
-    parser.add_argument("--group-column", default=None, help="recording/group column kept within one split")
-    parser.add_argument("--id-column", default="name", help="sample id column (default: name, when present)")
+    parser.add_argument("--fold-column", default=AUTO, help="fold column (default: fold, when present)")
+    parser.add_argument("--group-column", default=AUTO,
+                        help="recording/group column kept within one split (default: group, when present)")
+    parser.add_argument("--id-column", default=AUTO, help="sample id column (default: name, when present)")
 
 
 def _columns(path: str) -> list[str] | None:
     """Column names of a table file (None for .npz, which has arrays instead)."""
+    if not Path(path).is_file():
+        return None
     ext = _extension(Path(path))
-    if ext == ".npz" or not Path(path).is_file():
+    if ext == ".npz":
         return None
     if ext == ".parquet":
         import pyarrow.parquet as pq
@@ -52,19 +55,16 @@ def _columns(path: str) -> list[str] | None:
 
 
 def table_spec(args: argparse.Namespace) -> TableSpec:
-    """The TableSpec of the options; the default fold and id columns are used only when the table has them."""
-    columns = _columns(args.data)
-    fold, ident = args.fold_column, args.id_column
-    if columns is not None:
-        fold = fold if fold in columns or fold != "fold" else None
-        ident = ident if ident in columns or ident != "name" else None
-    return TableSpec(path=args.data, label=args.label, fold=fold, group=args.group_column, id=ident)
+    """The TableSpec of the options; the default fold, group and id columns are used only when the table has them."""
+    return TableSpec(path=args.data, label=args.label, fold=args.fold_column, group=args.group_column,
+                     id=args.id_column)
 
 
 def _unlabelled(spec: TableSpec, drop: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Features, ids and folds of a table without a label column (features chosen as ``load_table`` does)."""
     path = Path(spec.path)
     frame = _read_frame(path, _extension(path))
+    spec = resolve_roles(spec, list(frame.columns))
     taken = {c for c in (spec.label, spec.fold, spec.id, spec.group, *drop) if c}
     features = [c for c in frame.columns if c not in taken and c.lower() not in METADATA_NAMES
                 and pd.api.types.is_numeric_dtype(frame[c])]
@@ -119,10 +119,11 @@ def select_rows(rows: Rows, fold: np.ndarray | None, args: argparse.Namespace, m
                               "qwave train --test-fold K), or pass --fold K")
     if k is not None:
         if fold is None:
-            raise DataError(f"{args.data}: --fold/--split needs a fold column; {args.fold_column!r} is absent")
+            raise DataError(f"{args.data}: --fold/--split needs a fold column and the table has none "
+                            "(name it with --fold-column)")
         keep = np.asarray(fold).astype(str) == str(k)
         if not keep.any():
-            raise DataError(f"{args.data}: no rows in fold {k} of column {args.fold_column!r}")
+            raise DataError(f"{args.data}: no rows in fold {k} of the fold column")
     idx = np.flatnonzero(keep)
     if args.num_samples is not None:
         if args.num_samples < 1:
@@ -228,6 +229,13 @@ def render(result: Comparison) -> str:
     return "\n".join(lines)
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """The per-sample CSV and summary JSON targets can be written (checked before any model runs)."""
+    for option, path in (("--output-csv", args.output_csv), ("--output-json", args.output_json)):
+        if path:
+            check_writable(path, option)
+
+
 def write_outputs(result: Comparison, csv_path: str | None, json_path: str | None) -> None:
     """Per-sample CSV and summary JSON, each written atomically when a path is given."""
     if csv_path:
@@ -245,6 +253,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--output-csv", default=None, help="per-sample CSV")
     parser.add_argument("--output-json", default=None, help="summary JSON")
     args = parser.parse_args(argv)
+    check_outputs(args)
     result = run_pair(args.original, args.quantized, args)
     write_outputs(result, args.output_csv, args.output_json)
     print(render(result))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from qwave.artifact import find_artifacts
-from qwave.atomic import write_json, write_with
+from qwave.atomic import check_writable, write_json, write_with
 from qwave.commands.compare import add_compare_arguments, render, run_pair, write_outputs
 from qwave.errors import ArtifactError
 from qwave.eval.compare import Comparison
@@ -66,6 +66,8 @@ def run(argv: list[str]) -> int:
                         help="write compare_all.csv/json and each model's summary JSON and per-sample CSV here")
     parser.add_argument("--verbose", action="store_true", help="print each model's full report too")
     args = parser.parse_args(argv)
+    if args.output_dir:
+        check_writable(args.output_dir, "--output-dir", directory=True)
     original = args.original.resolve()
     found = [p for p in find_artifacts(args.directory) if p.resolve() != original]
     if not found:

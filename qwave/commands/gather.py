@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qwave.atomic import check_writable
 from qwave.bench.summary import print_table, write_tag_summary
 from qwave.errors import QwaveError
 
@@ -24,5 +25,6 @@ def run(argv: list[str]) -> int:
     for path in [args.target, *args.more]:
         if not path.is_dir():
             raise QwaveError(f"{path} is not a directory of benchmark outputs")
+    check_writable(args.target / "summary.csv", "target")
     print_table(write_tag_summary(args.target, args.more), f"qwave gather: {args.target}")
     return 0

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from qwave import artifact
+from qwave.atomic import check_writable
 from qwave.commands.compare import add_table_arguments, table_spec
 from qwave.data import load_table
 from qwave.errors import ArtifactError, ConfigError, DataError, FormatError
@@ -98,10 +99,12 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--min-agreement", type=float, default=0.9, help="PTQ gate threshold (default 0.9)")
     parser.add_argument("--strict", action="store_true", help="fail instead of warn below --min-agreement")
     args = parser.parse_args(argv)
-    if not args.formats and not args.layer_formats:
-        raise ConfigError("give --formats (e.g. 8,4,1) or --layer-formats (e.g. 1,1,8)")
+    if not (args.formats or "").replace(",", "").strip() and not (args.layer_formats or "").replace(",", "").strip():
+        raise ConfigError(f"--formats {args.formats!r} names no format; give --formats (e.g. 8,4,1) or "
+                          "--layer-formats (e.g. 1,1,8)")
     if not 0.0 <= args.min_agreement <= 1.0:
         raise ConfigError(f"--min-agreement must be in [0, 1], got {args.min_agreement}")
+    check_writable(args.out, "--out", directory=True)
 
     source = artifact.load(args.artifact)
     model = float_model(source, args.artifact)

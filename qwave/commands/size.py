@@ -152,6 +152,9 @@ def _artifact_rows(paths: list[Path]) -> list[dict]:
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    for option, path in (("--output", args.output), ("--plot", args.plot)):
+        if path is not None:
+            atomic.check_writable(path, option)
     for module in SIZE_PLUGINS:  # also registers their architectures, so their artifacts load
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)

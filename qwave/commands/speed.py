@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from qwave import kernels
+from qwave.atomic import check_writable
 from qwave.errors import ConfigError
 from qwave.eval import speed
 
@@ -63,6 +64,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         raise ConfigError(f"--batch-sizes must be positive integers; got {args.batch_sizes}")
     if args.plot and args.output_dir is None:
         raise ConfigError("--plot needs --output-dir to write the picture")
+    if args.output_dir is not None:
+        check_writable(args.output_dir, "--output-dir", directory=True)
     return args
 
 

@@ -1,10 +1,13 @@
-"""``qwave study NAME``: quantization studies (ptq-int8, qat-vs-ptq, bit-sweep); each writes results.json,
-table.md and plot.png under OUTPUT_DIR/TAG."""
+"""``qwave study NAME``: quantization studies (ptq-int8, qat-vs-ptq, bit-sweep, moe-curiosity); each writes
+results.json, table.md and plot.png under OUTPUT_DIR/TAG. ``qwave study moe-curiosity --help`` shows its own
+options (a YAML config and key=value overrides, like qwave bench)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from qwave.atomic import check_writable
 from qwave.commands.compare import add_table_arguments, table_spec
 from qwave.studies import StudyConfig, bit_sweep, ptq_int8, qat_vs_ptq
 from qwave.train import TrainConfig
@@ -13,13 +16,43 @@ EPILOG = """examples:
   qwave study ptq-int8 --data esc50_specs.csv.gz --label class_id --tag esc50_ptq_int8
   qwave study qat-vs-ptq --bits 8 --data esc50_specs.csv.gz --label class_id --seeds 0 1 2
   qwave study bit-sweep --bits 32 16 8 4 2 1 --data fsdd_logmel.csv.gz --epochs 30
+  qwave study moe-curiosity --config docs/studies/moe_curiosity_fsdd.yaml
+"""
+
+MOE_EPILOG = """The config is the MoECuriosityConfig dataclass (qwave/studies/moe_curiosity.py): defaults, then the
+--config YAML, then key=value overrides. Keys: tag, singles, moe_arms, alphas, measures, and bench.* (every key
+of qwave bench: bench.data.path, bench.data.label, bench.seeds, bench.threads, bench.moe.pool, ...).
+
+examples:
+  qwave study moe-curiosity --config docs/studies/moe_curiosity_fsdd.yaml
+  qwave study moe-curiosity --config docs/studies/moe_curiosity_esc50.yaml bench.data.path=other.csv tag=other
+  qwave study moe-curiosity bench.data.path=table.parquet "alphas=[1.0]" "measures=[max_softmax]" bench.seeds=[0]
 """
 
 
+def run_moe_curiosity(argv: list[str]) -> int:
+    """``qwave study moe-curiosity [--config FILE] [key=value ...]``."""
+    from qwave.studies.moe_curiosity import load_config, moe_curiosity
+
+    parser = argparse.ArgumentParser(prog="qwave study moe-curiosity", epilog=MOE_EPILOG,
+                                     description="Curiosity routing against every single format and the plain MoE.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML file of study settings (default: built-in defaults)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. bench.data.path=table.csv")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    results = moe_curiosity(cfg)
+    print((cfg.out / "table.md").read_text(encoding="utf-8"))
+    print(f"wrote {cfg.out}/results.json, table.md, plot.png ({results['wall_seconds']['total']:.0f} s)")
+    return 0
+
+
 def run(argv: list[str]) -> int:
+    if argv and argv[0] == "moe-curiosity":
+        return run_moe_curiosity(argv[1:])
     parser = argparse.ArgumentParser(prog="qwave study", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", choices=["ptq-int8", "qat-vs-ptq", "bit-sweep"])
+    parser.add_argument("name", choices=["ptq-int8", "qat-vs-ptq", "bit-sweep", "moe-curiosity"])
     add_table_arguments(parser)
     parser.add_argument("--bits", nargs="+", default=None,
                         help="qat-vs-ptq: one format (default 8); bit-sweep: widths (default 32 16 8 4 2 1)")
@@ -36,6 +69,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    check_writable(Path(args.output_dir) / (args.tag or args.name), "--output-dir", directory=True)
     cfg = StudyConfig(
         data=table_spec(args), tag=args.tag or args.name, output_dir=args.output_dir, hidden=args.hidden,
         dropout=args.dropout, seeds=args.seeds, folds=args.folds, device=args.device, threads=args.threads,

@@ -43,12 +43,14 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
+    artifact.check_target(args.out, "--out")
 
     ds = load_table(table_spec(args))
     train_idx, test_idx = np.arange(len(ds.y)), np.array([], dtype=np.int64)
     if args.test_fold is not None:
         if ds.fold is None:
-            raise DataError(f"{args.data}: --test-fold needs a fold column; {args.fold_column!r} is absent")
+            raise DataError(f"{args.data}: --test-fold needs a fold column and the table has none "
+                            "(name it with --fold-column)")
         test = ds.fold.astype(str) == str(args.test_fold)
         if not test.any() or test.all():
             raise ConfigError(f"--test-fold {args.test_fold}: folds in {args.data} are {sorted(set(ds.fold.tolist()))}")

@@ -33,7 +33,7 @@ class Fold:
 def make_folds(ds: Dataset, mode: str = "auto", n_folds: int = 5, seed: int = 0) -> list[Fold]:
     """Official folds from ``ds.fold``, or seeded stratified K folds (grouped when ``ds.group`` exists)."""
     if mode not in FOLD_MODES:
-        raise ConfigError(f"fold mode {mode!r} is not one of {', '.join(FOLD_MODES)}.")
+        raise ConfigError(f"cv.folds={mode!r} is not one of {', '.join(FOLD_MODES)}.")
     if mode == "official" or (mode == "auto" and ds.fold is not None):
         return _official_folds(ds)
     return _stratified_folds(ds, n_folds, seed)
@@ -64,13 +64,14 @@ def _official_folds(ds: Dataset) -> list[Fold]:
 
 def _stratified_folds(ds: Dataset, n_folds: int, seed: int) -> list[Fold]:
     if n_folds < 2:
-        raise ConfigError(f"n_folds must be at least 2, got {n_folds}.")
+        raise ConfigError(f"cv.n_folds must be at least 2, got {n_folds}.")
     counts = np.bincount(ds.y, minlength=ds.n_classes)
     small = np.flatnonzero(counts < n_folds)
     if len(small):
         c = small[np.argmin(counts[small])]
         raise DataError(
-            f"{ds.source}: label class {ds.classes[c]!r} has {counts[c]} rows, fewer than {n_folds} folds."
+            f"{ds.source}: label class {ds.classes[c]!r} has {counts[c]} rows, fewer than cv.n_folds={n_folds} "
+            "stratified folds; lower cv.n_folds."
         )
     rows = np.zeros(len(ds.y))
     if ds.group is None:
@@ -78,7 +79,8 @@ def _stratified_folds(ds: Dataset, n_folds: int, seed: int) -> list[Fold]:
     else:
         n_groups = len(np.unique(ds.group))
         if n_groups < n_folds:
-            raise DataError(f"{ds.source}: group column has {n_groups} groups, fewer than {n_folds} folds.")
+            raise DataError(f"{ds.source}: group column has {n_groups} groups, fewer than cv.n_folds={n_folds} "
+                            "folds; lower cv.n_folds.")
         splits = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(rows, ds.y, ds.group)
     return [
         Fold(k, train.astype(np.int64), test.astype(np.int64))
@@ -96,7 +98,7 @@ def inner_split(
     there are fewer groups or rows per class), so no group is in both sets.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+        raise ConfigError(f"cv.val_fraction must be in (0, 1), got {val_fraction}.")
     train_idx = np.asarray(train_idx, dtype=np.int64)
     y = ds.y[train_idx]
     if ds.group is None:

@@ -1,16 +1,22 @@
 """Embedding tables (CSV, CSV.GZ, Parquet, NPZ) -> a validated ``Dataset``: features, labels, folds, groups.
 
-Which column plays which role is stated by a ``TableSpec``; every other numeric column is a feature unless its
-name is a well-known metadata name (``fold``, ``class_id``, ``take``, ...), so a second label column such as
-ESC-50's ``class_id`` never leaks into the features. Problems raise ``DataError`` naming file and column.
+Which column plays which role is stated by a ``TableSpec``; the fold, group and id roles default to ``auto``: the
+column ``fold`` / ``group`` / ``name`` when the table has it, else none (stratified folds, no groups, row numbers
+as ids), while a column named explicitly must exist. Every other numeric column is a feature unless its name is a
+well-known metadata name (``fold``, ``class_id``, ``take``, ...), so a second label column such as ESC-50's
+``class_id`` never leaks into the features; a column is metadata by content only when no value in it is a number.
+Duplicate column names and a column of numbers holding one non-number are errors, never renamed or dropped in
+silence. Problems raise ``DataError`` naming file, column and the first bad row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import re
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,17 +37,25 @@ METADATA_NAMES = frozenset(
     )
 )
 EXTENSIONS = (".csv", ".csv.gz", ".parquet", ".npz")
+AUTO = "auto"
+# The column an ``auto`` role uses when the table has it (qwave extract writes these names).
+DEFAULT_COLUMNS = {"fold": "fold", "group": "group", "id": "name"}
+# What an absent ``auto`` role means, for the loader's summary line.
+ABSENT = {"fold": "none, folds will be stratified", "group": "none", "id": "row numbers"}
 
 
 @dataclass
 class TableSpec:
-    """Where a table is and which of its columns are label, fold, group, sample id and features."""
+    """Where a table is and which of its columns are label, fold, group, sample id and features.
+
+    ``fold``, ``group`` and ``id``: a column name (must exist), ``auto`` (the default column when present) or None.
+    """
 
     path: str
     label: str = "label"
-    fold: str | None = None
-    group: str | None = None
-    id: str | None = None
+    fold: str | None = AUTO
+    group: str | None = AUTO
+    id: str | None = AUTO
     features: list[str] | None = None
     drop: list[str] = field(default_factory=list)
 
@@ -81,9 +95,19 @@ class Dataset:
         )
 
 
+def resolve_roles(spec: TableSpec, columns: list[str]) -> TableSpec:
+    """``spec`` with each ``auto`` role set to its default column when ``columns`` has it, else None."""
+    auto = {role: DEFAULT_COLUMNS[role] if DEFAULT_COLUMNS[role] in columns else None
+            for role in DEFAULT_COLUMNS if getattr(spec, role) == AUTO}
+    return dataclasses.replace(spec, **auto)
+
+
 def load_table(spec: TableSpec) -> Dataset:
     """Read and validate the table described by ``spec``."""
     path = Path(spec.path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a table; give a .csv, .csv.gz, .parquet or .npz file (to make "
+                        "a table from a folder of audio or images, use qwave extract).")
     ext = _extension(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found.")
@@ -104,15 +128,38 @@ def _extension(path: Path) -> str:
 
 def _read_frame(path: Path, ext: str) -> pd.DataFrame:
     try:
+        _refuse_duplicates(path, _header(path, ext))
         frame = pd.read_parquet(path) if ext == ".parquet" else pd.read_csv(path, low_memory=False)
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: file is empty.") from exc
     except (OSError, ValueError, EOFError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read the file as {ext} ({type(exc).__name__}: {exc}).") from exc
+        detail = " ".join(str(exc).split())[:300]
+        raise DataError(f"{path}: cannot read the file as {ext} ({type(exc).__name__}: {detail}).") from exc
     if len(frame) == 0:
         raise DataError(f"{path}: table has a header but no data rows.")
     frame.columns = [str(c) for c in frame.columns]
     return frame
+
+
+def _header(path: Path, ext: str) -> list[str]:
+    """The column names exactly as stored (pandas would rename a repeated CSV name ``x`` to ``x.1``)."""
+    if ext == ".parquet":
+        import pyarrow.parquet as pq
+
+        return [str(name) for name in pq.read_schema(path).names]
+    return pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
+
+
+def _refuse_duplicates(path: Path, header: list[str]) -> None:
+    name, count = next(((n, k) for n, k in Counter(header).items() if k > 1), (None, 0))
+    if name is not None:
+        places = [i + 1 for i, n in enumerate(header) if n == name]
+        raise DataError(f"{path}: column name {name!r} appears {count} times (columns {_listed(places)}); give every "
+                        "column its own name (a repeated name would be renamed and could leak into the features).")
+
+
+def _listed(numbers: list[int]) -> str:
+    return ", ".join(str(n) for n in numbers)
 
 
 def _shorten(names: list[str], head: int = 8, tail: int = 2) -> str:
@@ -136,8 +183,20 @@ def _rows(mask: np.ndarray, limit: int = 5) -> str:
     return f"rows {listed}" + (f" (of {len(rows)})" if len(rows) > limit else "")
 
 
+def _mixed_column(path: Path, name: str, values: pd.Series) -> None:
+    """A column of numbers with some non-numbers in it is a data error (naming the first one), not metadata."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.notna().any():
+        bad = numbers.isna() & values.notna()
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{path}: column {name!r} holds numbers and non-numbers (first: {values.iloc[row]!r} at row "
+                        f"{row}, 0-based data rows); fix the value, or list the column under drop.")
+
+
 def _load_frame(path: Path, frame: pd.DataFrame, spec: TableSpec) -> Dataset:
     columns = list(frame.columns)
+    given = spec
+    spec = resolve_roles(spec, columns)
     roles = {"label": spec.label, "fold": spec.fold, "group": spec.group, "id": spec.id}
     roles = {role: name for role, name in roles.items() if name is not None}
     for role, name in roles.items():
@@ -154,16 +213,18 @@ def _load_frame(path: Path, frame: pd.DataFrame, spec: TableSpec) -> Dataset:
                     f"{path}: column {name!r} is listed as a feature but is also the {_role(roles, name)}."
                 )
             if not pd.api.types.is_numeric_dtype(frame[name]):
-                raise DataError(
-                    f"{path}: feature column {name!r} is not numeric (e.g. value {_first(frame[name])!r})."
-                )
+                bad = _first(frame[name])
+                raise DataError(f"{path}: feature column {name!r} is not numeric (e.g. value {bad[1]!r} at row "
+                                f"{bad[0]}, 0-based data rows).")
         features = list(spec.features)
         ignored = [c for c in columns if c not in taken and c not in features]
     else:
-        rest = [c for c in columns if c not in taken]
-        numeric = [c for c in rest if pd.api.types.is_numeric_dtype(frame[c])]
-        features = [c for c in numeric if c.lower() not in METADATA_NAMES]
-        ignored = [c for c in rest if c not in features]
+        rest = [c for c in columns if c not in taken and c.lower() not in METADATA_NAMES]
+        for name in rest:
+            if not pd.api.types.is_numeric_dtype(frame[name]):
+                _mixed_column(path, name, frame[name])
+        features = [c for c in rest if pd.api.types.is_numeric_dtype(frame[c])]
+        ignored = [c for c in columns if c not in taken and c not in features]
     if not features:
         raise DataError(f"{path}: no numeric feature columns left after label/fold/group/id/drop; columns: "
                         f"{_shorten(columns)}.")
@@ -175,22 +236,36 @@ def _load_frame(path: Path, frame: pd.DataFrame, spec: TableSpec) -> Dataset:
     ids = np.arange(len(frame)).astype(str)
     if spec.id is not None:
         ids = _strings(path, spec.id, frame[spec.id].to_numpy())
-    log.info(
-        "%s: %d rows; label=%s fold=%s group=%s id=%s; %d features (%s .. %s); ignored as metadata: %s",
-        path, len(frame), spec.label, spec.fold, spec.group, spec.id,
-        len(features), features[0], features[-1], ", ".join(ignored + list(spec.drop)) or "none",
-    )
+    log.info("%s: %d rows, %d classes; %s; %d features (%s .. %s); %d metadata column(s) ignored%s%s",
+             path, len(frame), len(classes), _roles_line(given, spec), len(features), features[0], features[-1],
+             len(ignored), f" ({_shorten(ignored, 6, 1)})" if ignored else "",
+             f"; dropped: {', '.join(spec.drop)}" if spec.drop else "")
     return Dataset(X, y, classes, fold, group, ids, features, str(path))
+
+
+def _roles_line(given: TableSpec, resolved: TableSpec) -> str:
+    """``label=label fold=fold group=none id=row numbers (no 'name' column)``: what each role uses and why."""
+    parts = [f"label={resolved.label}"]
+    for role in DEFAULT_COLUMNS:
+        column = getattr(resolved, role)
+        if column is not None:
+            parts.append(f"{role}={column}")
+        elif getattr(given, role) == AUTO:
+            parts.append(f"{role}={ABSENT[role]} (no {DEFAULT_COLUMNS[role]!r} column)")
+        else:
+            parts.append(f"{role}={ABSENT[role]}")
+    return " ".join(parts)
 
 
 def _role(roles: dict[str, str], name: str) -> str:
     return next(f"{role} column" for role, col in roles.items() if col == name)
 
 
-def _first(values: pd.Series) -> object:
-    """The first value that does not parse as a number (for error messages)."""
+def _first(values: pd.Series) -> tuple[int, object]:
+    """The 0-based row and value of the first entry that does not parse as a number (for error messages)."""
     bad = pd.to_numeric(values, errors="coerce").isna() & values.notna()
-    return values[bad].iloc[0] if bad.any() else values.iloc[0]
+    row = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
+    return row, values.iloc[row]
 
 
 def _features(path: Path, X: np.ndarray, names: list[str]) -> np.ndarray:

@@ -167,6 +167,16 @@ def compare_logits(
     return Comparison(summary, frame)
 
 
+def check_finite_logits(logits: np.ndarray, name: str, ids: Sequence[str] | None = None) -> None:
+    """Non-finite logits mean a broken model (or input), never a number to report: one clear error."""
+    bad = ~np.isfinite(np.asarray(logits)).reshape(len(logits), -1).all(axis=1)
+    if bad.any():
+        first = int(np.argmax(bad))
+        row = f"id {ids[first]!r}" if ids is not None else f"row {first}"
+        raise ArtifactError(f"{name} gives non-finite logits (NaN or inf) on {int(bad.sum())} of {len(bad)} rows "
+                            f"(first: {row}); the model is broken and its outputs are not comparable")
+
+
 def model_logits(model: nn.Module, X: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Logits of ``model`` in eval mode, batched, on the device of ``X``, without gradients, returned on CPU."""
     model.eval()
@@ -267,6 +277,8 @@ def compare_models(
     X = torch.as_tensor(rows.X, dtype=torch.float32, device=device)
     original, quantized = original.to(device).eval(), quantized.to(device).eval()
     a, b = model_logits(original, X, batch_size).numpy(), model_logits(quantized, X, batch_size).numpy()
+    for name, logits in zip(names, (a, b), strict=True):
+        check_finite_logits(logits, name, list(rows.ids))
     if not classes:
         classes = [str(c) for c in range(a.shape[-1])]
     if a.shape[-1] != len(classes) or b.shape[-1] != len(classes):

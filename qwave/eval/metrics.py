@@ -1,4 +1,5 @@
-"""Classification metrics from predicted probabilities, and mean / std / 95% CI over folds x seeds."""
+"""Classification metrics from predicted probabilities, and mean / std / 95% CI over folds (seeds averaged within
+each fold first: every seed is tested on the same fold, so its runs are not independent samples)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from sklearn.metrics import (
 )
 
 SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "roc_auc_macro", "ece")
+INTERVAL = ("seeds averaged within each fold, then mean, std and 95% CI (t, folds - 1 degrees of freedom) over "
+            "the fold means")
 
 
 def classification_metrics(
@@ -113,6 +116,22 @@ def aggregate(values: list[float | None]) -> dict:
             "max": float(arr.max())}
 
 
+def aggregate_over_folds(folds: list, values: list[float | None]) -> dict:
+    """``aggregate`` over folds of the per-fold means of ``values`` (one per run, ``folds[i]`` the run's fold).
+
+    The test rows of a fold are the same for every seed, so seeds are averaged within each fold first and the
+    interval is taken over the k fold means (k - 1 degrees of freedom; see ``INTERVAL``). ``n`` counts folds
+    with a value, ``n_runs`` the runs behind them.
+    """
+    by_fold: dict = {}
+    for fold, value in zip(folds, values, strict=True):
+        if value is not None and not math.isnan(value):
+            by_fold.setdefault(fold, []).append(float(value))
+    result = aggregate([float(np.mean(v)) for v in by_fold.values()])
+    result["n_runs"] = sum(len(v) for v in by_fold.values())
+    return result
+
+
 def summarize(runs: list[dict], keys: tuple[str, ...] = SUMMARY_KEYS) -> dict[str, dict]:
-    """``aggregate`` of each metric in ``keys`` over runs (e.g. every fold x seed)."""
-    return {key: aggregate([run.get(key) for run in runs]) for key in keys}
+    """``aggregate_over_folds`` of each metric in ``keys`` over runs (dicts with ``fold`` and the metrics)."""
+    return {key: aggregate_over_folds([run["fold"] for run in runs], [run.get(key) for run in runs]) for key in keys}

@@ -18,6 +18,8 @@ LEVELS = ("peak", "rms", "none")
 
 def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     """Read ``path`` as mono float32 (channels averaged), resampled to ``sample_rate`` when given."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise DataError(f"audio file {path} is empty (0 bytes).")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as err:

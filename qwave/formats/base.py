@@ -31,6 +31,10 @@ multiply float inputs by the dequantized weight; binary / qesc binarise / ternar
 
 Artifacts written before an option existed mean what the format did then: ``format_from_manifest`` fills the
 missing options from ``LEGACY_OPTIONS`` (the one place that mapping lives).
+
+``layout(shape)`` states each format's packed tensors (dtype and exact shape) and ``check_packed`` refuses any
+tensor that is not exactly that layout, or whose values lie outside it, before a kernel reads it: the kernels do
+no bounds checks, so a wrong shape, an out-of-range code or a set padding bit would otherwise be read as weights.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from qwave.errors import FormatError
@@ -67,6 +72,17 @@ class QuantizedTensor:
         )
 
 
+@dataclass(frozen=True)
+class PackedSpec:
+    """The dtype and exact shape of one packed tensor."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{str(self.dtype).removeprefix('torch.')} {list(self.shape)}"
+
+
 @runtime_checkable
 class QuantFormat(Protocol):
     """What every registered format provides (see the module docstring for the packed layouts)."""
@@ -90,6 +106,10 @@ class QuantFormat(Protocol):
     def matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor: ...
 
     def options(self) -> dict: ...
+
+    def layout(self, shape: tuple[int, int]) -> dict[str, PackedSpec]: ...
+
+    def check_packed(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None: ...
 
 
 FormatFactory = Callable[..., QuantFormat]
@@ -164,10 +184,31 @@ def check_choice(option: str, value, choices: tuple) -> str:
     return value
 
 
+def check_weight_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(out, in)`` of a weight shape of two positive integers; anything else is a FormatError."""
+    dims = tuple(shape)
+    if len(dims) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+        raise FormatError(f"a weight shape is two positive integers [out, in]; got {list(dims)}")
+    return dims
+
+
+def _first_index(mask: torch.Tensor) -> list[int]:
+    return mask.nonzero()[0].tolist()
+
+
+def non_finite(t: torch.Tensor) -> list[int] | None:
+    """Index of the first NaN or infinite value of a float tensor, or None (meta tensors hold no values).
+
+    Read through NumPy: ``np.isfinite`` is far faster on CPU than ``torch.isfinite`` for large tensors."""
+    if t.is_meta:
+        return None
+    return first_true(~np.isfinite(host_array(t.float() if t.dtype == torch.bfloat16 else t)))
+
+
 def check_finite(w: torch.Tensor, what: str = "weight") -> None:
     """Refuse NaN or infinite values: quantizing them would silently produce garbage codes."""
-    if not torch.isfinite(w).all():
-        bad = (~torch.isfinite(w)).nonzero()[0].tolist()
+    bad = non_finite(w)
+    if bad is not None:
         raise FormatError(f"{what} has a non-finite value (NaN or inf) at index {bad}; cannot quantize it")
 
 
@@ -214,6 +255,36 @@ def as_rows(x: torch.Tensor, in_features: int) -> torch.Tensor:
     return x.reshape(-1, in_features).float()
 
 
+def refuse_bits(fmt: str, tensor: str, where: list[int]) -> None:
+    raise FormatError(f"{fmt} tensor {tensor!r} has bits outside the layout at index {where} (a padding bit or an "
+                      "unused code value is set)")
+
+
+def refuse_code(fmt: str, code: int, where: list[int], bounds: tuple[int, int]) -> None:
+    raise FormatError(f"{fmt} weight code {code} at index {where} is outside the format's range "
+                      f"[{bounds[0]}, {bounds[1]}]")
+
+
+def check_scale(fmt: str, scale: torch.Tensor) -> None:
+    """Scales are finite and >= 0 (quantize never writes another)."""
+    bad = ~torch.isfinite(scale) | (scale < 0)
+    if bad.any():
+        where = _first_index(bad)
+        raise FormatError(f"{fmt} scale {float(scale[tuple(where)])} at index {where} is not a finite value >= 0")
+
+
+def first_true(mask: np.ndarray) -> list[int] | None:
+    """Index of the first True of a NumPy mask, or None."""
+    if not mask.any():  # much cheaper than argwhere on the usual all-False mask
+        return None
+    return np.argwhere(mask)[0].tolist()
+
+
+def host_array(t: torch.Tensor) -> np.ndarray:
+    """The tensor's values as a NumPy array (copied from the device when it is not on the CPU)."""
+    return t.detach().cpu().numpy()
+
+
 class FormatBase:
     """Behaviour shared by the built-in formats; a subclass implements ``_quantize`` (no input checks),
     ``pack``, ``unpack``, ``dequantize`` and ``matmul``.
@@ -255,6 +326,55 @@ class FormatBase:
     def options(self) -> dict:
         """Constructor options: ``get_format(self.name, **self.options())`` rebuilds this format."""
         return {}
+
+    def layout(self, shape: tuple[int, int]) -> dict[str, PackedSpec]:
+        """The tensors ``pack`` stores for a weight of ``shape`` ``[out, in]``: name -> dtype and exact shape."""
+        raise NotImplementedError
+
+    def code_range(self) -> tuple[int, int] | None:
+        """Smallest and largest integer weight code the format stores (None: the weight itself is stored)."""
+        return None
+
+    def check_packed(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+        """Refuse ``packed`` unless it is exactly ``layout(shape)`` and its values are ones ``pack`` can write.
+
+        Values: re-packing the unpacked codes must give the same bytes (no padding bit or unused code bit set),
+        codes lie in ``code_range()``, scales are finite and >= 0, stored float weights are finite. Meta tensors
+        (shape checks before any allocation) have their layout checked only.
+        """
+        out, n = check_weight_shape(shape)
+        expected = self.layout((out, n))
+        if set(packed) != set(expected):
+            raise FormatError(f"{self.name} stores the tensors {sorted(expected)} for a weight; got {sorted(packed)}")
+        for name, spec in expected.items():
+            got = PackedSpec(packed[name].dtype, tuple(packed[name].shape))
+            if got != spec:
+                raise FormatError(f"{self.name} tensor {name!r} of a [{out}, {n}] weight must be {spec.describe()}; "
+                                  f"got {got.describe()}")
+        if any(t.is_meta for t in packed.values()):
+            return
+        self._check_values(packed, (out, n))
+
+    def _check_values(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+        """The value rules of ``check_packed`` for any format: unpack, re-pack and compare, then the code range and
+        the scales. The built-in formats override it with the same rules checked on the stored bytes directly
+        (this generic check decodes every code, which costs far more than reading the file)."""
+        q = self.unpack(packed, shape)
+        repacked = self.pack(q)
+        for name, tensor in packed.items():
+            if not torch.equal(repacked[name], tensor):
+                refuse_bits(self.name, name, _first_index(repacked[name] != tensor))
+        bounds = self.code_range()
+        if bounds is not None:
+            low, high = bounds
+            bad = (q.codes < low) | (q.codes > high)
+            if bad.any():
+                where = _first_index(bad)
+                refuse_code(self.name, int(q.codes[tuple(where)]), where, bounds)
+        else:
+            check_finite(q.codes, f"{self.name} stored weight")
+        if q.scale.numel():
+            check_scale(self.name, q.scale)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())

@@ -9,9 +9,22 @@ Inference is the XNOR-popcount form over the packed bit words: with ``n`` valid 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from qwave.formats.base import FP16_MAX, FormatBase, QuantizedTensor, as_rows, register, ste
+from qwave.formats.base import (
+    FP16_MAX,
+    FormatBase,
+    PackedSpec,
+    QuantizedTensor,
+    as_rows,
+    check_scale,
+    first_true,
+    host_array,
+    refuse_bits,
+    register,
+    ste,
+)
 from qwave.formats.packing import pack_words, popcount, unpack_words
 
 # Largest [batch, out, words] block the reference popcount matmul materialises at once.
@@ -30,6 +43,16 @@ def row_blocks(batch: int, per_row: int) -> list[slice]:
     return [slice(start, start + step) for start in range(0, max(batch, 1), step)]
 
 
+def check_word_padding(fmt: str, name: str, words: torch.Tensor, n: int) -> np.ndarray:
+    """Refuse set padding bits (past ``n`` in each row's last 64-bit word); returns the words as a NumPy array."""
+    data = host_array(words)
+    if n % 64:
+        where = first_true((data[:, -1] & (np.int64(-1) << np.int64(n % 64))) != 0)
+        if where is not None:
+            refuse_bits(fmt, name, [where[0], data.shape[1] - 1])
+    return data
+
+
 class Binary(FormatBase):
     """Sign codes packed 64 per int64 word, fp16 absmean scale per output channel, binarised activations."""
 
@@ -38,6 +61,17 @@ class Binary(FormatBase):
     def _quantize(self, w: torch.Tensor) -> QuantizedTensor:
         signs, scale = binarize_rows(w)
         return QuantizedTensor(codes=signs.to(torch.int8), scale=scale.clamp(max=FP16_MAX).half(), shape=tuple(w.shape))
+
+    def layout(self, shape: tuple[int, int]) -> dict[str, PackedSpec]:
+        out, n = shape
+        return {"bits": PackedSpec(torch.int64, (out, -(-n // 64))), "scale": PackedSpec(torch.float16, (out, 1))}
+
+    def code_range(self) -> tuple[int, int]:
+        return -1, 1
+
+    def _check_values(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+        check_word_padding(self.name, "bits", packed["bits"], shape[1])
+        check_scale(self.name, packed["scale"])
 
     def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
         return {"bits": pack_words(q.codes > 0), "scale": q.scale}

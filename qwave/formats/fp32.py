@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from qwave.formats.base import FormatBase, QuantizedTensor, as_rows, register
+from qwave.formats.base import FormatBase, PackedSpec, QuantizedTensor, as_rows, check_finite, register
 
 
 class FloatFormat(FormatBase):
@@ -24,6 +24,12 @@ class FloatFormat(FormatBase):
         limit = torch.finfo(self.dtype).max
         codes = w.clamp(-limit, limit).to(self.dtype)
         return QuantizedTensor(codes=codes, scale=torch.ones(0), shape=tuple(w.shape))
+
+    def layout(self, shape: tuple[int, int]) -> dict[str, PackedSpec]:
+        return {"weight": PackedSpec(self.dtype, tuple(shape))}
+
+    def _check_values(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+        check_finite(packed["weight"], f"{self.name} stored weight")
 
     def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
         return {"weight": q.codes}

@@ -33,10 +33,16 @@ from qwave.formats.base import (
     ACTIVATIONS,
     FP16_MAX,
     FormatBase,
+    PackedSpec,
     QuantizedTensor,
     as_rows,
     check_choice,
+    check_scale,
+    first_true,
+    host_array,
     int8_activation_matmul,
+    refuse_bits,
+    refuse_code,
     register,
     scaled_codes,
 )
@@ -53,6 +59,13 @@ def odd_codes(x: torch.Tensor, scale: torch.Tensor, limit: int) -> torch.Tensor:
     return torch.where(scale > 0, odd, torch.ones_like(x))
 
 
+def _is_positive_integer(value) -> bool:
+    try:
+        return not isinstance(value, bool) and int(value) == value and value >= 1
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 class IntK(FormatBase):
     """``bits``-bit integer codes with fp16 scales per output channel or per ``group_size`` inputs."""
 
@@ -61,7 +74,7 @@ class IntK(FormatBase):
     ) -> None:
         if not 2 <= int(bits) <= 8:
             raise FormatError(f"integer formats take 2..8 bits; got bits={bits}")
-        if group_size is not None and (int(group_size) != group_size or group_size < 1):
+        if group_size is not None and not _is_positive_integer(group_size):
             raise FormatError(f"group_size must be a positive integer or None; got {group_size!r}")
         self.name = f"int{int(bits)}"
         self.bits = float(bits)
@@ -117,6 +130,41 @@ class IntK(FormatBase):
         if self.grid == "halfstep":
             return ((q.codes.to(torch.int16) + self.qmax) // 2).to(torch.uint8), 2, self.qmax
         return (q.codes.to(torch.int16) + 2 ** (k - 1)).to(torch.uint8), 1, 2 ** (k - 1)
+
+    def layout(self, shape: tuple[int, int]) -> dict[str, PackedSpec]:
+        out, n = shape
+        return {"codes": PackedSpec(torch.uint8, (out, math.ceil(n * int(self.bits) / 8))),
+                "scale": PackedSpec(torch.float16, (out, self._group(n)[1]))}
+
+    def code_range(self) -> tuple[int, int]:
+        return -self.qmax, self.qmax
+
+    def _check_values(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+        """Codes in range and padding bits 0, read from the bytes when whole codes fill a byte (k = 2, 4, 8):
+        one vector comparison per code slot of a byte and per out-of-range k-bit pattern. Codes that straddle
+        bytes take the generic check."""
+        k = int(self.bits)
+        if 8 % k:
+            return super()._check_values(packed, shape)
+        data = host_array(packed["codes"])
+        per_byte, mask, (low, high) = 8 // k, (1 << k) - 1, self.code_range()
+        if self.grid == "halfstep":  # unsigned fields u, code 2u - qmax: every field is a code in range
+            signed = {u: 2 * u - self.qmax for u in range(1 << k)}
+        else:  # two's complement
+            signed = {u: u - (1 << k) if u >> (k - 1) else u for u in range(1 << k)}
+        outside = [u for u, code in signed.items() if not low <= code <= high]
+        for slot in range(per_byte):
+            field = (data >> (k * slot)) & mask if per_byte > 1 else data
+            for u in outside:
+                where = first_true(field == u)
+                if where is not None:
+                    refuse_code(self.name, signed[u], [where[0], where[1] * per_byte + slot], (low, high))
+        tail = shape[1] - per_byte * (data.shape[1] - 1)  # codes in the last byte of a row; the rest is padding
+        if tail < per_byte:
+            where = first_true((data[:, -1] >> (k * tail)) != 0)
+            if where is not None:
+                refuse_bits(self.name, "codes", [where[0], data.shape[1] - 1])
+        check_scale(self.name, packed["scale"])
 
     def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
         fields = self.unsigned_codes(q)[0] if self.grid == "halfstep" else q.codes

@@ -13,8 +13,19 @@ from __future__ import annotations
 
 import torch
 
-from qwave.formats.base import FormatBase, QuantizedTensor, as_rows, register, scaled_codes, ste
-from qwave.formats.binary import row_blocks
+from qwave.formats.base import (
+    FormatBase,
+    PackedSpec,
+    QuantizedTensor,
+    as_rows,
+    check_scale,
+    first_true,
+    refuse_bits,
+    register,
+    scaled_codes,
+    ste,
+)
+from qwave.formats.binary import check_word_padding, row_blocks
 from qwave.formats.packing import pack_words, popcount, unpack_words
 from qwave.formats.ternary import ternarize
 
@@ -32,6 +43,22 @@ class Qesc(FormatBase):
 
     def _quantize(self, w: torch.Tensor) -> QuantizedTensor:
         return ternarize(w)
+
+    def layout(self, shape: tuple[int, int]) -> dict[str, PackedSpec]:
+        out, n = shape
+        words = PackedSpec(torch.int64, (out, -(-n // 64)))
+        return {"plus": words, "minus": words, "scale": PackedSpec(torch.float16, (out, 1))}
+
+    def code_range(self) -> tuple[int, int]:
+        return -1, 1
+
+    def _check_values(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+        plus = check_word_padding(self.name, "plus", packed["plus"], shape[1])
+        minus = check_word_padding(self.name, "minus", packed["minus"], shape[1])
+        where = first_true((plus & minus) != 0)  # a trit is +1 or -1, never both
+        if where is not None:
+            refuse_bits(self.name, "minus", where)
+        check_scale(self.name, packed["scale"])
 
     def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
         return {"plus": pack_words(q.codes > 0), "minus": pack_words(q.codes < 0), "scale": q.scale}

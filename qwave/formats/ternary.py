@@ -10,16 +10,22 @@ BitNet b1.58 publishes it: 8-bit absmax activations per row, exact integer dots,
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from qwave.formats.base import (
     ACTIVATIONS,
     FP16_MAX,
     FormatBase,
+    PackedSpec,
     QuantizedTensor,
     as_rows,
     check_choice,
+    check_scale,
+    first_true,
+    host_array,
     int8_activation_matmul,
+    refuse_bits,
     register,
     scaled_codes,
 )
@@ -50,6 +56,26 @@ class Ternary(FormatBase):
     def unsigned_codes(self, q: QuantizedTensor) -> tuple[torch.Tensor, int, int]:
         """``(u, 1, 1)``: ``u = t + 1`` in {0, 1, 2} (uint8), so ``codes = u - 1``."""
         return (q.codes + 1).to(torch.uint8), 1, 1
+
+    def layout(self, shape: tuple[int, int]) -> dict[str, PackedSpec]:
+        out, n = shape
+        return {"codes": PackedSpec(torch.uint8, (out, -(-n // 5))), "scale": PackedSpec(torch.float16, (out, 1))}
+
+    def code_range(self) -> tuple[int, int]:
+        return -1, 1
+
+    def _check_values(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+        """Bytes below 3^5 = 243 (five trits), and the padding trits of a row's last byte 0 (digit 1)."""
+        data = host_array(packed["codes"])
+        where = first_true(data >= 243)
+        tail = shape[1] - 5 * (data.shape[1] - 1)  # trits in the last byte of a row
+        if where is None and tail < 5:
+            padding = (data[:, -1].astype(np.int32) // 3**tail) % 3 ** (5 - tail)
+            where = first_true(padding != sum(3**i for i in range(5 - tail)))
+            where = None if where is None else [where[0], data.shape[1] - 1]
+        if where is not None:
+            refuse_bits(self.name, "codes", where)
+        check_scale(self.name, packed["scale"])
 
     def pack(self, q: QuantizedTensor) -> dict[str, torch.Tensor]:
         return {"codes": pack_trits(q.codes), "scale": q.scale}

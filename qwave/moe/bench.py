@@ -24,10 +24,12 @@ from qwave.size import SizeSpec, quantization_options, register_size_model
 SIZE_EXPERTS = 3
 
 
-def quantize_experts(model: MoEClassifier, options: dict) -> MoEClassifier:
-    """Quantize expert ``e`` to ``model.formats[e]`` in place (QAT); the router stays FP32."""
+def quantize_moe(model: MoEClassifier, options: dict) -> MoEClassifier:
+    """Quantize expert ``e`` to ``model.formats[e]`` (with the format ``options``) and the router to
+    ``model.router_format``, in place (QAT)."""
     for expert, fmt in zip(model.experts, model.formats, strict=True):
         quantize_model(expert, fmt, **options)
+    quantize_model(model.router, model.router_format)
     return model
 
 
@@ -45,7 +47,8 @@ def _quant_options(ctx: BuildContext) -> dict:
 
 
 def build(ctx: BuildContext) -> MoEClassifier:
-    """Select the experts (from ``moe.pool`` if set), build the MoE with the fold's normaliser, quantize experts."""
+    """Select the experts (from ``moe.pool`` if set), build the MoE with the fold's normaliser (expert activations
+    from ``model.activation``), quantize experts and router."""
     cfg: MoEConfig = ctx.cfg.moe
     cfg.validate()
     options = _quant_options(ctx)
@@ -56,9 +59,9 @@ def build(ctx: BuildContext) -> MoEClassifier:
     model = MoEClassifier(
         ctx.in_dim, ctx.num_classes, formats, hidden, m.dropout, m.layer_norm, cfg.top_k, cfg.router_hidden,
         cfg.router_dropout, cfg.balance_weight, cfg.curiosity, mask_seed=ctx.seed, normalize=ctx.normalize,
-        selection=[asdict(p) for p in probes],
+        selection=[asdict(p) for p in probes], activation=m.activation, router_format=cfg.router_format,
     )
-    return quantize_experts(model, options)
+    return quantize_moe(model, options)
 
 
 def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
@@ -75,12 +78,12 @@ def moe_kind(name: str) -> ModelKind:
 
 
 def build_size_model(spec: SizeSpec, fmt: str) -> nn.Module:
-    """Size-calculator row: ``SIZE_EXPERTS`` experts of ``spec``'s shape, all in ``fmt``, top-1 routing (active
-    size under uniform usage)."""
+    """Size-calculator row: ``SIZE_EXPERTS`` experts of ``spec``'s shape, all in ``fmt``, an int8 router, top-1
+    routing (active size under uniform usage)."""
     if fmt == "mixed":
         raise ConfigError("the moe size row takes one format per expert set; drop --layer-formats for --models moe")
     model = MoEClassifier(spec.in_dim, spec.num_classes, [fmt] * SIZE_EXPERTS, spec.hidden)
-    return pack_model(quantize_experts(model, quantization_options(spec, fmt)))
+    return pack_model(quantize_moe(model, quantization_options(spec, fmt)))
 
 
 register_kind("moe", moe_kind)

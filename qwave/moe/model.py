@@ -11,6 +11,7 @@ Switch balancing loss of the last training forward is returned by ``aux_loss`` (
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from qwave.data.normalize import Normalize
+from qwave.errors import ArtifactError, ConfigError
 from qwave.formats import canonical_name, get_format
 from qwave.moe.config import CuriosityConfig
 from qwave.moe.router import BayesianRouter, Router, keep_masks
@@ -25,16 +27,21 @@ from qwave.moe.routing import (
     EPS,
     balance_loss,
     curious_probs,
-    expert_variance,
     gates,
     mutual_information,
+    precision_key,
     precision_ranks,
+    router_max_softmax,
     routing_variance,
+    standardise,
+    tied_groups,
     top_k_mask,
     uncertainty,
 )
-from qwave.nn.mlp import MLPClassifier
+from qwave.nn.mlp import ACTIVATIONS, MLPClassifier, activation_for
 from qwave.size import SizeReport
+
+log = logging.getLogger(__name__)
 
 U_MOMENTUM = 0.1
 
@@ -46,7 +53,8 @@ class Routing:
     ``base``: router probabilities ``[N, E]`` (the MC mean for a Bayesian router); ``probs``: after the curiosity
     rule (``base`` itself when curiosity is off or ``alpha = 0``); ``mask``: top-k of ``probs``; ``gates``: ``probs``
     renormalised over the mask; ``mc``: per-pass probabilities ``[S, N, E]`` (None for a plain router); ``u``: the
-    normalised uncertainty the rule used (``[N]``, or ``[N, E]`` for the ``penalty`` rule; None without curiosity).
+    raw uncertainty the rule read and ``score`` its standardised value ``(u - mean) / std`` (``[N]``; None
+    without curiosity).
     """
 
     base: Tensor
@@ -55,6 +63,7 @@ class Routing:
     gates: Tensor
     mc: Tensor | None = None
     u: Tensor | None = None
+    score: Tensor | None = None
 
 
 @dataclass
@@ -67,13 +76,16 @@ class Trace:
     mc: Tensor
     mutual_info: Tensor
     variance: Tensor
+    max_softmax: Tensor
 
 
 class MoEClassifier(nn.Module):
     """``Normalize -> router -> top-k mixture of experts``; expert ``e`` is an MLP body in format ``formats[e]``.
 
-    Experts are built in FP32; ``qwave.moe.bench`` quantizes each to its format (``quantize_model``) before
-    training, and ``pack_model`` packs them for deployment. The router stays FP32.
+    Experts and router are built in FP32; ``qwave.moe.bench.quantize_moe`` quantizes each expert to its format
+    and the router to ``router_format`` (``quantize_model``) before training, and ``pack_model`` packs them for
+    deployment. ``activation``: ``auto`` (per expert, ``activation_for`` its format), one name for every
+    expert, or one per expert; ``router_activation``: ``auto`` (``activation_for`` the router format) or a name.
     """
 
     def __init__(
@@ -92,6 +104,9 @@ class MoEClassifier(nn.Module):
         mask_seed: int = 0,
         normalize: Normalize | None = None,
         selection: list[dict] | None = None,
+        activation: str | Sequence[str] = "auto",
+        router_format: str = "int8",
+        router_activation: str = "auto",
     ) -> None:
         super().__init__()
         self.in_dim, self.num_classes = int(in_dim), int(num_classes)
@@ -103,55 +118,63 @@ class MoEClassifier(nn.Module):
             curiosity = CuriosityConfig(**curiosity)
         self.curiosity = curiosity or CuriosityConfig()
         self.selection = list(selection or [])
-        d = self.in_dim
-        self.norm = normalize if normalize is not None else Normalize.placeholder(d)
+        self.activations = expert_activations(activation, self.formats)
+        self.router_format = canonical_name(router_format)
+        self.router_activation = resolve_activation(router_activation, self.router_format, "router_activation")
+        self.norm = normalize if normalize is not None else Normalize.placeholder(self.in_dim)
         num_experts = len(self.formats)
         if self.curiosity.enabled:
             self.router: Router = BayesianRouter(
-                in_dim, num_experts, router_hidden, router_dropout, self.curiosity.mc_samples, mask_seed
+                in_dim, num_experts, router_hidden, router_dropout, self.curiosity.mc_samples, mask_seed,
+                self.router_activation,
             )
         else:
-            self.router = Router(in_dim, num_experts, router_hidden, router_dropout)
+            self.router = Router(in_dim, num_experts, router_hidden, router_dropout, self.router_activation)
         self.experts = nn.ModuleList(
-            MLPClassifier(in_dim, num_classes, self.hidden, self.dropout, self.layer_norm).body for _ in self.formats
+            MLPClassifier(in_dim, num_classes, self.hidden, self.dropout, self.layer_norm, activation=act).body
+            for act in self.activations
         )
-        self.register_buffer("ranks", precision_ranks([get_format(f).bits for f in self.formats]), persistent=False)
+        keys = [precision_key(get_format(f)) for f in self.formats]
+        self.register_buffer("ranks", precision_ranks(keys), persistent=False)
         if self.curiosity.enabled:
             self.register_buffer("u_mean", torch.zeros(()))
+            self.register_buffer("u_std", torch.zeros(()))
+            warn_tied_ranks(self.formats, keys)
         self._aux: Tensor | None = None
 
     @property
     def num_experts(self) -> int:
         return len(self.formats)
 
-    def _normalised_u(self, mc: Tensor) -> Tensor:
-        """The rule's uncertainty divided by its running mean over training batches (``u_mean``; 0 = not yet
-        estimated, then used as is). Updated in training mode, fixed in eval mode; never differentiated."""
-        c = self.curiosity
-        with torch.no_grad():
-            raw = uncertainty(mc, c.measure) if c.rule == "precision" else expert_variance(mc).sqrt()
-            if self.training:
-                batch = raw.mean()
-                self.u_mean.copy_(batch if self.u_mean <= 0 else (1 - U_MOMENTUM) * self.u_mean + U_MOMENTUM * batch)
-            scale = self.u_mean if self.u_mean > 0 else torch.ones_like(self.u_mean)
-            return raw / scale.clamp_min(EPS)
+    def _update_u_stats(self, u: Tensor) -> None:
+        """Running mean and std (momentum ``U_MOMENTUM``) of the rule's uncertainty over training batches; the
+        first batch (``u_std`` still 0) sets them directly."""
+        mean, std = u.mean(), u.std(unbiased=False)
+        first = self.u_std <= 0
+        self.u_mean.copy_(torch.where(first, mean, (1 - U_MOMENTUM) * self.u_mean + U_MOMENTUM * mean))
+        self.u_std.copy_(torch.where(first, std, (1 - U_MOMENTUM) * self.u_std + U_MOMENTUM * std))
 
-    def route(self, z: Tensor) -> Routing:
-        """Route normalised inputs ``z``: router probabilities, the curiosity rule, the top-k mask and gates."""
+    def route(self, z: Tensor, u: Tensor | None = None) -> Routing:
+        """Route normalised inputs ``z``: router probabilities, the curiosity cascade, the top-k mask and gates.
+
+        ``u`` (``[N]``) replaces the router's own uncertainty in the rule (an ablation: a constant ``u`` keeps
+        the average push and removes its per-sample variation); the running statistics are updated (training
+        mode only) from the router's own uncertainty, never from ``u``. Neither is differentiated.
+        """
         if not self.curiosity.enabled:
             base = self.router(z)
             mask = top_k_mask(base, self.top_k)
             return Routing(base, base, mask, gates(base, mask))
         mc = self.router(z)
         base = mc.mean(0)
-        c = self.curiosity
-        u = self._normalised_u(mc)
-        if c.rule == "precision":
-            probs = curious_probs(base, c.alpha, c.rule, u=u, ranks=self.ranks)
-        else:
-            probs = curious_probs(base, c.alpha, c.rule, u_expert=u)
+        with torch.no_grad():
+            raw = uncertainty(mc, self.curiosity.measure) if u is None else u.to(base)
+            if self.training and u is None:
+                self._update_u_stats(raw)
+            score = standardise(raw, self.u_mean, self.u_std)
+        probs = curious_probs(base, self.curiosity.alpha, score, self.ranks)
         mask = top_k_mask(probs, self.top_k)
-        return Routing(base, probs, mask, gates(probs, mask), mc, u)
+        return Routing(base, probs, mask, gates(probs, mask), mc, raw, score)
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.norm(x)
@@ -197,7 +220,8 @@ class MoEClassifier(nn.Module):
             keep = keep_masks(samples, self.router.hidden, self.router_dropout, self.mask_seed).to(z.device)
             mc = self.router.masked_probs(z, keep)
         expert_lp = torch.stack([torch.log_softmax(expert(z), -1) for expert in self.experts], 1)
-        return Trace(r, self._sparse_mixture(z, r), expert_lp, mc, mutual_information(mc), routing_variance(mc))
+        return Trace(r, self._sparse_mixture(z, r), expert_lp, mc, mutual_information(mc), routing_variance(mc),
+                     router_max_softmax(mc))
 
     def active_bytes(self, size: SizeReport, usage: Sequence[float] | None = None) -> int:
         """Bytes one inference touches on average: everything stored except the experts, plus each expert's
@@ -237,11 +261,58 @@ class MoEClassifier(nn.Module):
             "mask_seed": self.mask_seed,
             "normalize_mode": self.norm.mode,
             "selection": self.selection,
+            "activation": list(self.activations),
+            "router_format": self.router_format,
+            "router_activation": self.router_activation,
         }
 
     @classmethod
     def from_config(cls, config: dict) -> MoEClassifier:
-        """Rebuild an untrained FP32 skeleton of the same shape (the loader swaps in packed layers and tensors)."""
+        """Rebuild an untrained FP32 skeleton of the same shape (the loader swaps in packed layers and tensors).
+
+        A config written before activations and router formats were recorded had ReLU everywhere and an FP32
+        router; one written with the earlier curiosity rule (``rule`` key, uncertainty divided by its mean)
+        cannot be reproduced and is refused.
+        """
         args = {k: v for k, v in config.items() if k != "normalize_mode"}
+        curiosity = dict(args.get("curiosity") or {})
+        if "rule" in curiosity:
+            if curiosity.get("enabled"):
+                raise ArtifactError(
+                    "this MoE artifact routes with the earlier curiosity rule (uncertainty / mean), which this qwave "
+                    "no longer implements; retrain it"
+                )
+            curiosity.pop("rule")
+            args["curiosity"] = curiosity
+        args.setdefault("activation", "relu")
+        args.setdefault("router_format", "fp32")
+        args.setdefault("router_activation", "relu")
         norm = Normalize.placeholder(int(config["in_dim"]), config.get("normalize_mode", "raw"))
         return cls(**args, normalize=norm)
+
+
+def resolve_activation(activation: str, fmt: str, option: str) -> str:
+    """``activation`` itself, or for ``auto`` the one ``fmt`` needs (``activation_for``); unknown names refused."""
+    if activation == "auto":
+        return activation_for([fmt])
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"{option}={activation!r} is not one of auto, {', '.join(ACTIVATIONS)}")
+    return activation
+
+
+def expert_activations(activation: str | Sequence[str], formats: list[str]) -> list[str]:
+    """One hidden activation per expert: ``activation`` for all (``auto`` = per format), or one name each."""
+    names = [activation] * len(formats) if isinstance(activation, str) else list(activation)
+    if len(names) != len(formats):
+        raise ConfigError(f"activation has {len(names)} entries {names} for {len(formats)} experts {formats}")
+    return [resolve_activation(a, f, "activation") for a, f in zip(names, formats, strict=True)]
+
+
+def warn_tied_ranks(formats: list[str], keys: list) -> None:
+    """Log a warning for experts whose formats share a precision rank: the cascade cannot move samples between
+    them (with every expert tied, curiosity changes no route at all)."""
+    for group in tied_groups(keys):
+        names = ", ".join(f"{e} ({formats[e]})" for e in group)
+        every = len(group) == len(formats)
+        effect = "curiosity changes no route" if every else "the rule cannot move samples between them"
+        log.warning("moe.curiosity: experts %s share one precision rank; %s", names, effect)

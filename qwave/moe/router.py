@@ -1,6 +1,8 @@
 """Routers: a small MLP over the normalised embedding giving expert probabilities, plain or Bayesian.
 
-``Router``: ``Linear -> ReLU -> Dropout -> Linear -> softmax``; in eval mode a single deterministic pass.
+``Router``: ``Linear -> act -> Dropout -> Linear -> softmax``; in eval mode a single deterministic pass. ``act``
+is ReLU, or hardtanh when the router's format binarises or ternarises the output layer's input
+(``qwave.nn.mlp.activation_for``).
 ``BayesianRouter``: the same network read with MC dropout over ``mc_samples`` passes. In training every pass
 draws fresh dropout masks; in eval mode pass ``s`` uses the fixed hidden-unit mask ``keep[s]``, drawn once from
 ``mask_seed`` and stored as a buffer (one weight sample of the approximate posterior per pass, shared by every
@@ -13,14 +15,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from qwave.nn.mlp import ACTIVATIONS
+
 
 class Router(nn.Module):
     """Two-layer MLP router producing expert probabilities ``[N, E]``."""
 
-    def __init__(self, in_dim: int, num_experts: int, hidden: int = 64, dropout: float = 0.2) -> None:
+    def __init__(
+        self, in_dim: int, num_experts: int, hidden: int = 64, dropout: float = 0.2, activation: str = "relu"
+    ) -> None:
         super().__init__()
         self.in_dim, self.num_experts, self.hidden, self.dropout = int(in_dim), int(num_experts), int(hidden), dropout
         self.fc1 = nn.Linear(self.in_dim, self.hidden)
+        self.act = ACTIVATIONS[activation]()
         self.fc2 = nn.Linear(self.hidden, self.num_experts)
 
     @property
@@ -30,7 +37,7 @@ class Router(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Hidden activations before dropout, ``[N, hidden]``."""
-        return torch.relu(self.fc1(x))
+        return self.act(self.fc1(x))
 
     def forward(self, x: Tensor) -> Tensor:
         h = nn.functional.dropout(self.features(x), self.dropout, self.training)
@@ -61,8 +68,9 @@ class BayesianRouter(Router):
         dropout: float = 0.2,
         mc_samples: int = 8,
         mask_seed: int = 0,
+        activation: str = "relu",
     ) -> None:
-        super().__init__(in_dim, num_experts, hidden, dropout)
+        super().__init__(in_dim, num_experts, hidden, dropout, activation)
         self.mc_samples, self.mask_seed = int(mc_samples), int(mask_seed)
         self.register_buffer("keep", keep_masks(self.mc_samples, self.hidden, dropout, self.mask_seed))
 

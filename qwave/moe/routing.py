@@ -1,12 +1,17 @@
-"""Pure routing functions: top-k masks, the Switch balancing loss, MC uncertainty, and the curiosity rule.
+"""Pure routing functions: top-k masks, the Switch balancing loss, MC uncertainty, and the curiosity cascade.
 
 Shapes: ``probs`` is ``[N, E]`` (N samples, E experts); ``mc_probs`` is ``[S, N, E]`` (S MC-dropout passes).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
+
+from qwave.formats import QuantFormat
 
 EPS = 1e-12
 
@@ -48,59 +53,82 @@ def mutual_information(mc_probs: Tensor) -> Tensor:
     return (entropy(mc_probs.mean(0)) - entropy(mc_probs).mean(0)).clamp_min(0.0)
 
 
-def expert_variance(mc_probs: Tensor) -> Tensor:
-    """``[N, E]`` variance over MC passes of each expert's routing probability (population variance)."""
-    return mc_probs.var(0, unbiased=False)
-
-
 def routing_variance(mc_probs: Tensor) -> Tensor:
-    """Total variance of the routing probabilities per sample: ``sum_e Var_s(p_{s,e})``."""
-    return expert_variance(mc_probs).sum(-1)
+    """Total variance of the routing probabilities per sample: ``sum_e Var_s(p_{s,e})`` (population variance)."""
+    return mc_probs.var(0, unbiased=False).sum(-1)
+
+
+def router_max_softmax(mc_probs: Tensor) -> Tensor:
+    """Router confidence deficit per sample: ``1 - max_e mean_s p_{s,e}`` (0 = one expert certain)."""
+    return 1.0 - mc_probs.mean(0).amax(-1)
 
 
 def uncertainty(mc_probs: Tensor, measure: str) -> Tensor:
-    """Per-sample uncertainty ``[N]``: ``mutual_info`` (BALD) or ``variance`` (total routing variance)."""
+    """Per-sample uncertainty ``[N]``: ``mutual_info`` (BALD), ``variance`` (total routing variance) or
+    ``max_softmax`` (one minus the largest mean routing probability)."""
     if measure == "mutual_info":
         return mutual_information(mc_probs)
     if measure == "variance":
         return routing_variance(mc_probs)
+    if measure == "max_softmax":
+        return router_max_softmax(mc_probs)
     raise ValueError(f"unknown uncertainty measure {measure!r}")
 
 
-def precision_ranks(bits: list[float]) -> Tensor:
-    """Centred precision rank ``c_e`` in [-1, 1] of each expert's format (ties share their mean rank).
+def standardise(u: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """``(u - mean) / std``: how far a sample's uncertainty is from the typical one, in standard deviations.
+
+    ``std <= 0`` means the statistics were never estimated (or every sample was equally uncertain): the score is
+    then 0 for every sample, so the curiosity rule leaves routing unchanged.
+    """
+    return torch.where(std > 0, (u - mean) / std.clamp_min(EPS), torch.zeros_like(u))
+
+
+# Bits of one activation code under each activation handling of a format (``QuantFormat.activations``).
+ACTIVATION_BITS = {"binary": 1.0, "ternary": math.log2(3), "int8": 8.0, "float": 32.0}
+
+
+def precision_key(fmt: QuantFormat) -> tuple[float, float]:
+    """Sort key of a format's numerical precision: ``(min, max)`` of its weight and activation bits.
+
+    A layer is as coarse as its coarser operand, so binary (1, 1) < qesc (1.58, 2) < ternary (1.6, 32) < int2 <
+    int4 < int8 < fp16 < fp32, and int2 with float activations ranks above qesc although both store 2 bits.
+    """
+    activation = ACTIVATION_BITS[fmt.activations]
+    return (min(fmt.bits, activation), max(fmt.bits, activation))
+
+
+def precision_ranks(keys: Sequence) -> Tensor:
+    """Centred precision rank ``c_e`` in [-1, 1] of each expert from its sortable key (ties share their mean rank).
 
     The most precise expert gets +1, the least precise -1; with a single expert, or all equal, every ``c_e`` is 0.
     """
-    b = torch.tensor([float(x) for x in bits])
-    rank = (b[None, :] < b[:, None]).sum(1).float() + 0.5 * ((b[None, :] == b[:, None]).sum(1).float() - 1)
-    half = (len(bits) - 1) / 2
-    return (rank - half) / half if half > 0 else torch.zeros(len(bits))
+    keys = list(keys)
+    rank = torch.tensor([sum(k < key for k in keys) + 0.5 * (sum(k == key for k in keys) - 1) for key in keys],
+                        dtype=torch.float32)
+    half = (len(keys) - 1) / 2
+    return (rank - half) / half if half > 0 else torch.zeros(len(keys))
 
 
-def curious_probs(
-    probs: Tensor,
-    alpha: float,
-    rule: str,
-    u: Tensor | None = None,
-    ranks: Tensor | None = None,
-    u_expert: Tensor | None = None,
-) -> Tensor:
-    """Routing probabilities after the curiosity rule; each rule reweights experts *differently* per sample.
+def tied_groups(keys: Sequence) -> list[list[int]]:
+    """Indices of experts sharing a precision key, one list per key held by more than one expert."""
+    groups: dict = {}
+    for e, key in enumerate(keys):
+        groups.setdefault(key, []).append(e)
+    return [g for g in groups.values() if len(g) > 1]
 
-    ``precision``: ``p'_e ∝ p_e * exp(alpha * u(x) * c_e)`` (``u [N]``, ``ranks = c [E]``): as uncertainty grows,
-    mass moves toward higher-precision experts. ``penalty``: ``p'_e ∝ p_e * exp(-alpha * u_e(x))`` (``u_expert
-    [N, E]``): each expert is discounted by its own uncertainty. A factor common to all experts of a row would
-    cancel in the renormalisation, which is why both factors depend on ``e``. ``alpha = 0`` returns ``probs``
-    itself, so routing is exactly unchanged.
+
+def curious_probs(probs: Tensor, alpha: float, score: Tensor, ranks: Tensor) -> Tensor:
+    """Routing probabilities after the curiosity cascade: ``p'_e ∝ p_e * exp(alpha * s(x) * c_e)``.
+
+    ``score = s [N]`` is the sample's standardised uncertainty (``standardise``): a sample more uncertain than
+    the typical one (``s > 0``) moves toward higher-precision experts (``c_e > 0``), a more confident one
+    (``s < 0``) toward cheaper ones, and a typical one (``s = 0``) keeps its routing. ``ranks = c [E]``. A factor
+    common to all experts of a row would cancel in the renormalisation, which is why the factor depends on ``e``.
+    ``alpha = 0`` returns ``probs`` itself, so routing is exactly unchanged.
     """
     if alpha == 0:
         return probs
-    if rule == "precision":
-        shift = alpha * u[:, None] * ranks.to(probs)[None, :]
-    elif rule == "penalty":
-        shift = -alpha * u_expert
-    else:
-        raise ValueError(f"unknown curiosity rule {rule!r}")
+    shift = alpha * score[:, None] * ranks.to(probs)[None, :]
     weighted = probs * torch.exp(shift - shift.amax(-1, keepdim=True))
     return weighted / weighted.sum(-1, keepdim=True)

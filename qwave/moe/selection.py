@@ -1,11 +1,15 @@
 """Choosing ``moe.num_experts`` expert formats from ``moe.pool`` before the MoE is built.
 
-Each pool format is probed: a single classifier of the expert shape in that format is trained for
+Each pool format is probed: a single classifier of the expert shape in that format (with the hidden activation
+the format needs, ``activation_for``, unless ``model.activation`` names one) is trained for
 ``moe.selection_epochs`` on the fit rows, scored by its macro-F1 on the inner validation rows and sized by the
 stored bytes of its packed body. The rule (``moe.selection``) ranks the probes:
 
 * ``f1``: inner-validation macro-F1 (the most accurate formats);
-* ``f1_per_byte``: macro-F1 divided by stored bytes (accuracy bought per byte; favours small formats);
+* ``f1_per_byte``: macro-F1 divided by stored bytes (accuracy bought per byte), among the *eligible* probes:
+  those whose F1 is at least ``moe.selection_floor`` times the best probe's F1. Without the floor a 1-bit probe
+  beats an int8 probe with F1 = 1.0 as soon as its own F1 passes about 0.15. When fewer than ``num_experts``
+  probes are eligible, the rest are the ineligible probes with the best F1;
 * ``order``: the first ``num_experts`` formats of the pool, no probing.
 
 Ties keep pool order. Only the selected formats become experts, so no expert that can never be routed to is
@@ -19,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from qwave.formats import canonical_name
 from qwave.moe.config import MoEConfig
-from qwave.nn.mlp import MLPClassifier
+from qwave.nn.mlp import MLPClassifier, activation_for
 from qwave.nn.surgery import pack_model, quantize_model
 from qwave.size import report
 from qwave.train import train_model
@@ -27,13 +31,22 @@ from qwave.train import train_model
 
 @dataclass
 class Probe:
-    """One pool format's probe: its inner-validation macro-F1, packed body bytes and score under the rule."""
+    """One pool format's probe: inner-validation macro-F1, packed body bytes, score and eligibility under the rule."""
 
     format: str
     val_macro_f1: float | None
     stored_bytes: int | None
     score: float
+    eligible: bool = True
     selected: bool = False
+
+
+def eligible(f1: list[float | None], rule: str, floor: float) -> list[bool]:
+    """Which probes may be chosen first: under ``f1_per_byte``, those with ``F1 >= floor * max F1``; else all."""
+    if rule != "f1_per_byte":
+        return [True] * len(f1)
+    best = max(float(f) for f in f1)
+    return [float(f) >= floor * best for f in f1]
 
 
 def rank(f1: list[float | None], stored_bytes: list[int | None], rule: str) -> list[float]:
@@ -47,10 +60,13 @@ def rank(f1: list[float | None], stored_bytes: list[int | None], rule: str) -> l
     raise ValueError(f"unknown selection rule {rule!r}")
 
 
-def choose(scores: list[float], n: int) -> list[int]:
-    """Indices of the ``n`` best scores, in pool order (ties keep pool order)."""
-    best = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:n]
-    return sorted(best)
+def choose(scores: list[float], n: int, ok: list[bool] | None = None, f1: list | None = None) -> list[int]:
+    """Indices of the ``n`` best scores among the eligible probes (``ok``, default all), topped up by the
+    ineligible ones with the best ``f1``; returned in pool order (ties keep pool order)."""
+    ok = ok or [True] * len(scores)
+    first = sorted((i for i in range(len(scores)) if ok[i]), key=lambda i: (-scores[i], i))
+    rest = sorted((i for i in range(len(scores)) if not ok[i]), key=lambda i: (-float(f1[i]), i))
+    return sorted((first + rest)[:n])
 
 
 def probe_pool(cfg: MoEConfig, ctx, hidden: list[int], quant_options: dict) -> list[Probe]:
@@ -65,8 +81,9 @@ def probe_pool(cfg: MoEConfig, ctx, hidden: list[int], quant_options: dict) -> l
         m = ctx.cfg.model
         train_cfg = replace(ctx.cfg.train, epochs=cfg.selection_epochs)
         for i, name in enumerate(names):
+            activation = activation_for([name]) if m.activation == "auto" else m.activation
             probe = MLPClassifier(
-                ctx.in_dim, ctx.num_classes, hidden, m.dropout, m.layer_norm, copy.deepcopy(ctx.normalize)
+                ctx.in_dim, ctx.num_classes, hidden, m.dropout, m.layer_norm, copy.deepcopy(ctx.normalize), activation
             )
             quantize_model(probe, name, **quant_options)
             result = train_model(
@@ -75,5 +92,6 @@ def probe_pool(cfg: MoEConfig, ctx, hidden: list[int], quant_options: dict) -> l
             f1[i] = result.best_val_macro_f1
             sizes[i] = report(pack_model(probe.cpu())).bytes_under("body")
     scores = rank(f1, sizes, cfg.selection)
-    chosen = set(choose(scores, cfg.num_experts))
-    return [Probe(n, f1[i], sizes[i], scores[i], i in chosen) for i, n in enumerate(names)]
+    ok = eligible(f1, cfg.selection, cfg.selection_floor)
+    chosen = set(choose(scores, cfg.num_experts, ok, f1))
+    return [Probe(n, f1[i], sizes[i], scores[i], ok[i], i in chosen) for i, n in enumerate(names)]

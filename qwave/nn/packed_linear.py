@@ -1,6 +1,8 @@
 """PackedLinear: inference from the packed tensors a format stores, through a fast kernel when one exists.
 
-The packed tensors and the bias are buffers, so ``state_dict()`` is exactly what an artifact stores. A fast
+The packed tensors and the bias are buffers, so ``state_dict()`` is exactly what an artifact stores. They are
+checked against the format's layout (``QuantFormat.check_packed``) when the layer is built, before any kernel
+reads them: kernels do no bounds checks. A fast
 kernel's own copy of the weights (``Kernel.prepare``) is cached on the layer, never saved, and rebuilt when the
 device or the buffers change (``load_state_dict`` bumps the buffers' version counters).
 """
@@ -14,8 +16,17 @@ from torch import nn
 from qwave import kernels
 from qwave.errors import FormatError
 from qwave.formats import QuantFormat
+from qwave.formats.base import non_finite
 
 _EMPTY = np.empty(0, np.float32)
+
+
+def check_bias(bias: torch.Tensor, out_features: int) -> None:
+    """A layer bias is a finite float vector of ``out_features`` values (a kernel adds it without bounds checks)."""
+    if not bias.is_floating_point() or tuple(bias.shape) != (out_features,):
+        raise FormatError(f"bias must be a float vector of {out_features} values; got {bias.dtype} {list(bias.shape)}")
+    if non_finite(bias) is not None:
+        raise FormatError("bias has a non-finite value (NaN or inf)")
 
 
 class PackedLinear(nn.Module):
@@ -26,9 +37,12 @@ class PackedLinear(nn.Module):
     ) -> None:
         super().__init__()
         self.fmt = fmt
-        self.out_features, self.in_features = (int(s) for s in shape)
         if "bias" in packed:
             raise FormatError(f"format {fmt.name!r} packs a tensor named 'bias', which clashes with the layer bias")
+        fmt.check_packed(packed, shape)
+        self.out_features, self.in_features = shape
+        if bias is not None:
+            check_bias(bias, self.out_features)
         self.packed_names = tuple(packed)
         for name, tensor in packed.items():
             self.register_buffer(name, tensor)

@@ -17,7 +17,7 @@ from qwave import artifact
 from qwave.atomic import write_json, write_text, write_with
 from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
 from qwave.errors import ConfigError
-from qwave.eval.metrics import aggregate
+from qwave.eval.metrics import aggregate_over_folds
 from qwave.eval.speed import set_threads
 from qwave.nn import MLPClassifier, pack_model, quantize_model
 from qwave.nn.mlp import activation_for
@@ -122,8 +122,8 @@ def saved(model: nn.Module, ds: Dataset, directory: Path | None = None) -> tuple
 
 
 def summarise(records: list[dict], keys: tuple[str, ...]) -> dict:
-    """``aggregate`` (mean, std, 95% CI over folds x seeds) of each key of the records."""
-    return {key: aggregate([r[key] for r in records]) for key in keys}
+    """Mean, std, 95% CI over folds (seeds averaged within each fold first) of each key of the records."""
+    return {key: aggregate_over_folds([r["fold"] for r in records], [r[key] for r in records]) for key in keys}
 
 
 def fmt_ci(stats: dict, digits: int = 4) -> str:

@@ -121,3 +121,18 @@ def test_compare_ctc_sequence_models_with_references(tmp_path):
     assert list(frame["reference"]) == ["1 2", "3", "1 1 3", "2", "", "3 2"]
     assert {"error_rate_original", "error_rate_quantized", "edit_distance"} <= set(frame.columns)
     assert {layer["format"] for layer in summary["kernels"]["quantized"]} == {"int8"}
+
+
+def test_non_finite_logits_are_an_error_not_a_number(fp32_artifact, tiny_table, tmp_path, capsys):
+    model = artifact.load(fp32_artifact)
+    with torch.no_grad():
+        model.body[0].weight.fill_(3e38)  # finite weights whose products overflow to inf
+    broken = artifact.save(model, tmp_path / "broken", classes=model.classes, extra=model.manifest["extra"])
+    assert main(["compare", str(fp32_artifact), str(broken), "--data", str(tiny_table), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite logits" in err[0] and "broken" in err[0]
+
+
+def test_a_directory_given_as_the_table_says_so(fp32_artifact, tmp_path, capsys):
+    assert main(["compare", str(fp32_artifact), str(fp32_artifact), "--data", str(tmp_path)]) == 2
+    assert "is a directory, not a table" in capsys.readouterr().err

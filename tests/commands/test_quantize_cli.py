@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from qwave import artifact
@@ -45,3 +46,10 @@ def test_quantizing_a_quantized_artifact_is_a_clear_error(fp32_artifact, tmp_pat
     code = main(["quantize", str(tmp_path / "a" / "int8"), "--formats", "4", "--out", str(tmp_path / "b")])
     assert code == 2
     assert "already quantized (int8)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("formats", [",", " , ", ""])
+def test_formats_naming_no_format_is_an_error_not_a_silent_success(fp32_artifact, tmp_path, capsys, formats):
+    assert main(["quantize", str(fp32_artifact), "--formats", formats, "--out", str(tmp_path / "q")]) == 2
+    assert "names no format" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

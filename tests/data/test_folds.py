@@ -67,7 +67,7 @@ def test_official_folds_equal_the_fold_column(tiny_table):
 
 
 def test_auto_without_fold_column_is_stratified_and_official_needs_one(tiny_table):
-    ds = load_table(TableSpec(str(tiny_table), group="group"))
+    ds = load_table(TableSpec(str(tiny_table), fold=None, group="group"))
     assert len(make_folds(ds, "auto", n_folds=3)) == 3
     with pytest.raises(DataError, match="tiny.csv: official folds requested but the table has no fold column"):
         make_folds(ds, "official")
@@ -107,19 +107,21 @@ def test_inner_split_with_grouped_tiny_data_is_never_empty():
         assert len(val) > 0 and len(fit) > 0 and not groups_of(ds, fit) & groups_of(ds, val)
 
 
-def test_class_with_fewer_members_than_folds_is_named():
+def test_class_with_fewer_members_than_folds_is_named_with_the_option():
     ds = synthetic(n_per_class=10, group_size=None)
     ds.y[:7] = 1
-    with pytest.raises(DataError, match="synthetic.csv: label class 'c0' has 3 rows, fewer than 5 folds"):
+    with pytest.raises(DataError, match="synthetic.csv: label class 'c0' has 3 rows, fewer than cv.n_folds=5"):
         make_folds(ds, "stratified", n_folds=5)
 
 
-def test_fewer_groups_than_folds_and_bad_options_are_errors():
-    with pytest.raises(DataError, match="group column has 4 groups, fewer than 5 folds"):
+def test_fewer_groups_than_folds_and_bad_options_are_errors_naming_the_option():
+    with pytest.raises(DataError, match="group column has 4 groups, fewer than cv.n_folds=5 folds"):
         make_folds(synthetic(n_per_class=5, group_size=5), "stratified", n_folds=5)
-    with pytest.raises(ConfigError, match="fold mode 'random'"):
+    with pytest.raises(ConfigError, match="cv.folds='random'"):
         make_folds(synthetic(), "random")
-    with pytest.raises(ConfigError, match="val_fraction"):
+    with pytest.raises(ConfigError, match="cv.n_folds must be at least 2"):
+        make_folds(synthetic(), "stratified", n_folds=1)
+    with pytest.raises(ConfigError, match="cv.val_fraction"):
         inner_split(synthetic(), np.arange(10), val_fraction=1.5)
 
 

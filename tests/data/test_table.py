@@ -53,7 +53,7 @@ def test_tiny_table_loads_roles_codes_and_dtypes(tiny_table):
 
 
 def test_numeric_labels_sort_numerically_and_ids_default_to_row_numbers(tmp_path):
-    frame = small_frame(9)
+    frame = small_frame(9).drop(columns=["fold", "name"])
     frame["label"] = [10, 2, 1] * 3
     ds = load_table(TableSpec(str(write_csv(tmp_path, frame))))
     assert ds.classes == ["1", "2", "10"]
@@ -88,10 +88,11 @@ def test_explicit_features_and_drop_select_columns(tmp_path):
 
 def test_load_logs_roles_feature_range_and_ignored_columns(tiny_table, caplog):
     with caplog.at_level(logging.INFO, logger="qwave.data.table"):
-        load_table(TableSpec(str(tiny_table), fold="fold"))
+        load_table(TableSpec(str(tiny_table), fold="fold", group=None, id=None))
     (record,) = [r for r in caplog.records if r.name == "qwave.data.table"]
-    assert "label=label fold=fold" in record.getMessage()
-    assert "8 features (f0 .. f7)" in record.getMessage() and "ignored as metadata: name, group" in record.getMessage()
+    assert "label=label fold=fold group=none id=row numbers;" in record.getMessage()
+    assert "8 features (f0 .. f7)" in record.getMessage()
+    assert "2 metadata column(s) ignored (name, group)" in record.getMessage()
 
 
 def test_string_fold_values_give_their_number(tmp_path):
@@ -163,7 +164,8 @@ CSV_ERRORS = {
     "unknown id column": (small_frame(), {"id": "file"}, ["'file'"]),
     "unknown drop column": (small_frame(), {"drop": ["nope"]}, ["'nope'"]),
     "unknown feature column": (small_frame(), {"features": ["0", "99"]}, ["'99'"]),
-    "non-numeric feature": (small_frame(), {"features": ["0", "name"]}, ["'name'", "not numeric", "s0.wav"]),
+    "non-numeric feature": (small_frame(), {"features": ["0", "name"], "id": None},
+                            ["'name'", "not numeric", "s0.wav", "row 0"]),
     "feature is the label": (small_frame(), {"features": ["0", "label"]}, ["'label'", "label column"]),
     "NaN feature": (_with(small_frame(), **{"2": (5, np.nan)}), {}, ["'2'", "rows 5"]),
     "inf feature": (_with(small_frame(), **{"1": (7, np.inf)}), {}, ["'1'", "rows 7"]),
@@ -239,3 +241,80 @@ def test_gzip_csv_with_nan_feature_names_file_and_column(tmp_path):
         out.write("label,a,b\n0,1,2\n1,,3\n")
     with pytest.raises(DataError, match=r"t\.csv\.gz: NaN or infinite feature values in column\(s\) 'a' at rows 1"):
         load_table(TableSpec(str(path)))
+
+
+# --- Tables that cannot silently change meaning (issue 13, item 4) and defaults that fit any table (issue 12) ----
+
+
+def test_a_repeated_label_column_is_an_error_not_a_feature(tmp_path):
+    path = tmp_path / "dup.csv"
+    small_frame().to_csv(path, index=False)
+    text = path.read_text().splitlines()
+    labels = pd.read_csv(path)["label"].astype(str).tolist()
+    path.write_text("\n".join([text[0] + ",label"] + [row + f",{y}" for row, y in zip(text[1:], labels, strict=True)]))
+    with pytest.raises(DataError, match=r"dup\.csv: column name 'label' appears 2 times \(columns 3, 8\)"):
+        load_table(TableSpec(str(path)))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_repeated_feature_name_is_an_error_not_renamed(tmp_path, suffix):
+    frame = small_frame()
+    frame.columns = [*frame.columns[:-1], "0"]  # two columns named "0"
+    path = tmp_path / f"dup{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_arrays([pa.array(frame.iloc[:, i]) for i in range(frame.shape[1])],
+                                            names=list(frame.columns)), path)
+    with pytest.raises(DataError, match="column name '0' appears 2 times"):
+        load_table(TableSpec(str(path)))
+
+
+def test_one_non_number_in_a_feature_column_names_the_column_row_and_value(tmp_path):
+    frame = _with(small_frame(), **{"2": (6, "abc")})
+    with pytest.raises(DataError, match=r"column '2' holds numbers and non-numbers \(first: 'abc' at row 6"):
+        load_table(TableSpec(str(write_csv(tmp_path, frame))))
+
+
+def test_only_columns_without_any_number_are_metadata_and_the_summary_counts_them(tmp_path, caplog):
+    frame = small_frame()
+    frame["comment"] = ["ok", "noisy"] * 6
+    frame["path"] = [f"a/{i}.wav" for i in range(12)]
+    with caplog.at_level(logging.INFO, logger="qwave.data.table"):
+        ds = load_table(TableSpec(str(write_csv(tmp_path, frame))))
+    assert ds.feature_names == ["0", "1", "2", "3"]
+    assert "2 metadata column(s) ignored (comment, path)" in caplog.records[-1].getMessage()
+
+
+def test_a_plain_table_with_only_a_label_uses_stratified_folds_and_row_numbers(tmp_path, caplog):
+    frame = small_frame().drop(columns=["fold", "name"]).rename(columns={"label": "cultivar"})
+    with caplog.at_level(logging.INFO, logger="qwave.data.table"):
+        ds = load_table(TableSpec(str(write_csv(tmp_path, frame)), label="cultivar"))
+    assert ds.fold is None and ds.group is None and list(ds.ids) == [str(i) for i in range(12)]
+    line = caplog.records[-1].getMessage()
+    assert "fold=none, folds will be stratified (no 'fold' column)" in line
+    assert "id=row numbers (no 'name' column)" in line and "group=none (no 'group' column)" in line
+
+
+def test_default_columns_are_used_when_present(tiny_table):
+    ds = load_table(TableSpec(str(tiny_table)))
+    raw = pd.read_csv(tiny_table)
+    np.testing.assert_array_equal(ds.fold, raw["fold"])
+    np.testing.assert_array_equal(ds.group, raw["group"])
+    np.testing.assert_array_equal(ds.ids, raw["name"])
+
+
+@pytest.mark.parametrize("role", ["fold", "group", "id"])
+def test_a_column_named_explicitly_must_exist_even_under_a_default_name(tmp_path, role):
+    frame = small_frame().drop(columns=["fold", "name"])
+    default = {"fold": "fold", "group": "group", "id": "name"}[role]
+    with pytest.raises(DataError, match=f"{role} column {default!r} not found"):
+        load_table(TableSpec(str(write_csv(tmp_path, frame)), **{role: default}))
+
+
+def test_a_directory_given_as_the_table_is_named_as_a_directory(tmp_path):
+    with pytest.raises(DataError, match="is a directory, not a table"):
+        load_table(TableSpec(str(tmp_path)))

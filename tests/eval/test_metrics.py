@@ -57,6 +57,21 @@ def test_aggregate_mean_std_and_t_interval() -> None:
     assert aggregate([])["mean"] is None and aggregate([5.0])["ci95"] is None
 
 
+def test_seeds_are_averaged_within_each_fold_before_the_interval_over_folds() -> None:
+    from qwave.eval.metrics import aggregate_over_folds
+
+    folds = [1, 1, 2, 2, 3, 3, 3]
+    values = [0.5, 0.7, 0.8, 0.8, 0.2, 0.3, None]  # fold means 0.6, 0.8, 0.25 (the None run is left out)
+    agg = aggregate_over_folds(folds, values)
+    means = [0.6, 0.8, 0.25]
+    assert agg["n"] == 3 and agg["n_runs"] == 6
+    assert agg["mean"] == pytest.approx(sum(means) / 3)
+    assert agg["std"] == pytest.approx(float(np.std(means, ddof=1)))
+    assert agg["ci95"] == pytest.approx(4.302652729911275 * np.std(means, ddof=1) / math.sqrt(3))
+    independent = aggregate(values[:6])  # what treating the 6 runs as independent samples would claim
+    assert independent["n"] == 6 and independent["ci95"] < agg["ci95"]
+
+
 def test_bad_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="proba must be"):
         classification_metrics(np.array([0, 1]), np.ones((3, 2)) / 2)

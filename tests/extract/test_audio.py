@@ -86,3 +86,9 @@ def test_audio_without_samples_is_a_data_error(tmp_path: Path) -> None:
     sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 8000)
     with pytest.raises(DataError, match="empty.wav holds no samples"):
         read_audio(tmp_path / "empty.wav")
+
+
+def test_a_zero_byte_file_is_reported_as_empty_not_as_an_unknown_format(tmp_path: Path) -> None:
+    (tmp_path / "zero.wav").write_bytes(b"")
+    with pytest.raises(DataError, match=r"zero.wav is empty \(0 bytes\)"):
+        read_audio(tmp_path / "zero.wav")

@@ -22,6 +22,9 @@ from qwave.extract.frontends import log_mel_spectrogram, trim_silence
 matplotlib.use("Agg")
 RATE, N_MELS, N_MFCC = 8000, 16, 8
 SPEAKERS = ("bob", "amy", "cid")
+# Float32 features of the same audio by another code path (one file against a batch, another batch size): FFT and
+# BLAS pick their kernels by CPU and matrix shape, so they agree to rounding, not bit for bit on every CPU.
+FEATURE_TOL = {"rtol": 1e-5, "atol": 1e-6}
 
 
 @pytest.fixture
@@ -59,7 +62,8 @@ def test_fsdd_table_has_metadata_provenance_and_the_reference_features(fsdd_dir:
     row = table.set_index("name").loc["2_cid_1.wav"]
     wave = normalize_level(read_audio(fsdd_dir / "2_cid_1.wav")[0], "peak")
     expected = LogMelStats(N_MFCC).embed_one(log_mel_spectrogram(wave, RATE, 512, 80, N_MELS))
-    np.testing.assert_array_equal(row[[str(i) for i in range(len(expected))]].to_numpy(np.float32), expected)
+    np.testing.assert_allclose(row[[str(i) for i in range(len(expected))]].to_numpy(np.float32), expected,
+                               **FEATURE_TOL)
     assert result.table.equals(table)
 
 
@@ -87,14 +91,14 @@ def test_defaults_trim_silence_and_embed_32_band_mfcc_segments(fsdd_dir: Path, t
     voiced = trim_silence(log_mel, 20.0)
     assert voiced.shape[1] < log_mel.shape[1] - 40  # 0.5 s of the 0.8 s are silence
     row = result.table.set_index("name").loc["3_dan_0.wav", [str(i) for i in range(160)]].to_numpy(np.float32)
-    np.testing.assert_array_equal(row, MfccSegments(20, 6).embed_one(voiced))
+    np.testing.assert_allclose(row, MfccSegments(20, 6).embed_one(voiced), **FEATURE_TOL)
 
 
 def test_two_runs_give_identical_features_and_csv_loads_as_a_qwave_table(fsdd_dir: Path, tmp_path: Path) -> None:
     extract_table(config(fsdd_dir, tmp_path / "a.parquet"))
     extract_table(config(fsdd_dir, tmp_path / "b.csv", batch_size=5))
     a, b = pd.read_parquet(tmp_path / "a.parquet"), pd.read_csv(tmp_path / "b.csv")
-    np.testing.assert_array_equal(features(a), features(b).astype(np.float32))
+    np.testing.assert_allclose(features(a), features(b).astype(np.float32), **FEATURE_TOL)
     dataset = load_table(TableSpec(str(tmp_path / "b.csv"), label="label", fold="fold", id="name"))
     assert dataset.n_features == 8 * N_MELS + 2 * N_MFCC and sorted(set(dataset.fold)) == [1, 2, 3]
 
@@ -156,3 +160,28 @@ def test_cli_writes_the_default_output_and_reports_errors_in_one_line(fsdd_dir: 
     assert main(["extract", str(tmp_path / "nowhere"), "--out", "x.parquet"]) == 2
     assert "nowhere does not exist" in capsys.readouterr().err
     assert main(["extract", str(fsdd_dir), "--out", "x.txt"]) == 2
+
+
+def test_parallel_workers_give_the_single_process_table_and_resume_after_a_failure(fsdd_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    for speaker in ("dan", "eve", "fay"):  # a larger folder: 24 files, 12 batches of 2
+        for digit in (1, 2):
+            for take in (0, 1):
+                sf.write(fsdd_dir / f"{digit}_{speaker}_{take}.wav", (0.3 * np.sin(np.arange(2400) * digit * 0.2
+                                                                                   + take)).astype(np.float32), RATE)
+    single = extract_table(config(fsdd_dir, tmp_path / "single.parquet", batch_size=2)).table
+    last = sorted(fsdd_dir.glob("*.wav"))[-1]
+    good = last.read_bytes()
+    last.write_bytes(b"not a wave file")
+    out = tmp_path / "parallel.parquet"
+    with pytest.raises(DataError, match=f"{last.name} cannot be read"):
+        extract_table(config(fsdd_dir, out, batch_size=2, chunk_files=2, workers=2))
+    parts = sorted((tmp_path / "parallel.parquet.parts").glob("part-*.parquet"))
+    assert parts and not out.exists()  # the batches embedded before the failure are kept for --resume
+    last.write_bytes(good)
+    resumed = extract_table(config(fsdd_dir, out, batch_size=2, chunk_files=2, workers=2, resume=True)).table
+    assert resumed["path"].tolist() == single["path"].tolist()
+    pd.testing.assert_frame_equal(resumed.drop(columns=[c for c in resumed if c.isdigit()]),
+                                  single.drop(columns=[c for c in single if c.isdigit()]))
+    # worker processes run with fewer threads; numpy's FFT and reductions agree to float32 rounding
+    np.testing.assert_allclose(features(resumed), features(single), rtol=1e-5, atol=1e-5)

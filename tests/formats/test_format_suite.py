@@ -196,3 +196,130 @@ def test_options_rebuild_the_same_format(fmt):
 def test_three_dimensional_weights_are_refused(fmt):
     with pytest.raises(FormatError, match="2-D"):
         fmt.quantize(torch.zeros(2, 3, 4))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_layout_states_exactly_the_dtypes_and_shapes_pack_writes(fmt, shape):
+    packed = fmt.pack(fmt.quantize(weights(shape)))
+    assert {k: (v.dtype, tuple(v.shape)) for k, v in packed.items()} == {
+        k: (s.dtype, s.shape) for k, s in fmt.layout(shape).items()
+    }
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kind", ["zeros", "constant_rows", "outliers", "tiny"])
+def test_check_packed_accepts_everything_pack_writes(fmt, shape, kind):
+    fmt.check_packed(fmt.pack(fmt.quantize(adversarial(shape)[kind])), shape)
+
+
+def test_check_packed_refuses_a_tensor_of_another_shape_or_dtype_and_a_wrong_tensor_set(fmt):
+    shape = (5, 130)
+    packed = fmt.pack(fmt.quantize(weights(shape)))
+    for name, tensor in packed.items():
+        grown = [torch.cat([tensor, tensor[:1]]), torch.cat([tensor, tensor[:, :1]], 1), tensor[:-1],
+                 tensor.reshape(-1), tensor.double()]
+        for bad in grown:
+            with pytest.raises(FormatError, match=name):
+                fmt.check_packed({**packed, name: bad}, shape)
+    with pytest.raises(FormatError, match="stores the tensors"):
+        fmt.check_packed(dict(list(packed.items())[:-1]), shape)
+    with pytest.raises(FormatError, match="stores the tensors"):
+        fmt.check_packed({**packed, "zero_point": torch.zeros(5)}, shape)
+    for bad_shape in [(5, 260), (6, 130), (5, 130, 1), (0, 130), (-5, 130)]:
+        with pytest.raises(FormatError):
+            fmt.check_packed(packed, bad_shape)
+
+
+def out_of_range_code(fmt) -> int | None:
+    """A k-bit two's-complement code just outside ``fmt.code_range()``, or None when every k-bit code is used."""
+    k = int(fmt.bits)
+    low, high = fmt.code_range()
+    if low - 1 >= -(2 ** (k - 1)):
+        return low - 1
+    return high + 1 if high + 1 <= 2 ** (k - 1) - 1 else None
+
+
+def corrupted(fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> dict[str, dict]:
+    """Packed tensors with one value ``pack`` never writes, built by hand from the layouts in qwave.formats.base."""
+    out, n = shape
+    cases: dict[str, dict] = {}
+
+    def with_value(name: str, index: tuple, value) -> dict:
+        tensor = packed[name].clone()
+        tensor[index] = value
+        return {**packed, name: tensor}
+
+    if "scale" in packed:
+        for label, value in (("negative scale", -1.0), ("NaN scale", float("nan")), ("inf scale", float("inf"))):
+            cases[label] = with_value("scale", (0, 0), value)
+    if fmt.name.startswith("int"):
+        k = int(fmt.bits)
+        code = out_of_range_code(fmt)
+        if code is not None:  # code 0 of row 0 is the k low bits of byte 0 (LSB first)
+            byte = (int(packed["codes"][0, 0]) & ~((1 << k) - 1) & 0xFF) | (code & ((1 << k) - 1))
+            cases[f"code {code}"] = with_value("codes", (0, 0), byte)
+        if n * k % 8:
+            cases["padding bit"] = with_value("codes", (0, -1), int(packed["codes"][0, -1]) | 0x80)
+    elif fmt.name in ("binary", "qesc"):
+        word_names = ["bits"] if fmt.name == "binary" else ["plus", "minus"]
+        if n % 64:
+            for name in word_names:
+                cases[f"{name} padding bit"] = with_value(name, (0, -1), int(packed[name][0, -1]) | -(1 << 63))
+        if fmt.name == "qesc":
+            both = {**packed, "plus": packed["plus"].clone(), "minus": packed["minus"].clone()}
+            both["plus"][0, 0] |= 1
+            both["minus"][0, 0] |= 1
+            cases["trit both +1 and -1"] = both
+    elif fmt.name == "ternary":
+        cases["byte 243"] = with_value("codes", (0, 0), 243)
+        if n % 5:
+            cases["padding trit"] = with_value("codes", (0, -1), 0)
+    elif fmt.name in ("fp32", "fp16", "bf16"):
+        cases["NaN weight"] = with_value("weight", (0, 0), float("nan"))
+        cases["inf weight"] = with_value("weight", (0, 0), float("inf"))
+    else:
+        raise AssertionError(f"add hand-made corruptions of format {fmt.name!r}'s layout")
+    return cases
+
+
+@pytest.mark.parametrize("shape", [(5, 130), (3, 7)])
+def test_check_packed_refuses_codes_padding_bits_and_scales_pack_never_writes(fmt, shape):
+    packed = fmt.pack(fmt.quantize(weights(shape)))
+    cases = corrupted(fmt, packed, shape)
+    assert cases
+    for label, bad in cases.items():
+        with pytest.raises(FormatError):
+            fmt.check_packed(bad, shape)
+            pytest.fail(f"{label} was accepted")
+
+
+def _random_like(t: torch.Tensor, gen: torch.Generator, sparse: bool) -> torch.Tensor:
+    """Random bits for integer tensors (mostly valid ones when ``sparse``), random values for float ones."""
+    if t.dtype.is_floating_point:
+        values = torch.randn(t.shape, generator=gen).abs()
+        values = torch.where(torch.rand(t.shape, generator=gen) < 0.02, -values, values)
+        return torch.where(torch.rand(t.shape, generator=gen) < 0.002 * (not sparse), torch.nan, values).to(t.dtype)
+    info = torch.iinfo(t.dtype)
+    noise = torch.randint(info.min, info.max, t.shape, generator=gen, dtype=t.dtype)
+    if not sparse:
+        return noise
+    keep = torch.rand(t.shape, generator=gen) < 0.995
+    return torch.where(keep, t, noise)
+
+
+@pytest.mark.parametrize("shape", [(5, 130), (3, 7), (4, 64), (2, 1)])
+def test_each_formats_own_value_check_agrees_with_the_generic_unpack_repack_check(fmt, shape):
+    from qwave.formats.base import FormatBase
+
+    packed = fmt.pack(fmt.quantize(weights(shape)))
+    gen = torch.Generator().manual_seed(11)
+    for trial in range(60):
+        candidate = {k: _random_like(v, gen, sparse=trial % 2 == 0) for k, v in packed.items()}
+        verdicts = []
+        for check in (fmt._check_values, lambda p, s: FormatBase._check_values(fmt, p, s)):
+            try:
+                check(candidate, shape)
+                verdicts.append(True)
+            except FormatError:
+                verdicts.append(False)
+        assert verdicts[0] == verdicts[1], f"trial {trial}: own check {verdicts[0]}, generic {verdicts[1]}"

@@ -12,8 +12,9 @@ import pytest
 from qwave.bench.config import BenchConfig, CVConfig, DataConfig, ModelConfig
 from qwave.bench.runner import run_benchmark
 from qwave.errors import ConfigError
+from qwave.moe import selection
 from qwave.moe.config import CuriosityConfig, MoEConfig
-from qwave.moe.selection import choose, rank
+from qwave.moe.selection import choose, eligible, rank
 from qwave.train import TrainConfig
 
 
@@ -49,8 +50,9 @@ def test_moe_with_selection_and_curiosity_runs_end_to_end(table, tmp_path):
         assert metrics["artifact_agreement"]["top1_agreement"] == 1.0
         info = metrics["moe"]
         probes = info["selection"]
-        scores = rank([p["val_macro_f1"] for p in probes], [p["stored_bytes"] for p in probes], "f1_per_byte")
-        chosen = [probes[i]["format"] for i in choose(scores, 2)]
+        f1 = [p["val_macro_f1"] for p in probes]
+        scores = rank(f1, [p["stored_bytes"] for p in probes], "f1_per_byte")
+        chosen = [probes[i]["format"] for i in choose(scores, 2, eligible(f1, "f1_per_byte", 0.9), f1)]
         assert info["formats"] == chosen == [p["format"] for p in probes if p["selected"]]
         manifest = json.loads((fold / "artifact" / "manifest.json").read_text())
         experts = {path.split(".")[1] for path in manifest["layers"] if path.startswith("experts.")}
@@ -58,7 +60,32 @@ def test_moe_with_selection_and_curiosity_runs_end_to_end(table, tmp_path):
         assert metrics["stored_bytes"] == info["stored_bytes"] > metrics["active_bytes"]
         values = json.loads((fold / "curiosity_values.json").read_text())
         assert len(values["samples"]) == metrics["n_test"]
-        assert values["rule"] == "precision" and values["alpha"] == 0.5
+        assert values["measure"] == "mutual_info" and values["alpha"] == 0.5
+        assert info["router_format"] == "int8"
+        assert {manifest["layers"][f"router.{k}"]["format"] for k in ("fc1", "fc2")} == {"int8"}
+
+
+def test_probes_train_and_validate_on_training_fold_rows_only(table, tmp_path, monkeypatch):
+    seen = []
+    real = selection.train_model
+
+    def spy(model, X_fit, y_fit, X_val, y_val, *args, **kwargs):
+        seen.append((X_fit.copy(), X_val.copy()))
+        return real(model, X_fit, y_fit, X_val, y_val, *args, **kwargs)
+
+    monkeypatch.setattr(selection, "train_model", spy)
+    moe = MoEConfig(pool=["bitnet", "4", "8"], num_experts=2, selection="f1", selection_epochs=1)
+    run_benchmark(config(table, tmp_path, moe))
+    frame = pd.read_csv(table)
+    features = frame[[str(i) for i in range(5)]].to_numpy(np.float32)
+    assert len(seen) == 2 * 3, "three probes per fold, two folds"
+    for i, (X_fit, X_val) in enumerate(seen):
+        test_fold = 1 + i // 3
+        test_rows = {row.tobytes() for row in features[frame["fold"].to_numpy() == test_fold]}
+        train_rows = {row.tobytes() for row in features[frame["fold"].to_numpy() != test_fold]}
+        for rows in (X_fit, X_val):
+            assert len(rows) and {row.tobytes() for row in rows} <= train_rows
+            assert not {row.tobytes() for row in rows} & test_rows
 
 
 def test_layer_formats_are_refused_for_moe(table, tmp_path):

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from qwave.bench.config import BenchConfig
 from qwave.errors import ConfigError
 from qwave.moe.config import CuriosityConfig, MoEConfig
-from qwave.moe.selection import choose, rank
+from qwave.moe.selection import choose, eligible, rank
 
 
 def test_defaults_are_valid():
@@ -25,7 +25,9 @@ def test_defaults_are_valid():
         (MoEConfig(experts=["4", "8"], top_k=3), "moe.top_k=3"),
         (MoEConfig(experts=["4", "8"], num_experts=3), "set moe.pool"),
         (MoEConfig(pool=["4", "8"], num_experts=1, selection="best"), "moe.selection='best'"),
-        (MoEConfig(curiosity=CuriosityConfig(rule="boost")), "moe.curiosity.rule='boost'"),
+        (MoEConfig(curiosity=CuriosityConfig(measure="entropy")), "moe.curiosity.measure='entropy'"),
+        (MoEConfig(router_format="int9"), "moe.router_format: unknown quantization format 'int9'"),
+        (MoEConfig(pool=["4", "8"], num_experts=1, selection_floor=1.5), "moe.selection_floor must be in"),
         (MoEConfig(curiosity=CuriosityConfig(mc_samples=1)), "moe.curiosity.mc_samples"),
         (MoEConfig(curiosity=CuriosityConfig(alpha=-1)), "moe.curiosity.alpha"),
         (MoEConfig(router_dropout=0.0, curiosity=CuriosityConfig(enabled=True)), "moe.router_dropout > 0"),
@@ -57,6 +59,21 @@ def test_selection_rules_rank_probes_by_their_documented_score():
     assert choose(rank(f1, size, "f1"), 2) == [1, 2]
     assert choose(rank(f1, size, "f1_per_byte"), 2) == [0, 3]
     assert choose(rank([None] * 4, [None] * 4, "order"), 3) == [0, 1, 2]
+
+
+def test_the_floor_makes_probes_far_below_the_best_ineligible_for_f1_per_byte():
+    f1, size = [0.50, 0.70, 0.72, 0.40], [100, 400, 800, 50]
+    ok = eligible(f1, "f1_per_byte", 0.9)  # threshold 0.9 * 0.72 = 0.648
+    assert ok == [False, True, True, False]
+    scores = rank(f1, size, "f1_per_byte")
+    assert choose(scores, 2, ok, f1) == [1, 2]
+    assert choose(scores, 3, ok, f1) == [0, 1, 2], "topped up with the best-F1 ineligible probe"
+    assert eligible(f1, "f1_per_byte", 0.0) == [True] * 4 and eligible(f1, "f1", 0.9) == [True] * 4
+    # the case: a 1-bit probe just above chance no longer beats an int8 probe with F1 = 1.0
+    one_bit, int8 = (0.16, 85_000), (1.0, 570_000)
+    f1, size = [one_bit[0], int8[0]], [one_bit[1], int8[1]]
+    assert choose(rank(f1, size, "f1_per_byte"), 1) == [0]
+    assert choose(rank(f1, size, "f1_per_byte"), 1, eligible(f1, "f1_per_byte", 0.9), f1) == [1]
 
 
 def test_selection_ties_keep_pool_order():

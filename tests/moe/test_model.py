@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import pytest
 import torch
 
 from qwave import artifact
-from qwave.moe.bench import quantize_experts
+from qwave.errors import ArtifactError, ConfigError
+from qwave.moe.bench import quantize_moe
 from qwave.moe.config import CuriosityConfig
 from qwave.moe.model import MoEClassifier
-from qwave.moe.routing import balance_loss, top_k_mask
+from qwave.moe.routing import balance_loss, mutual_information, top_k_mask
 from qwave.nn.surgery import pack_model
 from qwave.size import report
 
@@ -97,9 +99,37 @@ def test_aux_loss_is_the_balance_loss_of_the_last_training_forward():
     assert float(model.aux_loss()) == 0.0
 
 
-def curious(alpha: float, rule: str = "precision") -> MoEClassifier:
-    cfg = CuriosityConfig(enabled=True, alpha=alpha, mc_samples=8, rule=rule)
-    return make(top_k=1, curiosity=cfg, router_dropout=0.5).eval()
+def training_grads(balance_weight: float) -> dict[str, torch.Tensor]:
+    """Gradients of the training loss (NLL + aux_loss, as qwave.train adds them) for one batch."""
+    model = make(top_k=1)
+    model.balance_weight = balance_weight
+    model.train()
+    x, y = inputs(), torch.arange(40) % 4
+    (torch.nn.functional.nll_loss(model(x), y) + model.aux_loss()).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_the_balancing_term_adds_its_own_gradient_to_the_router_and_none_to_the_experts():
+    off, on = training_grads(0.0), training_grads(3.0)
+    # reference: the gradient of 3 * E * sum_e f_e * mean_i p_ie, f_e counted from the top-1 choices by hand
+    model = make(top_k=1).train()
+    x = inputs()
+    p = model.router(model.norm(x))
+    first = [max(range(3), key=lambda e, i=i: (float(p[i, e].detach()), -e)) for i in range(len(x))]
+    f = torch.tensor([first.count(e) / len(x) for e in range(3)])
+    (3.0 * 3 * (f * p.mean(0)).sum()).backward()
+    for name in ("router.fc1.weight", "router.fc2.weight", "router.fc2.bias"):
+        expected = model.get_parameter(name).grad
+        assert float(expected.abs().sum()) > 0
+        torch.testing.assert_close(on[name] - off[name], expected, rtol=1e-4, atol=1e-6)
+    for name in off:
+        if name.startswith("experts."):
+            torch.testing.assert_close(on[name], off[name], rtol=0, atol=0)
+
+
+def curious(alpha: float, measure: str = "mutual_info", formats: list[str] = FORMATS) -> MoEClassifier:
+    cfg = CuriosityConfig(enabled=True, alpha=alpha, mc_samples=8, measure=measure)
+    return make(top_k=1, curiosity=cfg, router_dropout=0.5, formats=formats).eval()
 
 
 def test_alpha_zero_reproduces_plain_routing_exactly():
@@ -119,50 +149,104 @@ def brute_force_log_proba_from_base(model: MoEClassifier, x: torch.Tensor, base:
         return torch.stack([torch.log_softmax(model.experts[e](z[i : i + 1])[0], -1) for i, e in enumerate(first)])
 
 
-def test_curiosity_routing_is_monotone_in_alpha_and_moves_routes_toward_precision():
+@pytest.mark.parametrize("measure", ["mutual_info", "variance", "max_softmax"])
+def test_the_cascade_sends_uncertain_samples_to_precise_experts_and_confident_ones_to_cheap_ones(measure):
     x = inputs(400)
-    models = [curious(a) for a in (0.0, 0.5, 2.0, 8.0)]
+    models = [curious(a, measure) for a in (0.0, 0.5, 2.0, 8.0)]
     state = models[0].state_dict()
-    state["u_mean"] = torch.tensor(1.0)
+    u = models[0].route(models[0].norm(x)).u
+    state["u_mean"], state["u_std"] = u.median(), u.std()
     routes = []
     for model in models:
         model.load_state_dict(state)
         routes.append(model.route(model.norm(x)))
+    uncertain = routes[0].u > u.median()
     most_precise = 2  # int8 among [ternary, int4, int8]
     for lo, hi in itertools.pairwise(routes):
-        to_top_lo, to_top_hi = lo.mask[:, most_precise], hi.mask[:, most_precise]
-        assert bool((to_top_hi | ~to_top_lo).all())
+        top_lo, top_hi = lo.mask[uncertain, most_precise], hi.mask[uncertain, most_precise]
+        assert bool((top_hi | ~top_lo).all()), "an uncertain sample on the most precise expert stays there"
     changed = (routes[-1].mask != routes[0].mask).any(-1)
     assert 0 < float(changed.float().mean()) < 1
     before, after = routes[0].mask.float().argmax(1), routes[-1].mask.float().argmax(1)
     ranks = models[0].ranks
-    assert bool((ranks[after[changed]] > ranks[before[changed]]).all()), "a changed route goes to a more precise expert"
+    up = ranks[after] > ranks[before]
+    assert bool((up[changed] == uncertain[changed]).all()), "uncertain -> more precise, confident -> cheaper"
+    assert bool(up[changed].any()) and bool((~up[changed]).any())
 
 
-def test_penalty_rule_changes_routes():
-    x = inputs(400)
-    plain, penal = curious(0.0, "penalty"), curious(5.0, "penalty")
-    penal.load_state_dict(plain.state_dict())
-    a, b = plain.route(plain.norm(x)), penal.route(penal.norm(x))
-    assert bool((a.mask != b.mask).any())
-
-
-def test_uncertainty_scale_is_learned_in_training_only():
+def test_uncertainty_statistics_are_learned_in_training_only():
     model = curious(1.0).train()
-    assert float(model.u_mean) == 0.0
+    assert float(model.u_mean) == 0.0 and float(model.u_std) == 0.0
+    torch.manual_seed(7)
     model(inputs())
-    learned = float(model.u_mean)
-    assert learned > 0
+    torch.manual_seed(7)
+    with torch.no_grad():
+        u = mutual_information(model.router(model.norm(inputs())))
+    torch.testing.assert_close(model.u_mean, u.mean())
+    torch.testing.assert_close(model.u_std, u.std(unbiased=False))
+    first_mean = float(model.u_mean)
+    torch.manual_seed(8)
+    model(inputs(seed=5))
+    torch.manual_seed(8)
+    with torch.no_grad():
+        u2 = mutual_information(model.router(model.norm(inputs(seed=5))))
+    assert float(model.u_mean) == pytest.approx(0.9 * first_mean + 0.1 * float(u2.mean()), rel=1e-5)
+    learned = model.state_dict()["u_std"].clone()
     model.eval()
     model(inputs(seed=2))
-    assert float(model.u_mean) == learned
+    assert torch.equal(model.u_std, learned)
+
+
+def test_a_supplied_u_replaces_the_routers_own_and_never_updates_the_statistics():
+    model = curious(2.0)
+    model.load_state_dict({**model.state_dict(), "u_mean": torch.tensor(0.01), "u_std": torch.tensor(0.005)})
+    z = model.norm(inputs(300))
+    typical = model.route(z, u=torch.full((300,), 0.01))
+    assert torch.equal(typical.mask, top_k_mask(typical.base, 1)), "u at its mean: plain routing"
+    high = model.route(z, u=torch.full((300,), 0.03))
+    assert bool(high.mask[:, 2].sum() > typical.mask[:, 2].sum())
+    model.train()
+    model.route(z, u=torch.full((300,), 5.0))
+    assert float(model.u_mean) != 5.0 and float(model.u_std) != 0.0
+
+
+def test_tied_precision_ranks_are_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger="qwave.moe.model"):
+        curious(1.0, formats=["int4", "int8", "4"])
+    assert "experts 0 (int4), 2 (int4) share one precision rank" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="qwave.moe.model"):
+        curious(1.0, formats=["int2", "qesc", "bitnet"])
+        make(formats=["4", "4"])  # no curiosity: nothing to warn about
+    assert caplog.text == ""
+
+
+def test_experts_get_the_activation_their_format_needs_unless_one_is_named():
+    model = MoEClassifier(6, 4, ["binary", "int4", "qesc", "bitnet"], hidden=[8], router_format="binary")
+    assert model.activations == ["hardtanh", "relu", "hardtanh", "relu"]
+    assert [type(e[1]).__name__ for e in model.experts] == ["Hardtanh", "ReLU", "Hardtanh", "ReLU"]
+    assert model.router_activation == "hardtanh" and type(model.router.act).__name__ == "Hardtanh"
+    assert MoEClassifier(6, 4, ["binary", "int4"], hidden=[8], activation="relu").activations == ["relu", "relu"]
+    with pytest.raises(ConfigError, match="activation='gelu'"):
+        MoEClassifier(6, 4, ["int4"], hidden=[8], activation="gelu")
+
+
+def test_a_config_of_the_earlier_curiosity_rule_is_refused_and_an_older_plain_one_loads_with_relu():
+    config = make(curiosity=CuriosityConfig(enabled=True), router_dropout=0.2).config()
+    for key in ("activation", "router_format", "router_activation"):
+        config.pop(key)
+    plain = {**config, "curiosity": {**config["curiosity"], "enabled": False, "rule": "precision"}}
+    assert MoEClassifier.from_config(plain).activations == ["relu"] * 3
+    config["curiosity"]["rule"] = "precision"
+    with pytest.raises(ArtifactError, match="earlier curiosity rule"):
+        MoEClassifier.from_config(config)
 
 
 @pytest.mark.parametrize("curiosity", [None, CuriosityConfig(enabled=True, alpha=1.0, mc_samples=4)])
 def test_packed_moe_survives_an_artifact_round_trip(tmp_path, curiosity):
-    model = quantize_experts(make(top_k=2, curiosity=curiosity, router_dropout=0.3, dropout=0.1), {})
+    model = quantize_moe(make(top_k=2, curiosity=curiosity, router_dropout=0.3, dropout=0.1), {})
     model.train()
-    model(inputs())  # sets u_mean for the curious model
+    model(inputs())  # sets the uncertainty statistics of the curious model
     model.eval()
     x = inputs(64, seed=3)
     reference = model(x)
@@ -175,7 +259,7 @@ def test_packed_moe_survives_an_artifact_round_trip(tmp_path, curiosity):
 
 
 def test_active_bytes_count_the_router_and_the_routed_experts_by_usage():
-    packed = pack_model(quantize_experts(make(), {}))
+    packed = pack_model(quantize_moe(make(), {}))
     size = report(packed)
     state = packed.state_dict()
     expert = [sum(t.nbytes for k, t in state.items() if k.startswith(f"experts.{e}.")) for e in range(3)]

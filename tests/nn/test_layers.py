@@ -143,3 +143,22 @@ def test_switching_fast_kernels_off_uses_the_reference_path():
         assert layer.last_kernel == kernels.FALLBACK
     finally:
         kernels.set_fast_kernels(previous)
+
+
+@pytest.mark.parametrize("name", ["int8", "binary", "qesc", "ternary", "int4", "fp16"])
+def test_packed_layer_refuses_tensors_outside_the_layout_before_any_kernel_runs(name, monkeypatch):
+    fmt = get_format(name)
+    shape = (6, 130)
+    packed = fmt.pack(fmt.quantize(torch.randn(shape)))
+    monkeypatch.setattr(kernels, "kernel_for", lambda *a, **k: pytest.fail("a kernel was consulted"))
+    first = next(iter(packed))
+    with pytest.raises(FormatError, match=first):
+        PackedLinear(fmt, {**packed, first: packed[first][:3]}, shape, None)
+    with pytest.raises(FormatError, match="stores the tensors"):
+        PackedLinear(fmt, dict(list(packed.items())[1:]), shape, None)
+    with pytest.raises(FormatError, match="6 values"):
+        PackedLinear(fmt, packed, shape, torch.zeros(1))
+    with pytest.raises(FormatError, match="non-finite"):
+        PackedLinear(fmt, packed, shape, torch.full((6,), float("nan")))
+    with pytest.raises(FormatError, match="positive integers"):
+        PackedLinear(fmt, packed, (6, 130, 1), None)

@@ -46,8 +46,10 @@ def test_qat_vs_ptq_pairs_runs_by_fold_and_seed(cfg):
     qat = {(r["fold"], r["seed"]): r["macro_f1"] for r in records if r["arm"] == "qat"}
     ptq = {(r["fold"], r["seed"]): r["macro_f1"] for r in records if r["arm"] == "ptq"}
     diffs = [qat[k] - ptq[k] for k in sorted(qat)]
-    assert results["difference_qat_minus_ptq"]["mean"] == pytest.approx(np.mean(diffs))
-    assert results["difference_qat_minus_ptq"]["n"] == 4
+    fold_means = [np.mean([qat[(f, s)] - ptq[(f, s)] for s in (0, 1)]) for f in (1, 2)]
+    diff = results["difference_qat_minus_ptq"]
+    assert diff["mean"] == pytest.approx(np.mean(diffs)) and diff["n"] == 2 and diff["n_runs"] == 4
+    assert diff["ci95"] == pytest.approx(12.7062047 * np.std(fold_means, ddof=1) / np.sqrt(2))  # t(0.975, 1 dof)
     assert results["format"] == "int4" and all(r["train_seconds"] > 0 for r in records)
     ci = results["difference_qat_minus_ptq"]["ci95"]
     assert (results["winner"] in ("qat", "ptq")) == (abs(np.mean(diffs)) > ci)

@@ -1,0 +1,117 @@
+"""What one benchmark job measures besides accuracy: warm inference time, its own peak memory, the kernels that ran.
+
+- **Time**: the first forward of a loaded artifact prepares the kernels' weight layouts (and compiles them on first
+  use in the process), so it is timed apart (``first_call_seconds``); ``ms/sample`` is the median of ``repeats``
+  forwards over the whole test fold after it.
+- **Memory**: a job's peak resident memory, not the process's peak so far. On Linux the kernel's peak-RSS
+  counter (``VmHWM``) is reset at the start of the job (``/proc/self/clear_refs`` <- 5) and read at its end, and
+  the resident memory at the start is recorded too, so ``peak_rss_delta_mb`` is what the job added. Where that
+  reset is impossible the process-wide ``ru_maxrss`` is reported and ``memory_method`` says so.
+- **Kernels**: per packed layer, its format and the implementation its last forward ran; a layer that fell back
+  to the PyTorch reference recipe is logged once per (format, reason) per process, as a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qwave import kernels
+from qwave.train import predict_logits
+
+log = logging.getLogger(__name__)
+
+STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")
+_warned: set[tuple[str, str]] = set()
+
+
+@dataclass
+class Timing:
+    """Logits of the timed model and how long its first and its warm forwards took."""
+
+    logits: torch.Tensor
+    first_call_seconds: float
+    seconds: float  # median of the warm repeats
+    repeats: int
+
+
+def timed_inference(model: nn.Module, X: torch.Tensor, repeats: int = 5) -> Timing:
+    """One warm-up forward (timed apart: kernel preparation), then the median of ``repeats`` warm forwards."""
+    start = time.perf_counter()
+    logits = predict_logits(model, X)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        predict_logits(model, X)
+        times.append(time.perf_counter() - start)
+    return Timing(logits, first, statistics.median(times), len(times))
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+@dataclass
+class JobMemory:
+    """The peak resident memory of one job (see the module docstring): ``begin()`` at its start, ``end()`` after."""
+
+    reset: bool
+    start_kb: int | None
+
+    @classmethod
+    def begin(cls) -> JobMemory:
+        try:
+            CLEAR_REFS.write_text("5")
+            reset = _status_kb("VmHWM") is not None
+        except OSError:
+            reset = False
+        return cls(reset, _status_kb("VmRSS"))
+
+    def end(self) -> dict:
+        """``peak_rss_mb`` (the job's own peak), ``peak_rss_delta_mb`` (above the RSS at its start), the method."""
+        peak_kb = _status_kb("VmHWM") if self.reset else None
+        if peak_kb is None:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return {"peak_rss_mb": peak, "peak_rss_delta_mb": None,
+                    "memory_method": "ru_maxrss: process-wide peak so far (the per-job reset is unavailable)"}
+        return {"peak_rss_mb": peak_kb / 1024, "peak_rss_delta_mb": (peak_kb - (self.start_kb or 0)) / 1024,
+                "memory_method": "VmHWM reset at job start (/proc/self/clear_refs)"}
+
+
+def layer_kernels(model: nn.Module) -> dict[str, dict]:
+    """Per packed layer (after a forward): its format and the kernel that ran; ``fallback`` marks the reference."""
+    from qwave.nn.packed_linear import PackedLinear
+
+    return {
+        path: {"format": m.fmt.name, "kernel": str(m.last_kernel), "fallback": m.last_kernel == kernels.FALLBACK}
+        for path, m in model.named_modules()
+        if isinstance(m, PackedLinear)
+    }
+
+
+def warn_fallbacks(layers: dict[str, dict], where: str) -> list[str]:
+    """Log once per process per (format, reason) when a layer ran the slow reference recipe; returns the paths."""
+    fallen = [path for path, layer in layers.items() if layer["fallback"]]
+    reason = kernels.status()["reason"]
+    for fmt in sorted({layers[path]["format"] for path in fallen}):
+        if (fmt, reason) not in _warned:
+            _warned.add((fmt, reason))
+            paths = ", ".join(p for p in fallen if layers[p]["format"] == fmt)
+            log.warning("%s: %s layers (%s) ran the PyTorch reference recipe, not a fast kernel (%s); their "
+                        "timings are not the packed kernels'", where, fmt, paths, reason)
+    return fallen

@@ -1,0 +1,108 @@
+"""What a job measures: ms/sample after the warm-up, the job's own peak memory, per-layer kernels, one warning on a
+fallback, resident bytes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import qwave.bench.runner as runner
+from qwave import artifact, kernels
+from qwave.bench import measure
+from qwave.bench.runner import run_benchmark
+from qwave.nn.packed_linear import PackedLinear
+from qwave.size import resident_bytes
+
+
+def fold_metrics(cfg, model: str) -> list[dict]:
+    root = Path(cfg.output_dir) / cfg.tag / model
+    return [json.loads(p.read_text()) for p in sorted(root.glob("fold_*/metrics.json"))]
+
+
+class SlowFirstForward(torch.nn.Module):
+    """The loaded artifact, with a first forward that stands for kernel compilation and weight preparation."""
+
+    def __init__(self, model: torch.nn.Module, delay: float):
+        super().__init__()
+        self.model, self.delay, self.calls = model, delay, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(self.delay)
+        return self.model(x)
+
+
+def test_ms_per_sample_excludes_the_first_forward(fast_config, monkeypatch) -> None:
+    real_load = runner.artifact.load
+    monkeypatch.setattr(runner.artifact, "load", lambda path: SlowFirstForward(real_load(path), 0.4))
+    run_benchmark(fast_config)
+    for record in fold_metrics(fast_config, "fp32"):
+        assert record["first_call_seconds"] >= 0.4
+        assert record["inference_seconds"] < 0.2 and record["inference_repeats"] >= 3
+        assert record["inference_ms_per_sample"] == 1e3 * record["inference_seconds"] / record["n_test"]
+
+
+def test_peak_memory_is_the_jobs_own_not_the_process_peak_so_far(fast_config) -> None:
+    if not measure.JobMemory.begin().reset:
+        import pytest
+
+        pytest.skip("this system cannot reset the peak-RSS counter (/proc/self/clear_refs)")
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MB touched, then freed: an earlier, bigger job
+    del ballast
+    process_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    run_benchmark(fast_config)
+    for record in fold_metrics(fast_config, "fp32"):
+        assert record["peak_rss_mb"] < process_peak_mb - 300
+        assert 0 <= record["peak_rss_delta_mb"] < record["peak_rss_mb"]
+        assert "clear_refs" in record["memory_method"]
+
+
+def test_each_layer_records_the_kernel_that_ran(fast_config) -> None:
+    fast_config.models = ["8", "1"]
+    run_benchmark(fast_config)
+    for model, fmt in (("8", "int8"), ("1", "binary")):
+        loaded = artifact.load(Path(fast_config.output_dir) / "t" / model / "fold_1" / "artifact")
+        packed = {path: m for path, m in loaded.named_modules() if isinstance(m, PackedLinear)}
+        assert len(packed) == 2  # hidden=[16]: two linear layers
+        for record in fold_metrics(fast_config, model):
+            layers = record["layer_kernels"]
+            assert list(layers) == list(packed)
+            for path, layer in layers.items():
+                expected = kernels.kernel_for(packed[path].fmt)  # the registry's choice for this format and CPU
+                assert layer["format"] == fmt
+                assert layer["kernel"] == (expected.name if expected else kernels.FALLBACK)
+    summary = json.loads((Path(fast_config.output_dir) / "t" / "8" / "summary.json").read_text())
+    assert set(summary["layer_kernels"]) == set(packed)
+
+
+def test_a_fallback_to_the_reference_recipe_warns_once(fast_config, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(measure, "_warned", set())
+    previous = kernels.set_fast_kernels(False)
+    try:
+        with caplog.at_level(logging.WARNING, logger="qwave.bench.measure"):
+            run_benchmark(fast_config)
+    finally:
+        kernels.set_fast_kernels(previous)
+    for record in fold_metrics(fast_config, "fp32"):
+        assert all(layer["kernel"] == kernels.FALLBACK and layer["fallback"] for layer in
+                   record["layer_kernels"].values())
+        assert record["kernel_status"]["fast_kernels"] is False
+    warnings = [r for r in caplog.records if "reference recipe" in r.getMessage()]
+    assert len(warnings) == 1 and "fp32" in warnings[0].getMessage()  # three folds, two layers: one warning
+
+
+def test_resident_bytes_are_those_of_the_loaded_artifact_after_a_forward(fast_config) -> None:
+    fast_config.models = ["fp32", "8"]
+    run_benchmark(fast_config)
+    for model in ("fp32", "8"):
+        record = fold_metrics(fast_config, model)[0]
+        loaded = artifact.load(Path(fast_config.output_dir) / "t" / model / "fold_1" / "artifact")
+        loaded(torch.zeros(2, loaded.in_dim))
+        assert record["resident_bytes"] == resident_bytes(loaded) >= record["stored_bytes"]
