@@ -403,12 +403,12 @@ MOE_CONFIG_EDITS = {
 @pytest.fixture(scope="module")
 def moe_model():
     import qwave.moe.bench  # noqa: F401  (registers the architecture)
-    from qwave.moe.bench import quantize_experts
+    from qwave.moe.bench import quantize_moe
     from qwave.moe.model import MoEClassifier
 
     torch.manual_seed(0)
     model = MoEClassifier(40, 10, ["bitnet", "4", "8"], (16,), curiosity={"enabled": True, "mc_samples": 2})
-    return pack_model(quantize_experts(model, {}))
+    return pack_model(quantize_moe(model, {}))
 
 
 @pytest.mark.parametrize("case", sorted(MOE_CONFIG_EDITS))

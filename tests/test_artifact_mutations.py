@@ -49,7 +49,7 @@ RTOL = 1e-4
 def _models() -> dict[str, nn.Module]:
     """One small packed model per registered format, plus per-group int4, mixed precision, MoE and recurrent."""
     import qwave.moe.bench  # noqa: F401  (registers the MoE architecture)
-    from qwave.moe.bench import quantize_experts
+    from qwave.moe.bench import quantize_moe
     from qwave.moe.model import MoEClassifier
 
     models = {}
@@ -65,7 +65,7 @@ def _models() -> dict[str, nn.Module]:
         models[name] = pack_model(model)
     torch.manual_seed(100)
     moe = MoEClassifier(40, 6, ["bitnet", "4", "8"], (16,), curiosity={"enabled": True, "mc_samples": 2})
-    models["moe"] = pack_model(quantize_experts(moe, {}))
+    models["moe"] = pack_model(quantize_moe(moe, {}))
     torch.manual_seed(101)
     ctc = RecurrentCTC(frame_dim=8, frames=5, num_classes=6, hidden=12)
     models["recurrent"] = pack_model(pack_recurrent(ctc, "int8"))
