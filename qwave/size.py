@@ -4,7 +4,9 @@
 norms, packed codes and scales, normaliser statistics); bytes of storage already counted for another tensor
 (tied weights) are not counted again. ``artifact_report(dir)`` reads the same numbers from a saved artifact's
 safetensors header. ``size_table`` is the no-training size calculator behind ``qwave size``: it builds models
-with random weights, quantizes and packs them, and measures the packed tensors.
+with random weights, quantizes and packs them, and measures the packed tensors, and the bytes the model holds in
+memory once its kernels have prepared their layouts (``resident_bytes``, flagged above ``RESIDENT_LIMIT`` x
+stored).
 
 Other model families add rows to the calculator with ``register_size_model(name, build)``, where
 ``build(spec: SizeSpec, fmt: str) -> nn.Module`` returns the *packed* model for one format name (``fmt`` is
@@ -137,12 +139,34 @@ def report(module: nn.Module) -> SizeReport:
     return SizeReport(rows, list(layers.values()), stored, weight_count, params)
 
 
+RESIDENT_LIMIT = 1.1  # resident weight bytes above this multiple of the stored bytes are flagged in every report
+
+
+def prepare_kernels(module: nn.Module, device: torch.device | str = "cpu") -> None:
+    """Prepare every packed layer's kernel layout, as the first forward that reaches it does, so that
+    ``resident_bytes`` reads what the model holds once each layer has run (layers a forward skips, such as
+    unrouted experts, included)."""
+    for m in module.modules():
+        if isinstance(m, PackedLinear):
+            m.prepare_kernel(device)
+
+
+def resident_fields(resident: int, stored: int) -> dict:
+    """``resident_bytes``, ``resident_vs_stored`` and ``resident_flag`` (``"over 1.1x"`` above ``RESIDENT_LIMIT``,
+    else empty): the columns every size and speed report carries."""
+    ratio = resident / stored if stored else float("nan")
+    return {"resident_bytes": int(resident), "resident_vs_stored": ratio,
+            "resident_flag": f"over {RESIDENT_LIMIT}x" if ratio > RESIDENT_LIMIT else ""}
+
+
 def resident_bytes(module: nn.Module) -> int:
     """Weight bytes ``module`` holds in memory now: every parameter and buffer (saved or not; each storage once)
     plus the copies the fast kernels prepared for its packed layers.
 
-    Measured, not derived from the format: call it after the first forward, when the kernels have prepared their
-    layouts. ``stored`` (what the file holds) and ``resident`` are equal only when a layer keeps one copy.
+    Measured, not derived from the format: call it after the first forward (or ``prepare_kernels``), when the
+    kernels have prepared their layouts. A layer whose kernel inverts its layout holds only that layout (its
+    packed buffers are released), so resident and stored bytes differ only by the layout's padding and its float32
+    scales; a layer that keeps its buffers and a kernel copy (the weight-only float option) holds both.
     """
     seen: set[int] = set()
     total = 0
@@ -271,6 +295,7 @@ def size_table(
                 if "fp32" not in names:
                     continue
             active = packed.active_bytes(rep) if hasattr(packed, "active_bytes") else rep.stored_bytes
+            prepare_kernels(packed)
             row = {
                 "model": model_name,
                 "format": _format_label(spec, fmt),
@@ -282,6 +307,7 @@ def size_table(
                 "kb": rep.stored_bytes / 1e3,
                 "mb": rep.stored_bytes / 1e6,
                 "reduction_vs_fp32": baseline / rep.stored_bytes,
+                **resident_fields(resident_bytes(packed), rep.stored_bytes),
             }
             if per_layer:
                 row["layers"] = [vars(layer).copy() for layer in rep.layers]

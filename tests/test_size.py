@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from qwave import artifact
-from qwave.nn import MLPClassifier, pack_model, quantize_model
-from qwave.size import SizeSpec, artifact_report, build_mlp, report, resident_bytes, size_table
+from qwave import artifact, kernels
+from qwave.nn import MLPClassifier, QuantLinear, pack_model, quantize_model
+from qwave.size import SizeSpec, artifact_report, build_mlp, report, resident_bytes, resident_fields, size_table
 
 REFERENCE = [(640, 1536), (320, 640), (50, 320)]  # (out, in) of the reference MLP 1536 -> 640 -> 320 -> 50
 NORM_BYTES = 2 * 1536 * 4  # normaliser shift and scale, float32
@@ -27,6 +29,10 @@ def weight_bytes(fmt: str, out: int, n: int) -> int:
         return out * math.ceil(n * int(fmt[3:]) / 8) + 2 * out
     words = 8 * out * math.ceil(n / 64)
     return {"binary": words, "qesc": 2 * words, "ternary": out * math.ceil(n / 5)}[fmt] + 2 * out
+
+
+def kernels_on() -> bool:
+    return kernels.status()["fast_kernels"]
 
 
 FORMATS = ["fp32", "fp16", "bf16", "int8", "int4", "int2", "binary", "ternary", "qesc"]
@@ -144,21 +150,99 @@ def test_embedding_conv_gru_and_norm_tensors_all_count():
     assert report(model).stored_bytes == expected and report(model).weight_count == 0
 
 
-def test_resident_bytes_count_the_arrays_held_after_the_first_forward_including_kernel_copies():
+def kernel_layout_bytes(fmt: str, out: int, n: int) -> int:
+    """Closed form of the bytes one [out, n] layer's fast-kernel layout holds (per-channel scales), from the
+    layouts in the kernel modules' docstrings: columns padded to the variant's register tile, inputs to its step."""
+    from qwave.kernels import half, int8
+
+    if fmt in ("fp16", "bf16"):
+        return 2 * n * math.ceil(out / half.TILES[half.ISA]) * half.TILES[half.ISA]
+    if fmt in ("binary", "qesc"):
+        planes = 1 if fmt == "binary" else 2
+        return 8 * planes * math.ceil(n / 64) * math.ceil(out / 16) * 16 + 4 * out  # uint64 planes, float32 scales
+    columns = math.ceil(out / int8.TILES[int8.ISA]) * int8.TILES[int8.ISA]
+    scales = 4 * columns  # float32 per padded column
+    if fmt in ("int8", "int7", "int6", "int5"):  # one byte per code, inputs padded to 4; VNNI: int64 offsets
+        return columns * math.ceil(n / 4) * 4 + scales + (8 * columns if int8.ISA == "avx512vnni" else 0)
+    if fmt in ("int4", "int3"):  # 4-bit fields, inputs padded to 4
+        return columns * math.ceil(n / 4) * 4 // 2 + scales
+    step = 8 if int8.ISA == "avx2" else 4  # 2-bit fields (int2, ternary), inputs padded to the step
+    return columns * math.ceil(n / step) * step // 4 + scales
+
+
+def state_array_bytes(state) -> int:
+    """Bytes of the NumPy arrays a kernel state holds, enumerated from its dataclass fields (independently of the
+    kernel's own ``cached_bytes``)."""
+    total = 0
+    for f in dataclasses.fields(state):
+        value = getattr(state, f.name)
+        for array in value if isinstance(value, tuple) else (value,):
+            total += array.nbytes if isinstance(array, np.ndarray) else 0
+    return total
+
+
+def test_resident_bytes_count_the_arrays_held_after_the_first_forward_and_drop_the_released_buffers():
     from qwave import kernels
 
     model = build_mlp(SizeSpec(in_dim=130, num_classes=7, hidden=(33,)), "int4")
     layers = [(33, 130), (7, 33)]
-    packed = 2 * 130 * 4 + sum(weight_bytes("int4", o, i) + 4 * o for o, i in layers)  # closed form, as stored
-    assert resident_bytes(model) == packed  # nothing prepared yet
+    packed = sum(weight_bytes("int4", o, i) for o, i in layers)  # closed form, as stored
+    held = 2 * 130 * 4 + sum(4 * o for o, _ in layers)  # normaliser and biases
+    assert resident_bytes(model) == held + packed  # nothing prepared yet
     with torch.no_grad():
         model(torch.randn(3, 130))
-    # int4 (W4A8) keeps its codes in the kernel's layout when the fast kernels are on: 4 bits per weight over the
-    # columns padded to the register tile and the inputs padded to 4, plus a float32 scale per padded column.
-    copies = 0
-    if kernels.status()["fast_kernels"]:
-        from qwave.kernels.int8 import ISA, TILES
+    if not kernels.status()["fast_kernels"]:  # the reference recipe reads the stored tensors
+        assert resident_bytes(model) == held + packed
+        return
+    # int4 (W4A8) then holds its codes only in the kernel's layout: its packed buffers are released.
+    assert resident_bytes(model) == held + sum(kernel_layout_bytes("int4", o, i) for o, i in layers)
 
-        columns = [math.ceil(o / TILES[ISA]) * TILES[ISA] for o, _ in layers]
-        copies = sum(c * math.ceil(i / 4) * 4 // 2 + 4 * c for c, (_, i) in zip(columns, layers, strict=True))
-    assert resident_bytes(model) == packed + copies
+
+DENSE = ["int8", "int4", "int2", "binary", "qesc", "fp16", "bf16"]  # the kernel layout has the stored bits/weight
+WIDER = {"ternary": 2 / 1.6, "int3": 4 / 3, "int5": 8 / 5, "int6": 8 / 6, "int7": 8 / 7}  # its bits / stored bits
+
+
+@pytest.mark.skipif(not kernels_on(), reason="fast kernels unavailable: the layers keep their stored tensors")
+@pytest.mark.parametrize("fmt", DENSE + list(WIDER))
+def test_a_1536x640_layer_holds_only_its_kernel_layout_within_1_1x_stored_where_the_layout_is_as_dense(fmt):
+    out, n = 640, 1536
+    torch.manual_seed(0)
+    layer = pack_model(QuantLinear(n, out, fmt=fmt))
+    stored = weight_bytes(fmt, out, n) + 4 * out  # packed weight and float32 bias, closed form
+    assert report(layer).stored_bytes == stored
+    layer(torch.randn(2, n))
+    _, kernel, state = layer._kernel_state
+    assert sum(t.nbytes for t in layer.buffers()) == 4 * out  # the bias: the packed buffers are released
+    assert state_array_bytes(state) == layer.kernel_cached_bytes == kernel_layout_bytes(fmt, out, n)
+    resident = resident_bytes(layer)
+    assert resident == 4 * out + kernel_layout_bytes(fmt, out, n)
+    fields = resident_fields(resident, stored)
+    if fmt in DENSE:
+        assert resident <= 1.1 * stored and fields["resident_flag"] == ""
+    else:  # the kernel runs wider fields than the format stores: reported and flagged, never hidden
+        assert fields["resident_vs_stored"] == pytest.approx(WIDER[fmt], rel=0.03) and fields["resident_flag"]
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", "ternary"])
+def test_the_weight_only_float_option_holds_its_stored_tensors_and_a_float_copy_and_is_flagged(fmt):
+    out, n = 64, 96
+    layer = pack_model(QuantLinear(n, out, fmt=fmt, activations="float"))
+    stored = weight_bytes(fmt, out, n) + 4 * out
+    layer(torch.randn(2, n))
+    copy = 4 * out * n if kernels_on() else 0
+    assert resident_bytes(layer) == stored + copy
+    assert bool(resident_fields(resident_bytes(layer), stored)["resident_flag"]) == kernels_on()
+
+
+def test_size_table_resident_bytes_are_those_after_a_real_forward_and_only_wider_layouts_are_flagged():
+    spec = SizeSpec()  # the reference MLP (a small one pads its last layer to a whole register tile)
+    rows = {r["format"]: r for r in size_table(spec, ["fp32", "int8", "ternary", "binary"])}
+    for fmt, row in rows.items():
+        torch.manual_seed(spec.seed)
+        model = build_mlp(spec, fmt)
+        with torch.no_grad():
+            model(torch.randn(3, spec.in_dim))
+        assert row["resident_bytes"] == resident_bytes(model), fmt
+        assert row["resident_vs_stored"] == row["resident_bytes"] / row["stored_bytes"]
+    flagged = {fmt for fmt, row in rows.items() if row["resident_flag"]}
+    assert flagged == ({"ternary"} if kernels_on() else set())

@@ -1,5 +1,5 @@
-"""``qwave size``: stored bytes per model and format, measured on packed tensors (no training), or of saved
-artifacts given as paths."""
+"""``qwave size``: stored and resident bytes per model and format, measured on packed tensors (no training), or
+of saved artifacts given as paths."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ from pathlib import Path
 
 from qwave import atomic
 from qwave.errors import ConfigError
-from qwave.size import SizeSpec, artifact_report, report, size_table
+from qwave.size import (
+    RESIDENT_LIMIT,
+    SizeSpec,
+    artifact_report,
+    prepare_kernels,
+    report,
+    resident_bytes,
+    resident_fields,
+    size_table,
+)
 
 EPILOG = """examples:
   qwave size --formats fp32,16,8,4,2,1,bitnet,qesc            # reference MLP 1536 -> 640 -> 320 -> 50
@@ -20,6 +29,8 @@ EPILOG = """examples:
   qwave size --formats fp32,1 --layer-formats 1,1,8 --output sizes.csv --plot sizes.png
   qwave size outputs/run/fold1/artifact                        # a saved artifact: stored vs file bytes
 KB and MB are decimal (1000 and 1000000 bytes); bits/weight = all stored bytes x 8 / linear weights.
+resident_bytes: what the model holds in memory once every packed layer has prepared its kernel (as after the first
+forward); resident_flag marks a model holding more than 1.1x its stored bytes.
 """
 
 # Modules that register further model families with qwave.size.register_size_model (imported when present).
@@ -35,6 +46,9 @@ COLUMNS = (
     "kb",
     "mb",
     "reduction_vs_fp32",
+    "resident_bytes",
+    "resident_vs_stored",
+    "resident_flag",
 )
 
 
@@ -129,11 +143,13 @@ def _artifact_rows(paths: list[Path]) -> list[dict]:
     rows = []
     for path in paths:
         sizes = artifact_report(path)
-        measured = report(load(path)).stored_bytes
+        model = load(path)
+        measured = report(model).stored_bytes
         if measured != sizes.stored_bytes:
             raise ConfigError(
                 f"{path}: loaded model holds {measured} bytes but the file's tensors {sizes.stored_bytes}"
             )
+        prepare_kernels(model)
         rows.append(
             {
                 "artifact": str(path),
@@ -145,6 +161,7 @@ def _artifact_rows(paths: list[Path]) -> list[dict]:
                 "manifest_bytes": sizes.manifest_bytes,
                 "kb": sizes.stored_bytes / 1e3,
                 "mb": sizes.stored_bytes / 1e6,
+                **resident_fields(resident_bytes(model), sizes.stored_bytes),
             }
         )
     return rows
@@ -179,6 +196,10 @@ def run(argv: list[str]) -> int:
         rows = size_table(spec, args.formats, models=args.models, per_layer=args.per_layer or args.debug)
         columns = COLUMNS
     print(format_table(rows, columns))
+    flagged = [r.get("artifact") or f"{r['model']}:{r['format']}" for r in rows if r.get("resident_flag")]
+    if flagged:
+        print(f"resident over {RESIDENT_LIMIT}x stored: {', '.join(flagged)} (a kernel layout wider than the stored "
+              "codes, or a float copy of the weights)")
     for row in rows if (args.per_layer or args.debug) else ():
         print(f"\n{row['model']} {row['format']}: per layer")
         print(format_table(row["layers"], ("layer", "kind", "format", "weights", "bytes")))

@@ -2,7 +2,9 @@
 
 A ``Kernel`` serves one or more formats on one device type: ``prepare`` turns the packed tensors into its own
 layout once (kept on the layer, never saved; ``cached_bytes`` says what that copy costs in memory), ``run`` does
-the matmul. ``kernel_for`` returns the registered kernel for a format and device, or ``None``, in which case the
+the matmul. A kernel whose layout is a permutation of the stored bits also gives ``unprepare``, the exact inverse
+of ``prepare``: ``PackedLinear`` then drops its packed buffers and re-derives them when it saves, so the weights
+are held once. ``kernel_for`` returns the registered kernel for a format and device, or ``None``, in which case the
 format's pure-PyTorch reference ``matmul`` runs and the layer's audit says so.
 
 ``FAST_KERNELS`` is false when numba is missing, the CPU lacks AVX2, or ``QWAVE_DISABLE_FAST_KERNELS`` is set to
@@ -51,6 +53,9 @@ class Kernel:
     run: Callable[[Any, torch.Tensor], torch.Tensor]  # (state, x [batch, in] float32) -> [batch, out] float32
     cached_bytes: Callable[[Any], int] = lambda state: 0
     supports: Callable[[Any], bool] = lambda fmt: True  # e.g. only some format options
+    # The exact inverse of ``prepare``, (fmt, state) -> the packed tensors bit for bit, when the layout is a
+    # permutation of the stored bits (the layer then keeps only the state); None when it is not invertible.
+    unprepare: Callable[[Any, Any], dict[str, torch.Tensor]] | None = None
     # Optional NumPy entry point for the fused whole-model path: (state, x float32 [batch, in], bias float32
     # [out] or empty, relu) -> float32 [batch, out], with bias and ReLU applied inside the kernel.
     run_np: Callable[[Any, Any, Any, bool], Any] | None = None

@@ -50,6 +50,14 @@ def prepare_weight(weight: torch.Tensor, isa: str) -> HalfWeights:
     return HalfWeights(isa, weight.dtype == torch.bfloat16, codes, int(out), int(n))
 
 
+def unprepare_weight(weights: HalfWeights) -> dict[str, torch.Tensor]:
+    """The stored 16-bit weight, bit for bit, from the kernel state (the inverse of ``prepare_weight``)."""
+    tiles, n, tile = weights.codes.shape
+    bits = weights.codes.transpose(0, 2, 1).reshape(tiles * tile, n)[: weights.out_features]
+    weight = torch.from_numpy(np.ascontiguousarray(bits).view(np.int16))
+    return {"weight": weight.view(torch.bfloat16 if weights.bf16 else torch.float16)}
+
+
 if FAST_KERNELS:
     from numba import njit, prange
 
@@ -220,6 +228,7 @@ if FAST_KERNELS:
             prepare=lambda fmt, packed, shape: prepare_weight(packed["weight"], ISA),
             run=lambda w, x: torch.from_numpy(linear_np(w, x.detach().contiguous().numpy(), _NO_BIAS, False)),
             cached_bytes=lambda w: w.cached_bytes,
+            unprepare=lambda fmt, w: unprepare_weight(w),
             run_np=linear_np,
         )
     )

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from qwave.formats.base import QuantizedTensor
 from qwave.kernels import FAST_KERNELS, Kernel, register_kernel
-from qwave.kernels.wa8 import TILES, IntWeights, group_layout, tile_rows, tile_scales
+from qwave.kernels.wa8 import TILES, IntWeights, group_layout, tile_rows, tile_scales, untile_rows, untile_scales
 
 FORMATS = ("int8", "int7", "int6", "int5")  # integer codes that need a byte (|code| <= 127), int8 activations
 
@@ -30,6 +31,15 @@ def prepare_codes(
         offset = 128 * tiled.astype(np.int64).sum(axis=(2, 4)).transpose(1, 0, 2).reshape(groups, -1)
     return IntWeights(isa, 8, tiled.reshape(tiled.shape[0], -1), tile_scales(scale, out_features, groups, TILES[isa]),
                       np.ascontiguousarray(offset), 1, 0, out_features, in_features, size, padded)
+
+
+def unprepare(fmt, weights: IntWeights) -> dict[str, torch.Tensor]:
+    """The format's packed tensors, bit for bit, from the kernel state (the inverse of ``prepare``)."""
+    shape = (weights.out_features, weights.in_features)
+    tiled = weights.codes.reshape(weights.codes.shape[0], weights.scale.shape[0], weights.padded_group // 4,
+                                  TILES[weights.isa], 4)
+    codes = torch.from_numpy(untile_rows(tiled, shape, weights.group_size))
+    return fmt.pack(QuantizedTensor(codes, untile_scales(weights.scale, shape[0]), shape))
 
 
 if FAST_KERNELS:
@@ -52,6 +62,7 @@ if FAST_KERNELS:
             prepare=prepare,
             run=lambda w, x: torch.from_numpy(linear_np(w, x.detach().contiguous().numpy(), _NO_BIAS, False)),
             cached_bytes=lambda weights: weights.cached_bytes,
+            unprepare=unprepare,
             supports=lambda fmt: fmt.activations == "int8",
             run_np=linear_np,
         )

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from qwave.formats.base import QuantizedTensor
 from qwave.kernels import FAST_KERNELS, Kernel, register_kernel
-from qwave.kernels.wa8 import TILES, IntWeights, group_layout, tile_rows, tile_scales
+from qwave.kernels.wa8 import TILES, IntWeights, group_layout, tile_rows, tile_scales, untile_rows, untile_scales
 
 FORMATS = ("int4", "int3", "int2", "ternary")  # unsigned codes of 2 bits (int2, ternary) or 4 bits (int3, int4)
 STEP = {("avx2", 4): 4, ("avx2", 2): 8, ("avx512vnni", 4): 4, ("avx512vnni", 2): 4}  # group padding (inputs)
@@ -35,6 +36,25 @@ def pack_fields(u: np.ndarray, bits: int, isa: str) -> np.ndarray:
     return parts[:, :, :, 0] | (parts[:, :, :, 1] << 2) | (parts[:, :, :, 2] << 4) | (parts[:, :, :, 3] << 6)
 
 
+def unpack_fields(codes: np.ndarray, bits: int, isa: str, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """Inverse of :func:`pack_fields`: the variant's bytes -> unsigned codes ``[tiles, groups, steps, tile, 4]``
+    (``shape`` is ``(tiles, groups, steps, tile)``)."""
+    tiles, groups, steps, tile = shape
+    if isa == "avx2" and bits == 4:  # low nibbles columns 0-7, high nibbles 8-15
+        b = codes.reshape(tiles, groups, steps, 8, 4)
+        u = np.stack([b & 15, b >> 4], axis=3)
+    elif isa == "avx2":  # bit pairs (step 0, columns 0-7), (0, 8-15), (1, 0-7), (1, 8-15) of two steps
+        b = codes.reshape(tiles, groups, steps // 2, 8, 4)
+        u = np.stack([(b >> (2 * j)) & 3 for j in range(4)], axis=3)
+    elif bits == 4:  # per step, twice: low nibbles 16 columns, high nibbles the next 16
+        b = codes.reshape(tiles, groups, steps, 2, 16, 4)
+        u = np.stack([b & 15, b >> 4], axis=4)
+    else:  # bit pairs: columns 0-15, 16-31, 32-47, 48-63
+        b = codes.reshape(tiles, groups, steps, 16, 4)
+        u = np.stack([(b >> (2 * j)) & 3 for j in range(4)], axis=3)
+    return u.reshape(tiles, groups, steps, tile, 4)
+
+
 def prepare_unsigned(
     u: np.ndarray, scale: torch.Tensor, shape: tuple[int, int], group_size: int | None, bits: int,
     alpha: int, beta: int, isa: str,
@@ -48,6 +68,17 @@ def prepare_unsigned(
     return IntWeights(isa, bits, np.ascontiguousarray(codes.reshape(codes.shape[0], -1)),
                       tile_scales(scale, out_features, groups, TILES[isa]), np.empty((0, 0), np.int64), int(alpha),
                       int(beta), out_features, in_features, size, padded)
+
+
+def unprepare(fmt, weights: IntWeights) -> dict[str, torch.Tensor]:
+    """The format's packed tensors, bit for bit, from the kernel state (the inverse of ``prepare``):
+    ``code = alpha * u - beta``, packed again by the format."""
+    shape = (weights.out_features, weights.in_features)
+    tiled = unpack_fields(weights.codes, weights.bits, weights.isa, (weights.codes.shape[0], weights.scale.shape[0],
+                                                                     weights.padded_group // 4, TILES[weights.isa]))
+    u = untile_rows(tiled, shape, weights.group_size).astype(np.int16)
+    codes = torch.from_numpy((weights.alpha * u - weights.beta).astype(np.int8))
+    return fmt.pack(QuantizedTensor(codes, untile_scales(weights.scale, shape[0]), shape))
 
 
 if FAST_KERNELS:
@@ -71,6 +102,7 @@ if FAST_KERNELS:
             prepare=prepare,
             run=lambda w, x: torch.from_numpy(linear_np(w, x.detach().contiguous().numpy(), _NO_BIAS, False)),
             cached_bytes=lambda weights: weights.cached_bytes,
+            unprepare=unprepare,
             supports=lambda fmt: fmt.activations == "int8",
             run_np=linear_np,
         )

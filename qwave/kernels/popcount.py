@@ -79,6 +79,17 @@ def prepare_bits(planes: tuple[torch.Tensor, ...], scale: torch.Tensor, shape: t
                       int(shape[1]))
 
 
+def unprepare_bits(weights: BitWeights, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The stored tensors, bit for bit, from the kernel state (the inverse of ``prepare_bits``): the planes
+    transposed back (qesc: ``plus = nonzero & ~negative``, ``minus = negative``) and the fp16 scales."""
+    planes = [np.ascontiguousarray(p[:, : weights.out_features].T) for p in weights.planes]
+    if len(planes) == 2:
+        planes = [planes[0] & ~planes[1], planes[1]]
+    packed = {name: torch.from_numpy(p.view(np.int64)) for name, p in zip(names, planes, strict=True)}
+    packed["scale"] = torch.from_numpy(weights.scale.reshape(-1, 1).copy()).half()
+    return packed
+
+
 if FAST_KERNELS:
     from numba import njit, prange
 
@@ -489,6 +500,7 @@ if FAST_KERNELS:
             prepare=prepare_binary,
             run=lambda w, x: torch.from_numpy(binary_np(w, x.detach().contiguous().numpy(), _NO_BIAS, False)),
             cached_bytes=lambda w: w.cached_bytes,
+            unprepare=lambda fmt, w: unprepare_bits(w, ("bits",)),
             run_np=binary_np,
         )
     )
@@ -500,6 +512,7 @@ if FAST_KERNELS:
             prepare=prepare_qesc,
             run=lambda w, x: torch.from_numpy(qesc_np(w, x.detach().contiguous().numpy(), _NO_BIAS, False)),
             cached_bytes=lambda w: w.cached_bytes,
+            unprepare=lambda fmt, w: unprepare_bits(w, ("plus", "minus")),
             run_np=qesc_np,
         )
     )

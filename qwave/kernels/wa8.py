@@ -29,8 +29,9 @@ vector load feeds a vector of columns and each row's activation codes are broadc
 Bound: int32 accumulators see at most ``BLOCK`` inputs before they are added into int64 (``|q_x w| <= 128 * 127``
 per product, ``(q_x + 128) |w| <= 255 * 127`` on VNNI: ``65536 * 255 * 127 < 2^31``), so a group of any length is
 exact. Small batches run on one core (no thread wake-up cost); larger ones split row chunks x column blocks over
-the numba threads. Each kernel layout is a permutation of the codes (the stored tensors can be re-derived bit for
-bit); ``cached_bytes`` is what it holds.
+the numba threads. Each kernel layout is a permutation of the codes, so the stored tensors are re-derived from it
+bit for bit (``untile_rows``, ``untile_scales``: the kernels' ``unprepare``) and the layer keeps no other copy;
+``cached_bytes`` is what it holds.
 """
 
 from __future__ import annotations
@@ -98,6 +99,20 @@ def tile_scales(scale: torch.Tensor, out_features: int, groups: int, tile: int) 
     full = np.zeros((groups, math.ceil(out_features / tile) * tile), np.float32)
     full[:, :out_features] = scale.detach().cpu().float().numpy().reshape(out_features, groups).T
     return full
+
+
+def untile_rows(tiled: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
+    """Inverse of :func:`tile_rows`: ``[tiles, groups, padded / 4, tile, 4]`` -> codes ``[out, in]`` (padding
+    dropped)."""
+    tiles, groups, steps, tile, _ = tiled.shape
+    rows = tiled.transpose(0, 3, 1, 2, 4).reshape(tiles * tile, groups, 4 * steps)[:, :, :size]
+    return np.ascontiguousarray(rows.reshape(tiles * tile, groups * size)[: shape[0], : shape[1]])
+
+
+def untile_scales(scale: np.ndarray, out_features: int) -> torch.Tensor:
+    """Inverse of :func:`tile_scales`: float32 ``[groups, tiles * tile]`` -> the fp16 scales ``[out, groups]``
+    (exact: every fp16 value is a float32 value)."""
+    return torch.from_numpy(np.ascontiguousarray(scale[:, :out_features].T)).half()
 
 
 if FAST_KERNELS:

@@ -4,6 +4,8 @@ and caches a fast kernel's prepared state correctly."""
 from __future__ import annotations
 
 import copy
+import io
+import pickle
 
 import pytest
 import torch
@@ -162,3 +164,128 @@ def test_packed_layer_refuses_tensors_outside_the_layout_before_any_kernel_runs(
         PackedLinear(fmt, packed, shape, torch.full((6,), float("nan")))
     with pytest.raises(FormatError, match="positive integers"):
         PackedLinear(fmt, packed, (6, 130, 1), None)
+
+
+fast = pytest.mark.skipif(not kernels.FAST_KERNELS, reason=f"fast kernels unavailable: {kernels.REASON}")
+RELEASED = [("int8", {}), ("int8", {"group_size": 32}), ("int5", {}), ("int4", {}), ("int3", {"group_size": 16}),
+            ("int2", {}), ("ternary", {}), ("binary", {}), ("qesc", {}), ("fp16", {}), ("bf16", {})]
+RELEASED_IDS = [name + "".join(f"-{k}{v}" for k, v in opts.items()) for name, opts in RELEASED]
+
+
+def packed_layer(name: str, options: dict, seed: int = 0, shape=(37, 130)) -> PackedLinear:
+    torch.manual_seed(seed)
+    return pack_model(QuantLinear(shape[1], shape[0], fmt=name, **options)).eval()
+
+
+def assert_same_state(got: dict, want: dict) -> None:
+    assert list(got) == list(want)
+    for name, tensor in want.items():
+        assert got[name].dtype == tensor.dtype and got[name].shape == tensor.shape and torch.equal(got[name], tensor)
+
+
+@fast
+@pytest.mark.parametrize(("name", "options"), RELEASED, ids=RELEASED_IDS)
+def test_the_first_forward_releases_the_packed_buffers_and_state_dict_re_derives_them(name, options):
+    layer = packed_layer(name, options)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = randn(5, 130)
+    y = layer(x)
+    assert layer.released and [n for n, _ in layer.named_buffers()] == ["bias"]  # the kernel state is the copy
+    assert_same_state(layer.state_dict(), before)
+    assert_same_state({**layer.packed, "bias": layer.bias}, before)
+    assert all(torch.equal(getattr(layer, n), before[n]) for n in layer.packed_names)
+    assert torch.equal(layer(x), y)
+
+
+@fast
+@pytest.mark.parametrize(("name", "options"), RELEASED, ids=RELEASED_IDS)
+def test_a_released_layer_pickles_copies_and_saves_the_same_bytes_and_outputs(name, options):
+    layer = packed_layer(name, options)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = randn(4, 130)
+    y = layer(x)
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    copies = [copy.deepcopy(layer), pickle.loads(pickle.dumps(layer)), torch.load(buffer, weights_only=False)]
+    for other in copies:
+        assert not other.released and other.kernel_cached_bytes == 0
+        assert_same_state(other.state_dict(), before)
+        assert torch.equal(other(x), y) and other.released
+    assert layer.released and torch.equal(layer(x), y)
+
+
+@fast
+def test_moving_a_released_layer_to_its_own_device_keeps_it_released_and_a_dtype_change_restores_the_buffers():
+    layer = packed_layer("int8", {})
+    x = randn(3, 130)
+    y = layer(x)
+    assert layer.to("cpu") is layer and layer.cpu().released and torch.equal(layer(x), y)
+    scale = layer.state_dict()["scale"]
+    layer.float()  # converts the fp16 scale: the layer must hold the buffers to convert them
+    assert not layer.released and layer.scale.dtype == torch.float32
+    assert torch.equal(layer.scale, scale.float())
+
+
+@fast
+def test_load_state_dict_into_a_released_layer_checks_the_tensors_and_replaces_the_weights():
+    layer, other = packed_layer("int8", {}, seed=1), packed_layer("int8", {}, seed=2)
+    x = randn(3, 130)
+    y = layer(x)
+    bad = {k: v.clone() for k, v in other.state_dict().items()}
+    bad["codes"][4, 7] = 128  # the uint8 view of int8 code -128, outside the symmetric range
+    with pytest.raises(FormatError, match="-128"):
+        layer.load_state_dict(bad)
+    assert torch.equal(layer(x), y)  # refused before anything was copied
+    with pytest.raises(FormatError, match="bias"):
+        layer.load_state_dict({**other.state_dict(), "bias": torch.full((37,), float("inf"))})
+    layer.load_state_dict(other.state_dict(), strict=True)
+    assert_same_state(layer.state_dict(), other.state_dict())
+    assert torch.equal(layer(x), other(x)) and layer.released
+
+
+@fast
+def test_switching_fast_kernels_off_after_the_release_runs_the_reference_on_the_re_derived_tensors():
+    layer = packed_layer("int4", {})
+    x = randn(3, 130)
+    y = layer(x)
+    reference = layer.fmt.matmul(x, layer.packed, layer.shape) + layer.bias
+    previous = kernels.set_fast_kernels(False)
+    try:
+        got = layer(x)
+        assert layer.last_kernel == kernels.FALLBACK and not layer.released and layer.kernel_cached_bytes == 0
+        assert torch.equal(got, reference)
+    finally:
+        kernels.set_fast_kernels(previous)
+    assert torch.equal(layer(x), y) and layer.released
+
+
+@fast
+def test_packed_of_a_released_layer_is_one_copy_while_it_lives_and_never_an_edited_one():
+    layer = packed_layer("int8", {})
+    layer(randn(2, 130))
+    first = layer.packed
+    assert layer.packed["codes"] is first["codes"]  # a state_dict of a shared module sees one storage
+    original = first["codes"].clone()
+    first["codes"][0, 0] ^= 1  # edits a copy: the layer's weights are the kernel state
+    assert torch.equal(layer.packed["codes"], original) and layer.packed["codes"] is not first["codes"]
+
+
+@fast
+def test_assigning_a_packed_tensor_of_a_released_layer_holds_the_buffers_again_and_uses_the_new_one():
+    layer = packed_layer("int8", {})
+    x = randn(3, 130)
+    y = layer(x) - layer.bias
+    layer.scale = (layer.scale.float() * 2).half()
+    assert not layer.released
+    assert torch.allclose(layer(x) - layer.bias, 2 * y, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "options"),
+                         [("int8", {"activations": "float"}), ("ternary", {"activations": "float"}), ("fp32", {})])
+def test_layers_without_an_invertible_kernel_keep_their_packed_buffers(name, options):
+    layer = packed_layer(name, options)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    layer(randn(2, 130))
+    assert not layer.released and [n for n, _ in layer.named_buffers()] == [*layer.packed_names, "bias"]
+    assert_same_state(layer.state_dict(), before)
