@@ -16,9 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from qwave import atomic  # noqa: E402
 from qwave.bench.report import save_figure  # noqa: E402
+from qwave.bench.summary import resident_ratio_cell  # noqa: E402
 
 COLUMNS = ("model", "method", "runs", "macro-F1", "95% CI", "accuracy", "stored KB", "smaller than FP32",
-           "resident KB", "ms/sample", "speed vs FP32")
+           "resident KB", "ms/sample", "speed vs FP32", "resident / stored")
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -35,6 +36,7 @@ def markdown_table(rows: list[dict]) -> str:
             _fmt(r.get("accuracy_mean"), ".4f"), _fmt(r.get("stored_kb"), ".1f"),
             _fmt(r.get("reduction_vs_fp32"), ".2f", "x"), _fmt(r.get("resident_kb"), ".1f"),
             _fmt(r.get("infer_ms_per_sample"), ".4f"), _fmt(r.get("speed_vs_fp32"), ".2f", "x"),
+            resident_ratio_cell(r),
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -86,7 +88,8 @@ def write_overview(root: Path, rows: list[dict], source: str | None = None) -> N
         head += [f"Table: `{source}`.", ""]
     head += ["macro-F1: mean over folds x seeds, ± the 95% confidence half-width; stored KB: the artifact's tensor "
              "bytes; resident KB: weight bytes the loaded model holds after its first forward (kernel layouts "
-             "included); ms/sample: median of warm forwards over each test fold (kernel preparation excluded), "
+             "included, packed buffers a kernel re-derives not held); resident / stored: their ratio, flagged "
+             "above 1.1x; ms/sample: median of warm forwards over each test fold (kernel preparation excluded), "
              "mean over runs; speed vs FP32: FP32's ms/sample over the model's, from separate jobs of this run "
              "(`qwave speed` times formats interleaved in one process).", "", "![pareto](pareto.png)", ""]
     atomic.write_text(root / "report.md", "\n".join(head) + "\n" + markdown_table(rows))

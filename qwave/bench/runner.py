@@ -32,7 +32,7 @@ from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, lo
 from qwave.data.input_quant import INPUT_QUANT_MODES, fit_input_quantizer
 from qwave.errors import ConfigError
 from qwave.eval.metrics import classification_metrics
-from qwave.size import artifact_report, resident_bytes
+from qwave.size import artifact_report, resident_bytes, resident_fields
 from qwave.train import predict_logits, resolve_device, train_model
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
         **memory_used,
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "stored_bytes": sizes.stored_bytes,
-        "resident_bytes": resident,
+        **resident_fields(resident, sizes.stored_bytes),  # resident_bytes, resident_vs_stored, resident_flag
         "artifact_file_bytes": sizes.file_bytes,
         "artifact_agreement": agree,
         "energy": meter.result(),

@@ -14,6 +14,7 @@ from rich.table import Table
 from qwave import atomic
 from qwave.errors import QwaveError
 from qwave.eval.metrics import INTERVAL, aggregate, aggregate_over_folds
+from qwave.size import resident_fields
 
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "roc_auc_macro", "ece")
 
@@ -77,7 +78,10 @@ def summary_row(summary: dict, fp32_bytes: int | None) -> dict:
         row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_ci95"] = stats["mean"], stats["std"], stats["ci95"]
     row["stored_bytes"] = summary["stored_bytes"]
     row["stored_kb"] = summary["stored_bytes"] / 1024
-    row["resident_kb"] = summary["resident_bytes"] / 1024 if summary.get("resident_bytes") is not None else None
+    resident = summary.get("resident_bytes")
+    row["resident_kb"] = resident / 1024 if resident is not None else None
+    row.update(resident_fields(resident, summary["stored_bytes"]) if resident is not None
+               else {"resident_bytes": None, "resident_vs_stored": None, "resident_flag": ""})
     row["reduction_vs_fp32"] = fp32_bytes / summary["stored_bytes"] if fp32_bytes else None
     row["active_bytes_mean"] = summary["active_bytes"]["mean"] if "active_bytes" in summary else summary["stored_bytes"]
     row["input_quant"] = summary.get("input_quant", "float32")
@@ -111,23 +115,32 @@ def write_tag_summary(root: Path, extra_roots: list[Path] | None = None, models:
     return rows
 
 
+def resident_ratio_cell(row: dict) -> str:
+    """Resident over stored bytes, with the flag when the model holds more than 1.1x what it stores."""
+    if row.get("resident_vs_stored") is None:
+        return "-"
+    flag = f" ({row['resident_flag']})" if row.get("resident_flag") else ""
+    return f"{row['resident_vs_stored']:.2f}x{flag}"
+
+
 def print_table(rows: list[dict], title: str, console: Console | None = None) -> None:
     """The summary as a terminal table: macro-F1 (headline) with std and 95% CI, accuracy, stored and resident
     size, time and warm inference speed relative to FP32."""
     table = Table(title=title, caption=f"CI95: {INTERVAL}")
     columns = ("model", "method", "runs", "macro-F1", "± std", "CI95", "accuracy", "stored KB", "vs fp32",
-               "resident KB", "train s", "ms/sample", "speed")
+               "resident KB", "res/stored", "train s", "ms/sample", "speed")
     for col in columns:
         table.add_column(col, justify="left" if col in ("model", "method") else "right", no_wrap=True)
     for r in rows:
         ci = f"±{r['macro_f1_ci95']:.4f}" if r.get("macro_f1_ci95") is not None else "-"
         reduction = f"{r['reduction_vs_fp32']:.2f}x" if r.get("reduction_vs_fp32") else "-"
         resident = f"{r['resident_kb']:.1f}" if r.get("resident_kb") is not None else "-"
+        ratio = resident_ratio_cell(r)
         speed = f"{r['speed_vs_fp32']:.2f}x" if r.get("speed_vs_fp32") else "-"
         table.add_row(
             str(r["model"]), str(r["method"]), str(r["runs"]), f"{r['macro_f1_mean']:.4f}", f"{r['macro_f1_std']:.4f}",
-            ci, f"{r['accuracy_mean']:.4f}", f"{r['stored_kb']:.1f}", reduction, resident, f"{r['train_s_mean']:.1f}",
-            f"{r['infer_ms_per_sample']:.4f}", speed,
+            ci, f"{r['accuracy_mean']:.4f}", f"{r['stored_kb']:.1f}", reduction, resident, ratio,
+            f"{r['train_s_mean']:.1f}", f"{r['infer_ms_per_sample']:.4f}", speed,
         )
     if console is None:
         console = Console() if sys.stdout.isatty() else Console(width=160)

@@ -158,6 +158,7 @@ def run(argv: list[str]) -> int:
         notes.append(f"WARNING: fast kernels are off ({kernels.status()['reason']}): packed rows run the reference")
     rows: list[dict] = []
     audits: list[dict] = []
+    memory: list[dict] = []
     from qwave.kernels.fused import compile_model
 
     for label, ref, packed, in_dim in _models(args, notes):
@@ -182,13 +183,15 @@ def run(argv: list[str]) -> int:
         for fmt, model in packed.items():
             for layer in speed.layer_audit(model, probe):
                 audits.append({"model": label, "method": f"qwave-{fmt}", **layer.as_dict()})
+            memory.append({"model": label, "method": f"qwave-{fmt}", **speed.memory_row(model)})
     _add_ratios(rows)
     print(_table(rows, args))
     print(_audit_table(audits))
+    print(_memory_table(memory))
     for note in notes:
         print(note)
     if args.output_dir is not None:
-        _write(args, rows, audits, notes)
+        _write(args, rows, audits, notes, memory)
     return 0
 
 
@@ -228,7 +231,19 @@ def _audit_table(audits: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes: list[str]) -> None:
+def _memory_table(memory: list[dict]) -> str:
+    """Stored and resident weight bytes per packed model after its forwards (over 1.1x stored is flagged)."""
+    lines = ["\nresident memory (weights held after the first forward; the fused rows' own copies not included)",
+             f"{'model':<16} {'method':<20} {'stored B':>10} {'resident B':>11} {'resident/stored':>16}"]
+    for m in memory:
+        flag = f"  FLAG: resident {m['resident_flag']} stored" if m["resident_flag"] else ""
+        lines.append(f"{m['model']:<16} {m['method']:<20} {m['stored_bytes']:>10} {m['resident_bytes']:>11} "
+                     f"{m['resident_vs_stored']:>15.3f}x{flag}")
+    return "\n".join(lines)
+
+
+def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes: list[str],
+           memory: list[dict]) -> None:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "speed.csv", "w", newline="") as f:
@@ -240,7 +255,8 @@ def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes
     from qwave.commands.doctor import cpu_info
 
     meta["cpu"] = cpu_info()
-    (out / "speed.json").write_text(json.dumps({"meta": meta, "results": rows, "audit": audits}, indent=2))
+    result = {"meta": meta, "results": rows, "audit": audits, "memory": memory}
+    (out / "speed.json").write_text(json.dumps(result, indent=2))
     if args.plot:
         import matplotlib
 

@@ -125,6 +125,15 @@ def packed_reference(model: nn.Module, fmt: str, **options) -> nn.Module:
     return pack_model(quantize_model(copy.deepcopy(model), fmt, **options))
 
 
+def memory_row(model: nn.Module) -> dict:
+    """Stored bytes (what the model saves) and resident bytes (what it holds now: call it after a forward), their
+    ratio and the over-1.1x flag (``qwave.size.resident_fields``)."""
+    from qwave.size import report, resident_bytes, resident_fields
+
+    stored = report(model).stored_bytes
+    return {"stored_bytes": stored, **resident_fields(resident_bytes(model), stored)}
+
+
 @dataclass(frozen=True)
 class LayerAudit:
     """What one packed layer stores and which implementation ran its last forward."""
@@ -170,8 +179,7 @@ def layer_audit(model: nn.Module, x: torch.Tensor, repeats: int = 5) -> list[Lay
             path=path,
             format=module.fmt.name,
             kernel=str(module.last_kernel),
-            stored_bytes=int(sum(t.nbytes for t in module.packed.values()))
-            + (0 if module.bias is None else int(module.bias.nbytes)),
+            stored_bytes=module.stored_bytes,
             cached_bytes=module.kernel_cached_bytes,
             time_share=spent[path] / total,
             fallback=module.last_kernel == kernels.FALLBACK,

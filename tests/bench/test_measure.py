@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pytest
 import torch
 
 import qwave.bench.runner as runner
@@ -106,3 +108,11 @@ def test_resident_bytes_are_those_of_the_loaded_artifact_after_a_forward(fast_co
         loaded = artifact.load(Path(fast_config.output_dir) / "t" / model / "fold_1" / "artifact")
         loaded(torch.zeros(2, loaded.in_dim))
         assert record["resident_bytes"] == resident_bytes(loaded) >= record["stored_bytes"]
+        ratio = record["resident_bytes"] / record["stored_bytes"]
+        assert record["resident_vs_stored"] == ratio and bool(record["resident_flag"]) == (ratio > 1.1)
+    summary = pd.read_csv(Path(fast_config.output_dir) / "t" / "summary.csv").set_index("model")
+    for model in ("fp32", "8"):
+        biggest = max(r["resident_bytes"] for r in fold_metrics(fast_config, model))
+        assert summary.loc[model, "resident_bytes"] == biggest
+        assert summary.loc[model, "resident_vs_stored"] == pytest.approx(biggest / summary.loc[model, "stored_bytes"])
+    assert summary.loc["fp32", "resident_vs_stored"] == 1.0  # float32 weights are used as stored

@@ -37,6 +37,28 @@ def test_speed_writes_table_csv_json_and_plot(tmp_path, capsys):
     assert (tmp_path / "speed.png").exists()
 
 
+def test_speed_reports_resident_beside_stored_bytes_and_flags_a_layout_wider_than_stored(tmp_path, capsys):
+    import torch
+
+    from qwave.eval.speed import packed_reference, reference_mlp
+    from qwave.size import resident_bytes
+
+    assert speed.run(["--formats", "int8,ternary", "--no-fused", "--output-dir", str(tmp_path), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "resident memory" in out
+    memory = {m["method"]: m for m in json.loads((tmp_path / "speed.json").read_text())["memory"]}
+    for fmt in ("int8", "ternary"):
+        model = packed_reference(reference_mlp(0), fmt)
+        stored = memory[f"qwave-{fmt}"]["stored_bytes"]
+        assert stored == resident_bytes(model)  # before any forward the model holds what it stores
+        with torch.no_grad():
+            model(torch.zeros(1, 1536))
+        assert memory[f"qwave-{fmt}"]["resident_bytes"] == resident_bytes(model)
+    flagged = {m for m, row in memory.items() if row["resident_flag"]}
+    assert flagged == ({"qwave-ternary"} if kernels.status()["fast_kernels"] else set())
+    assert ("FLAG: resident over 1.1x stored" in out) == bool(flagged)
+
+
 def test_speed_audit_warns_when_fast_path_is_off(capsys):
     previous = kernels.set_fast_kernels(False)
     try:
