@@ -84,13 +84,19 @@ def self_check(name: str, device: str = "cpu") -> dict:
         packed = {k: v.to(device) for k, v in fmt.pack(fmt.quantize(w)).items()}
         xd = x.to(device)
         want = fmt.matmul(xd, packed, SHAPE).cpu()
-        got = kernel.run(kernel.prepare(fmt, packed, SHAPE), xd).cpu()
+        state = kernel.prepare(fmt, packed, SHAPE)
+        got = kernel.run(state, xd).cpu()
+        restored = None if kernel.unprepare is None else kernel.unprepare(fmt, state)
     except Exception as err:
         return {**result, "ok": False, "error": f"kernel failed to run: {err}"}
     diff = float((got - want).abs().max())
     exact = fmt.activations == "int8" or fmt.name == "fp32"  # integer recipes; fp32 runs PyTorch's own GEMM
     ok = torch.equal(got, want) if exact else torch.allclose(got, want, rtol=1e-5, atol=1e-5)
-    return {**result, "ok": bool(ok), "max_abs_diff": diff, "exact": exact}
+    # The layer keeps only the kernel state when the kernel inverts it: the inverse must give the stored bits back.
+    inverse = None if restored is None else restored.keys() == packed.keys() and all(
+        restored[k].dtype == t.dtype and torch.equal(restored[k].cpu(), t.cpu()) for k, t in packed.items())
+    return {**result, "ok": bool(ok) and inverse is not False, "max_abs_diff": diff, "exact": exact,
+            "inverse_exact": inverse}
 
 
 def report() -> dict:
@@ -133,6 +139,8 @@ def run(argv: list[str]) -> int:
     for c in data["self_checks"]:
         verdict = "ok" if c["ok"] else "FAILED"
         note = c.get("error", f"max |diff| {c['max_abs_diff']:.2e}")
+        if c.get("inverse_exact") is not None:
+            note += ", layout inverse " + ("exact" if c["inverse_exact"] else "WRONG")
         warn = "  (WARNING: no fast kernel, reference recipe runs)" if c["kernel"] == kernels.FALLBACK else ""
         print(f"  {c['device']:<5} {c['format']:<8} {c['kernel']:<26} self-check {verdict}: {note}{warn}")
     if failed:

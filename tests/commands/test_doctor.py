@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+
+import pytest
+import torch
 
 from qwave import kernels
 from qwave.commands import doctor
@@ -39,3 +43,20 @@ def test_doctor_exits_nonzero_when_a_self_check_fails(monkeypatch, capsys):
     monkeypatch.setattr(doctor, "self_check", broken)
     assert doctor.run([]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_doctor_checks_that_each_invertible_kernel_gives_the_stored_bits_back(monkeypatch, capsys):
+    if not kernels.FAST_KERNELS:
+        pytest.skip(f"fast kernels unavailable: {kernels.REASON}")
+    data = doctor.report()
+    inverses = {c["format"]: c["inverse_exact"] for c in data["self_checks"]}
+    assert all(inverses[f] is True for f in ("int8", "int4", "int2", "ternary", "binary", "qesc", "fp16", "bf16"))
+    assert inverses["fp32"] is None  # its float copy is the stored tensor: nothing to invert
+    from qwave.formats import get_format
+
+    kernel = kernels.kernel_for(get_format("int8"), "cpu")
+    wrong = dataclasses.replace(kernel, unprepare=lambda fmt, state: {**kernel.unprepare(fmt, state),
+                                                                       "scale": torch.zeros(1, dtype=torch.float16)})
+    monkeypatch.setattr(kernels, "kernel_for", lambda fmt, device="cpu": wrong if fmt.name == "int8" else None)
+    check = doctor.self_check("int8")
+    assert check["inverse_exact"] is False and not check["ok"]
