@@ -105,7 +105,9 @@ def report(module: nn.Module) -> SizeReport:
     """Per-tensor and per-layer stored bytes of ``module`` (parameters and saved buffers)."""
     storages: dict[int, list[tuple[int, int, str]]] = {}
     rows: list[TensorSize] = []
-    for name, tensor in module.state_dict(keep_vars=True).items():
+    # Held to the end: a released layer's ``packed`` then returns these same re-derived tensors (one storage each).
+    state = module.state_dict(keep_vars=True)
+    for name, tensor in state.items():
         size = tensor.numel() * tensor.element_size()
         start = tensor.storage_offset() * tensor.element_size()
         intervals = storages.setdefault(tensor.untyped_storage().data_ptr(), [])

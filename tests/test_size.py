@@ -198,6 +198,17 @@ def test_resident_bytes_count_the_arrays_held_after_the_first_forward_and_drop_t
     assert resident_bytes(model) == held + sum(kernel_layout_bytes("int4", o, i) for o, i in layers)
 
 
+@pytest.mark.parametrize("fmt", ["int8", "binary", "fp16"])
+def test_the_size_report_is_the_same_before_and_after_the_first_forward_with_same_shaped_layers(fmt):
+    model = build_mlp(SizeSpec(in_dim=64, num_classes=64, hidden=(64, 64)), fmt)  # three 64 x 64 layers
+    before = report(model)
+    with torch.no_grad():
+        model(torch.randn(2, 64))
+    after = report(model)
+    assert (after.stored_bytes, after.weight_count, after.params) == (before.stored_bytes, 3 * 64 * 64, before.params)
+    assert [vars(r) for r in after.rows] == [vars(r) for r in before.rows]
+
+
 DENSE = ["int8", "int4", "int2", "binary", "qesc", "fp16", "bf16"]  # the kernel layout has the stored bits/weight
 WIDER = {"ternary": 2 / 1.6, "int3": 4 / 3, "int5": 8 / 5, "int6": 8 / 6, "int7": 8 / 7}  # its bits / stored bits
 
