@@ -183,13 +183,18 @@ def assert_same_state(got: dict, want: dict) -> None:
         assert got[name].dtype == tensor.dtype and got[name].shape == tensor.shape and torch.equal(got[name], tensor)
 
 
-@fast
-@pytest.mark.parametrize(("name", "options"), RELEASED, ids=RELEASED_IDS)
-def test_the_first_forward_releases_the_packed_buffers_and_state_dict_re_derives_them(name, options):
+def after_first_forward(name: str, options: dict):
+    """A packed layer, its state before any forward (cloned), an input and the output of its first forward."""
     layer = packed_layer(name, options)
     before = {k: v.clone() for k, v in layer.state_dict().items()}
     x = randn(5, 130)
-    y = layer(x)
+    return layer, before, x, layer(x)
+
+
+@fast
+@pytest.mark.parametrize(("name", "options"), RELEASED, ids=RELEASED_IDS)
+def test_the_first_forward_releases_the_packed_buffers_and_state_dict_re_derives_them(name, options):
+    layer, before, x, y = after_first_forward(name, options)
     assert layer.released and [n for n, _ in layer.named_buffers()] == ["bias"]  # the kernel state is the copy
     assert_same_state(layer.state_dict(), before)
     assert_same_state({**layer.packed, "bias": layer.bias}, before)
@@ -200,10 +205,7 @@ def test_the_first_forward_releases_the_packed_buffers_and_state_dict_re_derives
 @fast
 @pytest.mark.parametrize(("name", "options"), RELEASED, ids=RELEASED_IDS)
 def test_a_released_layer_pickles_copies_and_saves_the_same_bytes_and_outputs(name, options):
-    layer = packed_layer(name, options)
-    before = {k: v.clone() for k, v in layer.state_dict().items()}
-    x = randn(4, 130)
-    y = layer(x)
+    layer, before, x, y = after_first_forward(name, options)
     buffer = io.BytesIO()
     torch.save(layer, buffer)
     buffer.seek(0)
@@ -289,3 +291,17 @@ def test_layers_without_an_invertible_kernel_keep_their_packed_buffers(name, opt
     layer(randn(2, 130))
     assert not layer.released and [n for n, _ in layer.named_buffers()] == [*layer.packed_names, "bias"]
     assert_same_state(layer.state_dict(), before)
+
+
+@fast
+def test_concurrent_first_forwards_prepare_one_state_and_agree():
+    from concurrent.futures import ThreadPoolExecutor
+
+    layer = packed_layer("int8", {})
+    reference = packed_layer("int8", {})
+    x = randn(3, 130)
+    want = reference(x)
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(lambda _: layer(x), range(8)))
+    assert all(torch.equal(y, want) for y in outputs) and layer.released
+    assert_same_state(layer.state_dict(), reference.state_dict())
