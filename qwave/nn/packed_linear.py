@@ -103,7 +103,7 @@ class PackedLinear(nn.Module):
         _, kernel, state = self._kernel_state
         with torch.inference_mode(False):  # plain tensors, even when asked inside inference mode
             derived = kernel.unprepare(self.fmt, state)
-        packed = {name: derived[name].to(self._released) for name in self.packed_names}
+            packed = {name: derived[name].to(self._released) for name in self.packed_names}
         self._derived = tuple((weakref.ref(t), t._version) for t in packed.values())
         return packed
 

@@ -305,3 +305,20 @@ def test_concurrent_first_forwards_prepare_one_state_and_agree():
         outputs = list(pool.map(lambda _: layer(x), range(8)))
     assert all(torch.equal(y, want) for y in outputs) and layer.released
     assert_same_state(layer.state_dict(), reference.state_dict())
+
+
+@fast
+def test_buffers_restored_inside_inference_mode_are_plain_tensors_that_load_state_dict_can_write():
+    layer, other = packed_layer("int4", {}, seed=1), packed_layer("int4", {}, seed=2)
+    x = randn(2, 130)
+    previous = kernels.set_fast_kernels(True)
+    try:
+        with torch.inference_mode():
+            layer(x)  # releases
+            kernels.set_fast_kernels(False)
+            layer(x)  # holds the buffers again, re-derived inside inference mode
+    finally:
+        kernels.set_fast_kernels(previous)
+    assert not layer.released and not layer.codes.is_inference()
+    layer.load_state_dict(other.state_dict())
+    assert torch.equal(layer(x), other(x))
