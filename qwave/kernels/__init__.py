@@ -22,6 +22,10 @@ import torch
 
 FALLBACK = "torch-reference"
 
+# The hidden activation a kernel's epilogue applies after the bias (``Kernel.run_np``'s ``act``).
+NO_ACTIVATION, RELU, HARDTANH = 0, 1, 2
+ACTIVATIONS = {"relu": RELU, "hardtanh": HARDTANH}
+
 
 def _disabled() -> bool:
     return os.environ.get("QWAVE_DISABLE_FAST_KERNELS", "").strip().lower() in ("1", "true", "yes", "on")
@@ -57,8 +61,9 @@ class Kernel:
     # permutation of the stored bits (the layer then keeps only the state); None when it is not invertible.
     unprepare: Callable[[Any, Any], dict[str, torch.Tensor]] | None = None
     # Optional NumPy entry point for the fused whole-model path: (state, x float32 [batch, in], bias float32
-    # [out] or empty, relu) -> float32 [batch, out], with bias and ReLU applied inside the kernel.
-    run_np: Callable[[Any, Any, Any, bool], Any] | None = None
+    # [out] or empty, act) -> float32 [batch, out], with the bias and the activation ``act`` (NO_ACTIVATION, RELU
+    # or HARDTANH) applied inside the kernel's epilogue.
+    run_np: Callable[[Any, Any, Any, int], Any] | None = None
 
 
 _KERNELS: list[Kernel] = []

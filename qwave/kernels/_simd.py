@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from llvmlite import binding as llvm
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic, models, register_model
+
+from qwave.kernels import HARDTANH, RELU
 
 _FEATURES = set((config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()).split(","))
 HAS_AVX2 = {"+avx2", "+fma", "+f16c"} <= _FEATURES
@@ -211,10 +213,15 @@ vand = _lanewise("and_", None, "Bitwise ``a & b``.")
 vxor = _lanewise("xor", None, "Bitwise ``a ^ b``.")
 
 
+def _float32(v) -> bool:
+    return (isinstance(v, Vec) and v.real) or v == types.float32
+
+
 @intrinsic
 def relu(typingctx, v):
-    """``0 where v < 0 else v`` per float32 lane (NaN and -0.0 pass, as ``if y < 0: y = 0`` does)."""
-    if not (isinstance(v, Vec) and v.real):
+    """``0 where v < 0 else v`` per float32 lane or for one float32 (NaN and -0.0 pass, as ``if y < 0: y = 0``
+    does)."""
+    if not _float32(v):
         return None
 
     def codegen(context, builder, sig, args):
@@ -222,6 +229,32 @@ def relu(typingctx, v):
         return builder.select(builder.fcmp_ordered("<", args[0], zero), zero, args[0])
 
     return v(v), codegen
+
+
+@intrinsic
+def hardtanh(typingctx, v):
+    """``clamp(v, -1, 1)`` per float32 lane or for one float32 (NaN and -0.0 pass, as ``torch.clamp`` does)."""
+    if not _float32(v):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        lanes = x.type.count if isinstance(x.type, ir.VectorType) else None
+        one, minus = (ir.Constant(x.type, value if lanes is None else [value] * lanes) for value in (1.0, -1.0))
+        low = builder.select(builder.fcmp_ordered("<", x, minus), minus, x)
+        return builder.select(builder.fcmp_ordered(">", low, one), one, low)
+
+    return v(v), codegen
+
+
+@njit(cache=True, boundscheck=False, nogil=True, inline="always")
+def activate(v, act):
+    """The hidden activation of a kernel epilogue (``qwave.kernels`` codes): ``RELU``, ``HARDTANH`` or none."""
+    if act == RELU:
+        return relu(v)
+    if act == HARDTANH:
+        return hardtanh(v)
+    return v
 
 
 @intrinsic

@@ -21,6 +21,8 @@ SIGNED, OFFSET = 0, 1
 if FAST_KERNELS:
     from numba import njit, prange
 
+    from qwave.kernels._simd import activate
+
     @njit(cache=True, boundscheck=False, nogil=True)
     def abs_max_rows(x):
         """``max|x_row|`` per row, exactly (a max over the bit patterns of ``|x|``, which vectorizes)."""
@@ -88,13 +90,11 @@ if FAST_KERNELS:
         return a, a.view(np.int8), scale, sums, neg
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def emit(f, rows, r, c0, width, x_scale, bias, relu, out):
-        """``out[r + i, c0 + c] = relu?(f[i, c] * s_x[r + i] + bias[c0 + c])`` for the tile's valid outputs."""
+    def emit(f, rows, r, c0, width, x_scale, bias, act, out):
+        """``out[r + i, c0 + c] = act(f[i, c] * s_x[r + i] + bias[c0 + c])`` for the tile's valid outputs."""
         for i in range(rows):
             for c in range(width):
                 y = f[i, c] * x_scale[r + i]
                 if bias.shape[0] > 0:
                     y += bias[c0 + c]
-                if relu and y < 0:
-                    y = np.float32(0.0)
-                out[r + i, c0 + c] = y
+                out[r + i, c0 + c] = activate(y, act)

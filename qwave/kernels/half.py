@@ -5,7 +5,7 @@ permutation of the stored bytes). Each work item converts one tile's columns for
 panel (``vcvtph2ps`` for fp16; bf16 is the high half of a float32, a 16-bit shift), once per row chunk, then runs
 an FP32 register-tiled microkernel over it: 6 rows x 16 columns (``avx2``, 12 ``vfmadd231ps`` accumulators) or
 6 rows x 32 columns (``avx512``). ``y[i, j] = sum_k x[i, k] * w[j, k]`` is accumulated in input order with fused
-multiply-adds (float32 rounding differs from PyTorch's GEMM in the last bits), then bias and ReLU.
+multiply-adds (float32 rounding differs from PyTorch's GEMM in the last bits), then the bias and the activation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qwave.kernels import FAST_KERNELS, Kernel, register_kernel
+from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
 
 TILES = {"avx2": 16, "avx512": 32}
 ROWS = 6  # rows per register tile
@@ -63,6 +63,7 @@ if FAST_KERNELS:
 
     from qwave.kernels._simd import (
         HAS_AVX512,
+        activate,
         load1_f32x8,
         load1_f32x16,
         load_bf16x8,
@@ -80,15 +81,13 @@ if FAST_KERNELS:
     ISA = "avx512" if HAS_AVX512 else "avx2"
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _emit(f, rows, r, c0, width, bias, relu, out):
+    def _emit(f, rows, r, c0, width, bias, act, out):
         for i in range(rows):
             for c in range(width):
                 y = f[i, c]
                 if bias.shape[0] > 0:
                     y += bias[c0 + c]
-                if relu and y < 0:
-                    y = np.float32(0.0)
-                out[r + i, c0 + c] = y
+                out[r + i, c0 + c] = activate(y, act)
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
     def _dot6x16(xf, panel, x0, n):
@@ -135,7 +134,7 @@ if FAST_KERNELS:
         return a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _block_avx2(x, w, bf16, r0, r1, t0, t1, n_out, bias, relu, out):
+    def _block_avx2(x, w, bf16, r0, r1, t0, t1, n_out, bias, act, out):
         """Rows ``r0:r1`` x column tiles ``t0:t1`` (16 outputs each)."""
         n = x.shape[1]
         xf = x.reshape(-1)
@@ -161,10 +160,10 @@ if FAST_KERNELS:
                             lo = vfma(lo, a, load_f32x8(panel, 16 * k))
                             hi = vfma(hi, a, load_f32x8(panel, 16 * k + 8))
                         store(flat, 16 * i, lo); store(flat, 16 * i + 8, hi)  # noqa: E702
-                _emit(f, rows, r, c0, min(16, n_out - c0), bias, relu, out)
+                _emit(f, rows, r, c0, min(16, n_out - c0), bias, act, out)
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _block_512(x, w, bf16, r0, r1, t0, t1, n_out, bias, relu, out):
+    def _block_512(x, w, bf16, r0, r1, t0, t1, n_out, bias, act, out):
         """Rows ``r0:r1`` x column tiles ``t0:t1`` (32 outputs each), 512-bit."""
         n = x.shape[1]
         xf = x.reshape(-1)
@@ -190,31 +189,39 @@ if FAST_KERNELS:
                             lo = vfma(lo, a, load_f32x16(panel, 32 * k))
                             hi = vfma(hi, a, load_f32x16(panel, 32 * k + 16))
                         store(flat, 32 * i, lo); store(flat, 32 * i + 16, hi)  # noqa: E702
-                _emit(f, rows, r, c0, min(32, n_out - c0), bias, relu, out)
+                _emit(f, rows, r, c0, min(32, n_out - c0), bias, act, out)
 
-    def _driver(block):
-        """A parallel GEMM over ``block`` (one per variant: a CPU compiles only the variant it runs)."""
+    def _driver(wide: bool):
+        """A parallel GEMM of one variant (``wide``: avx512), closing over that constant and never over the block
+        function: numba prunes the other branch (a CPU compiles only the variant it runs) and the on-disk cache key,
+        which hashes closure values, holds between processes."""
 
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-        def gemm(x, w, bf16, n_out, bias, relu, out, parallel):
+        def gemm(x, w, bf16, n_out, bias, act, out, parallel):
             m, n_tiles = x.shape[0], w.shape[0]
             if not parallel:
-                block(x, w, bf16, 0, m, 0, n_tiles, n_out, bias, relu, out)
+                if wide:
+                    _block_512(x, w, bf16, 0, m, 0, n_tiles, n_out, bias, act, out)
+                else:
+                    _block_avx2(x, w, bf16, 0, m, 0, n_tiles, n_out, bias, act, out)
                 return
             n_chunks = (m + ROW_CHUNK - 1) // ROW_CHUNK
             for item in prange(n_chunks * n_tiles):
                 r0, t = (item // n_tiles) * ROW_CHUNK, item % n_tiles
-                block(x, w, bf16, r0, min(m, r0 + ROW_CHUNK), t, t + 1, n_out, bias, relu, out)
+                if wide:
+                    _block_512(x, w, bf16, r0, min(m, r0 + ROW_CHUNK), t, t + 1, n_out, bias, act, out)
+                else:
+                    _block_avx2(x, w, bf16, r0, min(m, r0 + ROW_CHUNK), t, t + 1, n_out, bias, act, out)
 
         return gemm
 
-    GEMM = {"avx2": _driver(_block_avx2), "avx512": _driver(_block_512)}
+    GEMM = {"avx2": _driver(False), "avx512": _driver(True)}
 
-    def linear_np(weights: HalfWeights, x: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
-        """``relu?(x @ W.T + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
+    def linear_np(weights: HalfWeights, x: np.ndarray, bias: np.ndarray, act: int) -> np.ndarray:
+        """``act(x @ W.T + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
         out = np.empty((x.shape[0], weights.out_features), dtype=np.float32)
         parallel = x.shape[0] * weights.out_features * weights.in_features >= PARALLEL_MACS
-        GEMM[weights.isa](np.ascontiguousarray(x), weights.codes, weights.bf16, weights.out_features, bias, relu, out,
+        GEMM[weights.isa](np.ascontiguousarray(x), weights.codes, weights.bf16, weights.out_features, bias, act, out,
                           parallel)
         return out
 
@@ -226,7 +233,7 @@ if FAST_KERNELS:
             formats=("fp16", "bf16"),
             device="cpu",
             prepare=lambda fmt, packed, shape: prepare_weight(packed["weight"], ISA),
-            run=lambda w, x: torch.from_numpy(linear_np(w, x.detach().contiguous().numpy(), _NO_BIAS, False)),
+            run=lambda w, x: torch.from_numpy(linear_np(w, x.detach().contiguous().numpy(), _NO_BIAS, NO_ACTIVATION)),
             cached_bytes=lambda w: w.cached_bytes,
             unprepare=lambda fmt, w: unprepare_weight(w),
             run_np=linear_np,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from qwave.formats.base import QuantizedTensor
-from qwave.kernels import FAST_KERNELS, Kernel, register_kernel
+from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
 from qwave.kernels.wa8 import TILES, IntWeights, group_layout, tile_rows, tile_scales, untile_rows, untile_scales
 
 FORMATS = ("int4", "int3", "int2", "ternary")  # unsigned codes of 2 bits (int2, ternary) or 4 bits (int3, int4)
@@ -100,7 +100,7 @@ if FAST_KERNELS:
             formats=FORMATS,
             device="cpu",
             prepare=prepare,
-            run=lambda w, x: torch.from_numpy(linear_np(w, x.detach().contiguous().numpy(), _NO_BIAS, False)),
+            run=lambda w, x: torch.from_numpy(linear_np(w, x.detach().contiguous().numpy(), _NO_BIAS, NO_ACTIVATION)),
             cached_bytes=lambda weights: weights.cached_bytes,
             unprepare=unprepare,
             supports=lambda fmt: fmt.activations == "int8",

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from qwave.errors import FormatError
-from qwave.kernels import FAST_KERNELS, Kernel, register_kernel
+from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
 
 PARALLEL_WORDS = 1 << 15  # below this many (row, output, word) triples a call stays on one thread
 ROW_CHUNK, COL_BLOCK = 64, 64
@@ -95,6 +95,7 @@ if FAST_KERNELS:
 
     from qwave.kernels._simd import (
         HAS_VPOPCNTDQ,
+        activate,
         load1_f32x8,
         load1_f32x16,
         load1_i64x4,
@@ -119,7 +120,6 @@ if FAST_KERNELS:
         zero_i64x4,
         zero_i64x8,
     )
-    from qwave.kernels._simd import relu as vrelu
 
     ISA = "avx512" if HAS_VPOPCNTDQ else "avx2"
 
@@ -199,8 +199,8 @@ if FAST_KERNELS:
         return nonzero, negative, scale
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
-    def _emit(acc, accf, outf, rows, r0, c0, width, x_scale, w_scale, bias, relu, out, n):
-        """``out = relu?(float32(dot) * s_x * s_w + bias)`` for a register tile's outputs, one vector per row when
+    def _emit(acc, accf, outf, rows, r0, c0, width, x_scale, w_scale, bias, act, out, n):
+        """``out = act(float32(dot) * s_x * s_w + bias)`` for a register tile's outputs, one vector per row when
         the tile is full (``dot = n - 2 acc`` for binary, ``n = 0``: ``dot = acc``; both exact in float32 because
         ``|dot| <= in_features < 2^24``, checked in ``prepare_bits``)."""
         tile, stride = acc.shape[1], out.shape[1]
@@ -212,7 +212,7 @@ if FAST_KERNELS:
                 y = vmul(vmul(d, load1_f32x8(x_scale, r0 + r)), load_f32x8(w_scale, c0))
                 if bias.shape[0] > 0:
                     y = vadd(y, load_f32x8(bias, c0))
-                store(outf, (r0 + r) * stride + c0, vrelu(y) if relu else y)
+                store(outf, (r0 + r) * stride + c0, activate(y, act))
             elif width == 16 and tile == 16:
                 d16 = narrow_f32(load_i64x8(accf, 16 * r), load_i64x8(accf, 16 * r + 8))
                 if n > 0:
@@ -220,16 +220,14 @@ if FAST_KERNELS:
                 y16 = vmul(vmul(d16, load1_f32x16(x_scale, r0 + r)), load_f32x16(w_scale, c0))
                 if bias.shape[0] > 0:
                     y16 = vadd(y16, load_f32x16(bias, c0))
-                store(outf, (r0 + r) * stride + c0, vrelu(y16) if relu else y16)
+                store(outf, (r0 + r) * stride + c0, activate(y16, act))
             else:
                 for c in range(width):
                     dot = n - 2 * acc[r, c] if n > 0 else acc[r, c]
                     v = np.float32(dot) * x_scale[r0 + r] * w_scale[c0 + c]
                     if bias.shape[0] > 0:
                         v += bias[c0 + c]
-                    if relu and v < 0:
-                        v = np.float32(0.0)
-                    out[r0 + r, c0 + c] = v
+                    out[r0 + r, c0 + c] = activate(v, act)
 
     # ---- avx512: vpopcntq ---------------------------------------------------------------------------------------
 
@@ -245,7 +243,7 @@ if FAST_KERNELS:
         return vsub(vsub(vadd(acc, popcount_i64(nz)), ng), ng)
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _binary_512(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, relu, out):
+    def _binary_512(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, act, out):
         """Rows ``r0:r1`` x outputs ``c0:c1``: register tiles of 4 rows x 16 outputs (two 8-word vectors)."""
         stride, words = wt.shape[1], xb.shape[1]
         wf, xf = wt.reshape(-1), xb.reshape(-1)
@@ -279,10 +277,10 @@ if FAST_KERNELS:
                             a00 = _xor_pop(a00, x, load_i64x8(wf, k * stride + c))
                             a01 = _xor_pop(a01, x, load_i64x8(wf, k * stride + c + 8))
                         store(flat, 16 * i, a00); store(flat, 16 * i + 8, a01)  # noqa: E702
-                _emit(acc, flat, outf, rows, r, c, width, x_scale, w_scale, bias, relu, out, n)
+                _emit(acc, flat, outf, rows, r, c, width, x_scale, w_scale, bias, act, out, n)
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _qesc_512(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, relu, out):
+    def _qesc_512(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, act, out):
         """Rows ``r0:r1`` x outputs ``c0:c1``: register tiles of 4 rows x 16 outputs over both trit planes."""
         stride, words = wn.shape[1], xn.shape[1]
         wnf, wsf, xnf, xsf = wn.reshape(-1), ws.reshape(-1), xn.reshape(-1), xs.reshape(-1)
@@ -319,7 +317,7 @@ if FAST_KERNELS:
                             a00 = _trit_pop(a00, a, b, load_i64x8(wnf, o), load_i64x8(wsf, o))
                             a01 = _trit_pop(a01, a, b, load_i64x8(wnf, o + 8), load_i64x8(wsf, o + 8))
                         store(flat, 16 * i, a00); store(flat, 16 * i + 8, a01)  # noqa: E702
-                _emit(acc, flat, outf, rows, r, c, width, x_scale, w_scale, bias, relu, out, 0)
+                _emit(acc, flat, outf, rows, r, c, width, x_scale, w_scale, bias, act, out, 0)
 
     # ---- avx2: nibble-lookup popcounts accumulated in bytes -------------------------------------------------------
 
@@ -352,7 +350,7 @@ if FAST_KERNELS:
         return t00, t01, t10, t11, t20, t21, t30, t31
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _binary_avx2(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, relu, out):
+    def _binary_avx2(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, act, out):
         """Rows ``r0:r1`` x outputs ``c0:c1``: register tiles of 4 rows x 8 outputs (two 4-word vectors)."""
         stride, words = wt.shape[1], xb.shape[1]
         wf, xf = wt.reshape(-1), xb.reshape(-1)
@@ -377,7 +375,7 @@ if FAST_KERNELS:
                                 b1 = _xor_bytes(b1, x, load_i64x4(wf, k * stride + c + 4))
                             t0 = vadd(t0, sum_bytes(b0)); t1 = vadd(t1, sum_bytes(b1))  # noqa: E702
                         store(flat, 8 * i, t0); store(flat, 8 * i + 4, t1)  # noqa: E702
-                _emit(acc, flat, outf, rows, r, c, width, x_scale, w_scale, bias, relu, out, n)
+                _emit(acc, flat, outf, rows, r, c, width, x_scale, w_scale, bias, act, out, n)
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
     def _trit_bytes(p, q, xn, xs, wn, ws):
@@ -409,7 +407,7 @@ if FAST_KERNELS:
         return t00, t01, t10, t11
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _qesc_avx2(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, relu, out):
+    def _qesc_avx2(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, act, out):
         """Rows ``r0:r1`` x outputs ``c0:c1``: register tiles of 2 rows x 8 outputs, two byte counters each."""
         stride, words = wn.shape[1], xn.shape[1]
         wnf, wsf, xnf, xsf = wn.reshape(-1), ws.reshape(-1), xn.reshape(-1), xs.reshape(-1)
@@ -423,65 +421,81 @@ if FAST_KERNELS:
                 v = _qesc2x8(xnf, xsf, wnf, wsf, r * words, (r + rows - 1) * words, words, stride, c)
                 for j in range(4):
                     store(flat, 4 * j, v[j])
-                _emit(acc, flat, outf, rows, r, c, width, x_scale, w_scale, bias, relu, out, 0)
+                _emit(acc, flat, outf, rows, r, c, width, x_scale, w_scale, bias, act, out, 0)
 
     # ---- drivers ----------------------------------------------------------------------------------------------
 
-    def _binary_driver(block):
+    # The drivers close over a constant (``wide``: the avx512 variant), never over a block function: numba prunes
+    # the other variant's branch, so a CPU compiles only the block it runs, and the on-disk cache key (which hashes
+    # closure values; a dispatcher's differs in every process) stays the same between runs.
+
+    def _binary_driver(wide: bool):
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-        def gemm(xb, x_scale, wt, w_scale, n, bias, relu, out, parallel):
-            """``out[i, j] = relu?((n - 2 popcount(xb[i] ^ w[j])) * s_x[i] * s_w[j] + bias[j])``, ``wt = w.T``."""
+        def gemm(xb, x_scale, wt, w_scale, n, bias, act, out, parallel):
+            """``out[i, j] = act((n - 2 popcount(xb[i] ^ w[j])) * s_x[i] * s_w[j] + bias[j])``, ``wt = w.T``."""
             m, n_out = xb.shape[0], w_scale.shape[0]
             if not parallel:
-                block(xb, x_scale, wt, w_scale, n, 0, m, 0, n_out, bias, relu, out)
+                if wide:
+                    _binary_512(xb, x_scale, wt, w_scale, n, 0, m, 0, n_out, bias, act, out)
+                else:
+                    _binary_avx2(xb, x_scale, wt, w_scale, n, 0, m, 0, n_out, bias, act, out)
                 return
             chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
             n_chunks, n_blocks = (m + chunk - 1) // chunk, (n_out + COL_BLOCK - 1) // COL_BLOCK
             for item in prange(n_chunks * n_blocks):
                 r0, c0 = (item // n_blocks) * chunk, (item % n_blocks) * COL_BLOCK
-                block(xb, x_scale, wt, w_scale, n, r0, min(m, r0 + chunk), c0, min(n_out, c0 + COL_BLOCK), bias,
-                      relu, out)
+                r1, c1 = min(m, r0 + chunk), min(n_out, c0 + COL_BLOCK)
+                if wide:
+                    _binary_512(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, act, out)
+                else:
+                    _binary_avx2(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, act, out)
 
         return gemm
 
-    def _qesc_driver(block):
+    def _qesc_driver(wide: bool):
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-        def gemm(xn, xs, x_scale, wn, ws, w_scale, bias, relu, out, parallel):
-            """``out[i, j] = relu?(ternary dot(x[i], w[j]) * s_x[i] * s_w[j] + bias[j])`` from transposed planes."""
+        def gemm(xn, xs, x_scale, wn, ws, w_scale, bias, act, out, parallel):
+            """``out[i, j] = act(ternary dot(x[i], w[j]) * s_x[i] * s_w[j] + bias[j])`` from transposed planes."""
             m, n_out = xn.shape[0], w_scale.shape[0]
             if not parallel:
-                block(xn, xs, x_scale, wn, ws, w_scale, 0, m, 0, n_out, bias, relu, out)
+                if wide:
+                    _qesc_512(xn, xs, x_scale, wn, ws, w_scale, 0, m, 0, n_out, bias, act, out)
+                else:
+                    _qesc_avx2(xn, xs, x_scale, wn, ws, w_scale, 0, m, 0, n_out, bias, act, out)
                 return
             chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
             n_chunks, n_blocks = (m + chunk - 1) // chunk, (n_out + COL_BLOCK - 1) // COL_BLOCK
             for item in prange(n_chunks * n_blocks):
                 r0, c0 = (item // n_blocks) * chunk, (item % n_blocks) * COL_BLOCK
-                block(xn, xs, x_scale, wn, ws, w_scale, r0, min(m, r0 + chunk), c0, min(n_out, c0 + COL_BLOCK), bias,
-                      relu, out)
+                r1, c1 = min(m, r0 + chunk), min(n_out, c0 + COL_BLOCK)
+                if wide:
+                    _qesc_512(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, act, out)
+                else:
+                    _qesc_avx2(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, act, out)
 
         return gemm
 
-    BINARY_GEMM = {"avx2": _binary_driver(_binary_avx2), "avx512": _binary_driver(_binary_512)}
-    QESC_GEMM = {"avx2": _qesc_driver(_qesc_avx2), "avx512": _qesc_driver(_qesc_512)}
+    BINARY_GEMM = {"avx2": _binary_driver(False), "avx512": _binary_driver(True)}
+    QESC_GEMM = {"avx2": _qesc_driver(False), "avx512": _qesc_driver(True)}
 
     def _parallel(weights: BitWeights, m: int) -> bool:
         return m * weights.out_features * weights.planes[0].shape[0] >= PARALLEL_WORDS
 
-    def binary_np(weights: BitWeights, x: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
-        """``relu?(binary recipe(x) + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
+    def binary_np(weights: BitWeights, x: np.ndarray, bias: np.ndarray, act: int) -> np.ndarray:
+        """``act(binary recipe(x) + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
         parallel = _parallel(weights, x.shape[0])
         bits, x_scale = pack_signs(x, parallel)
         out = np.empty((x.shape[0], weights.out_features), dtype=np.float32)
-        BINARY_GEMM[weights.isa](bits, x_scale, weights.planes[0], weights.scale, weights.in_features, bias, relu,
+        BINARY_GEMM[weights.isa](bits, x_scale, weights.planes[0], weights.scale, weights.in_features, bias, act,
                                  out, parallel)
         return out
 
-    def qesc_np(weights: BitWeights, x: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
-        """``relu?(qesc recipe(x) + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
+    def qesc_np(weights: BitWeights, x: np.ndarray, bias: np.ndarray, act: int) -> np.ndarray:
+        """``act(qesc recipe(x) + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
         parallel = _parallel(weights, x.shape[0])
         nonzero, negative, x_scale = pack_trits(x, parallel)
         out = np.empty((x.shape[0], weights.out_features), dtype=np.float32)
-        QESC_GEMM[weights.isa](nonzero, negative, x_scale, *weights.planes, weights.scale, bias, relu, out, parallel)
+        QESC_GEMM[weights.isa](nonzero, negative, x_scale, *weights.planes, weights.scale, bias, act, out, parallel)
         return out
 
     _NO_BIAS = np.empty(0, dtype=np.float32)
@@ -498,7 +512,7 @@ if FAST_KERNELS:
             formats=("binary",),
             device="cpu",
             prepare=prepare_binary,
-            run=lambda w, x: torch.from_numpy(binary_np(w, x.detach().contiguous().numpy(), _NO_BIAS, False)),
+            run=lambda w, x: torch.from_numpy(binary_np(w, x.detach().contiguous().numpy(), _NO_BIAS, NO_ACTIVATION)),
             cached_bytes=lambda w: w.cached_bytes,
             unprepare=lambda fmt, w: unprepare_bits(w, ("bits",)),
             run_np=binary_np,
@@ -510,7 +524,7 @@ if FAST_KERNELS:
             formats=("qesc",),
             device="cpu",
             prepare=prepare_qesc,
-            run=lambda w, x: torch.from_numpy(qesc_np(w, x.detach().contiguous().numpy(), _NO_BIAS, False)),
+            run=lambda w, x: torch.from_numpy(qesc_np(w, x.detach().contiguous().numpy(), _NO_BIAS, NO_ACTIVATION)),
             cached_bytes=lambda w: w.cached_bytes,
             unprepare=lambda fmt, w: unprepare_bits(w, ("plus", "minus")),
             run_np=qesc_np,

@@ -346,7 +346,7 @@ if FAST_KERNELS:
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _block_avx2(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, r0,
-                    r1, t0, t1, bias, relu, out):
+                    r1, t0, t1, bias, act, out):
         """Output rows ``r0:r1`` x column tiles ``t0:t1`` (16 outputs each) of the ``avx2`` variant."""
         width, steps_g, block = groups * padded, padded // 4, BLOCK // 4
         step_bytes = 64 if bits == 8 else (32 if bits == 4 else 16)
@@ -396,11 +396,11 @@ if FAST_KERNELS:
                             for c in range(16):
                                 total[i, c] += acc[16 * i + c]
                     _epilogue(f, total, rows, r, g, c0, 16, sums, w_scale, offset, alpha, beta)
-                emit(f, rows, r, c0, min(16, n_out - c0), x_scale, bias, relu, out)
+                emit(f, rows, r, c0, min(16, n_out - c0), x_scale, bias, act, out)
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _block_512(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, r0,
-                   r1, t0, t1, bias, relu, out):
+                   r1, t0, t1, bias, act, out):
         """Output rows ``r0:r1`` x column tiles ``t0:t1`` (64 outputs each) of the ``avx512vnni`` variant."""
         width, steps_g, block = groups * padded, padded // 4, BLOCK // 4
         step_bytes = 256 if bits == 8 else (128 if bits == 4 else 64)
@@ -435,18 +435,26 @@ if FAST_KERNELS:
                             for c in range(64):
                                 total[i, c] += acc[64 * i + c]
                     _epilogue(f, total, rows, r, g, c0, 64, sums, w_scale, offset, alpha, beta)
-                emit(f, rows, r, c0, min(64, n_out - c0), x_scale, bias, relu, out)
+                emit(f, rows, r, c0, min(64, n_out - c0), x_scale, bias, act, out)
 
-    def _driver(block, tile: int):
-        """A parallel GEMM over ``block`` (one per variant, so a CPU only compiles the variant it can run)."""
+    def _driver(wide: bool):
+        """A parallel GEMM of one variant (``wide``: avx512vnni). ``wide`` is a closure constant, never the block
+        function itself: numba prunes the other variant's branch, so a CPU compiles only the block it runs, and the
+        on-disk cache key (which hashes closure values; a dispatcher's differs in every process) holds between
+        runs."""
+        tile = TILES["avx512vnni" if wide else "avx2"]
 
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
         def gemm(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, bias,
-                 relu, out, parallel):
+                 act, out, parallel):
             m, n_tiles = a.shape[0], w.shape[0]
             if not parallel:
-                block(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, 0, m,
-                      0, n_tiles, bias, relu, out)
+                if wide:
+                    _block_512(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups,
+                               padded, 0, m, 0, n_tiles, bias, act, out)
+                else:
+                    _block_avx2(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups,
+                                padded, 0, m, 0, n_tiles, bias, act, out)
                 return
             per_block = max(1, COL_BLOCK // tile)
             n_blocks = (n_tiles + per_block - 1) // per_block
@@ -454,15 +462,20 @@ if FAST_KERNELS:
             n_chunks = (m + chunk - 1) // chunk
             for item in prange(n_chunks * n_blocks):
                 r0, t0 = (item // n_blocks) * chunk, (item % n_blocks) * per_block
-                block(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, r0,
-                      min(m, r0 + chunk), t0, min(n_tiles, t0 + per_block), bias, relu, out)
+                r1, t1 = min(m, r0 + chunk), min(n_tiles, t0 + per_block)
+                if wide:
+                    _block_512(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups,
+                               padded, r0, r1, t0, t1, bias, act, out)
+                else:
+                    _block_avx2(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups,
+                                padded, r0, r1, t0, t1, bias, act, out)
 
         return gemm
 
-    GEMM = {"avx2": _driver(_block_avx2, 16), "avx512vnni": _driver(_block_512, 64)}
+    GEMM = {"avx2": _driver(False), "avx512vnni": _driver(True)}
 
-    def linear_np(weights: IntWeights, x: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
-        """``relu?(W·A8 recipe(x) + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
+    def linear_np(weights: IntWeights, x: np.ndarray, bias: np.ndarray, act: int) -> np.ndarray:
+        """``act(W·A8 recipe(x) + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
         m, n_out = x.shape[0], weights.out_features
         groups, padded = weights.scale.shape[0], weights.padded_group
         parallel = m * n_out * weights.in_features >= PARALLEL_MACS
@@ -471,5 +484,5 @@ if FAST_KERNELS:
         out = np.empty((m, n_out), dtype=np.float32)
         chain = CHAIN4 if weights.bits == 4 else CHAIN2
         GEMM[weights.isa](a, sums, neg, x_scale, weights.codes, weights.scale, weights.offset, weights.bits,
-                          weights.alpha, weights.beta, chain, n_out, groups, padded, bias, relu, out, parallel)
+                          weights.alpha, weights.beta, chain, n_out, groups, padded, bias, act, out, parallel)
         return out

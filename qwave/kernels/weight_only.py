@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from qwave.kernels import Kernel, register_kernel
+from qwave.kernels import HARDTANH, RELU, Kernel, register_kernel
 
 FORMATS = ("fp32", "int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary")
 HALF = ("fp16", "bf16")  # on CPU ``half`` converts them inside its kernel; on GPU they use this copy too
@@ -25,12 +25,17 @@ def prepare(fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> tup
     return weight, int(weight.nbytes)
 
 
-def run_np(state: tuple[torch.Tensor, int], x, bias, relu: bool):
-    """Fused-path entry: ``x @ W.T``, then bias and ReLU in place (the per-layer path's arithmetic, no copies)."""
+def run_np(state: tuple[torch.Tensor, int], x, bias, act: int):
+    """Fused-path entry: ``x @ W.T``, then the bias and the activation in place (the per-layer path's arithmetic and
+    the same torch functions as its modules, no copies)."""
     y = torch.from_numpy(x) @ state[0].T
     if bias.shape[0]:
         y += torch.from_numpy(bias)
-    return (y.relu_() if relu else y).numpy()
+    if act == RELU:
+        y.relu_()
+    elif act == HARDTANH:
+        torch.nn.functional.hardtanh_(y)
+    return y.numpy()
 
 
 def build(device: str) -> Kernel:

@@ -218,7 +218,8 @@ class PackedLinear(nn.Module):
         """The kernel's matmul plus bias; on CPU the bias is added inside the kernel (one pass less)."""
         if kernel.run_np is not None and rows.device.type == "cpu":
             bias = _EMPTY if self.bias is None else self.bias.detach().float().numpy()
-            return torch.from_numpy(kernel.run_np(state, rows.detach().contiguous().numpy(), bias, False))
+            return torch.from_numpy(kernel.run_np(state, rows.detach().contiguous().numpy(), bias,
+                                                    kernels.NO_ACTIVATION))
         y = kernel.run(state, rows)
         return y if self.bias is None else y + self.bias
 

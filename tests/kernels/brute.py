@@ -19,13 +19,19 @@ def int_dots(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (a.astype(np.int64)[:, None, :] * w.astype(np.int64)[None, :, :]).sum(-1)
 
 
-def epilogue(y: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
+ACTS = {"none": 0, "relu": 1, "hardtanh": 2}  # the kernels' activation codes, spelled out apart from them
+
+
+def epilogue(y: np.ndarray, bias: np.ndarray | None, act: str = "none") -> np.ndarray:
+    """Bias, then ``act``: ``relu`` (``max(y, 0)``), ``hardtanh`` (``clip(y, -1, 1)``) or ``none``."""
     if bias is not None and bias.size:
         y = (y + bias).astype(np.float32)
-    return np.where(y < 0, np.float32(0), y) if relu else y
+    if act == "relu":
+        return np.where(y < 0, np.float32(0), y)
+    return np.clip(y, np.float32(-1), np.float32(1)) if act == "hardtanh" else y
 
 
-def wa8(x: np.ndarray, codes: np.ndarray, scale: np.ndarray, group_size: int | None, bias=None, relu=False):
+def wa8(x: np.ndarray, codes: np.ndarray, scale: np.ndarray, group_size: int | None, bias=None, act="none"):
     """The W·A8 recipe: ``y = s_x * sum_g(float32(dot_g) * s_w[:, g])`` with exact integer ``dot_g``."""
     q, s = int8_activations(x)
     n = codes.shape[1]
@@ -34,7 +40,7 @@ def wa8(x: np.ndarray, codes: np.ndarray, scale: np.ndarray, group_size: int | N
     for g in range(scale.shape[1]):
         cols = slice(g * size, (g + 1) * size)
         y = (y + int_dots(q[:, cols], codes[:, cols]).astype(np.float32) * scale[:, g].astype(np.float32))
-    return epilogue((y * s[:, None]).astype(np.float32), bias, relu)
+    return epilogue((y * s[:, None]).astype(np.float32), bias, act)
 
 
 def variants() -> list[str]:

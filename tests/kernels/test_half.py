@@ -15,7 +15,7 @@ import torch
 from qwave import kernels
 from qwave.formats import get_format
 
-from .brute import variants
+from .brute import ACTS, variants
 
 pytestmark = pytest.mark.skipif(not kernels.FAST_KERNELS, reason=f"fast kernels unavailable: {kernels.REASON}")
 
@@ -29,7 +29,8 @@ def _half_isas() -> list[str]:
 @pytest.mark.parametrize("isa", _half_isas())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("out", "n", "batch"), CASES)
-def test_half_kernel_matches_float64_products_of_the_stored_values(isa, dtype, out, n, batch):
+@pytest.mark.parametrize("act", ["relu", "hardtanh"])
+def test_half_kernel_matches_float64_products_of_the_stored_values(isa, dtype, out, n, batch, act):
     from qwave.kernels import half
 
     gen = torch.Generator().manual_seed(out + n)
@@ -38,10 +39,11 @@ def test_half_kernel_matches_float64_products_of_the_stored_values(isa, dtype, o
     w[-1, -1] = 6e-8 if dtype == torch.float16 else 1e-39
     x = torch.randn(batch, n, generator=gen).numpy()
     bias = torch.randn(out, generator=gen).numpy()
-    got = half.linear_np(half.prepare_weight(w, isa), x, bias, True)
+    got = half.linear_np(half.prepare_weight(w, isa), x, bias, ACTS[act])
     exact = x.astype(np.float64) @ w.double().numpy().T + bias
     bound = n * 2.0**-24 * (np.abs(x).astype(np.float64) @ np.abs(w.double().numpy()).T) + 2.0**-23 * np.abs(exact)
-    assert np.all(np.abs(got - np.maximum(exact, 0)) <= bound + 1e-30)
+    want = np.maximum(exact, 0) if act == "relu" else np.clip(exact, -1, 1)  # both 1-Lipschitz: the bound holds
+    assert np.all(np.abs(got - want) <= bound + 1e-30)
 
 
 @pytest.mark.parametrize("name", ["fp16", "bf16"])

@@ -10,7 +10,7 @@ import torch
 from qwave import kernels
 from qwave.formats import get_format
 
-from .brute import int_dots, variants
+from .brute import ACTS, int_dots, variants
 
 pytestmark = pytest.mark.skipif(not kernels.FAST_KERNELS, reason=f"fast kernels unavailable: {kernels.REASON}")
 
@@ -43,7 +43,7 @@ def test_binary_integer_dots_equal_brute_force(isa, shape, batch):
     bits, _ = popcount.pack_signs(x.numpy(), batch > 100)
     out = np.empty((batch, shape[0]), np.float32)
     popcount.BINARY_GEMM[isa](bits, np.ones(batch, np.float32), state.planes[0], np.ones(shape[0], np.float32),
-                              shape[1], np.empty(0, np.float32), False, out, batch > 100)
+                              shape[1], np.empty(0, np.float32), 0, out, batch > 100)
     signs = np.where(x.numpy() >= 0, 1, -1)
     assert np.array_equal(out, int_dots(signs, fmt.unpack(packed, shape).codes.numpy()).astype(np.float32))
 
@@ -59,7 +59,7 @@ def test_qesc_integer_dots_equal_brute_force(isa, shape, batch):
     nonzero, negative, scale = popcount.pack_trits(x.numpy(), batch > 100)
     out = np.empty((batch, shape[0]), np.float32)
     popcount.QESC_GEMM[isa](nonzero, negative, np.ones(batch, np.float32), *state.planes,
-                            np.ones(shape[0], np.float32), np.empty(0, np.float32), False, out, batch > 100)
+                            np.ones(shape[0], np.float32), np.empty(0, np.float32), 0, out, batch > 100)
     s = scale[:, None]
     trits = np.where(s > 0, np.clip(np.rint(x.numpy() / np.where(s > 0, s, 1)), -1, 1), 0).astype(np.int64)
     assert np.array_equal(out, int_dots(trits, fmt.unpack(packed, shape).codes.numpy()).astype(np.float32))
@@ -69,13 +69,15 @@ def test_qesc_integer_dots_equal_brute_force(isa, shape, batch):
 @pytest.mark.parametrize("name", ["binary", "qesc"])
 @pytest.mark.parametrize("shape", SHAPES[:4])
 @pytest.mark.parametrize("batch", BATCHES)
-def test_popcount_kernels_match_the_format_recipe(isa, name, shape, batch):
+@pytest.mark.parametrize("act", ["relu", "hardtanh"])
+def test_popcount_kernels_match_the_format_recipe(isa, name, shape, batch, act):
     from qwave.kernels import popcount
 
     fmt, packed, x = _case(name, shape, batch)
     prepare, run = ((popcount.prepare_binary, popcount.binary_np) if name == "binary" else
                     (popcount.prepare_qesc, popcount.qesc_np))
     bias = torch.randn(shape[0])
-    got = run(prepare(fmt, packed, shape, isa), x.numpy(), bias.numpy(), True)
-    want = torch.relu(fmt.matmul(x, packed, shape) + bias)
+    got = run(prepare(fmt, packed, shape, isa), x.numpy(), bias.numpy(), ACTS[act])
+    y = fmt.matmul(x, packed, shape) + bias
+    want = torch.relu(y) if act == "relu" else torch.clamp(y, -1.0, 1.0)
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-5, atol=1e-6)
