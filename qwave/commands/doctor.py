@@ -136,6 +136,9 @@ def run(argv: list[str]) -> int:
     print("cuda: " + (f"{gpu['device']} (capability {gpu['capability']})" if gpu else "none"))
     status = data["kernels"]
     print(f"fast kernels: {'on' if status['fast_kernels'] else 'OFF'} ({status['reason']})")
+    if status["cache_dir"]:
+        unwritable = "" if status["cache_writable"] else " (NOT writable: kernels compile again in every process)"
+        print(f"kernel cache: {status['cache_dir']}{unwritable}")
     for c in data["self_checks"]:
         verdict = "ok" if c["ok"] else "FAILED"
         note = c.get("error", f"max |diff| {c['max_abs_diff']:.2e}")

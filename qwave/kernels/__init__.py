@@ -8,7 +8,8 @@ are held once. ``kernel_for`` returns the registered kernel for a format and dev
 format's pure-PyTorch reference ``matmul`` runs and the layer's audit says so.
 
 ``FAST_KERNELS`` is false when numba is missing, the CPU lacks AVX2, or ``QWAVE_DISABLE_FAST_KERNELS`` is set to
-a true value; ``status()`` says which and why.
+a true value; ``status()`` says which and why, and where numba caches the compiled
+kernels (``cache_dir``, chosen by ``qwave.kernels.cache``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from qwave.kernels.cache import configure as configure_cache
+from qwave.kernels.cache import writable
 
 FALLBACK = "torch-reference"
 
@@ -35,6 +40,7 @@ def _probe() -> tuple[bool, str]:
     if _disabled():
         return False, "disabled by QWAVE_DISABLE_FAST_KERNELS"
     try:
+        CACHE["dir"] = configure_cache()
         from qwave.kernels._simd import HAS_AVX2
     except ImportError as err:  # numba or llvmlite missing
         return False, f"numba unavailable ({err})"
@@ -43,6 +49,7 @@ def _probe() -> tuple[bool, str]:
     return True, "numba + AVX2"
 
 
+CACHE: dict[str, Path] = {}  # where numba keeps the compiled kernels (``qwave.kernels.cache``)
 FAST_KERNELS, REASON = _probe()
 
 
@@ -138,4 +145,6 @@ def avx2_environment() -> dict[str, str]:
 def status() -> dict:
     """Which kernel family runs, and why (for ``qwave doctor`` and benchmark records)."""
     reason = REASON if _enabled["fast"] or not FAST_KERNELS else "switched off by set_fast_kernels(False)"
-    return {"fast_kernels": _enabled["fast"], "available": FAST_KERNELS, "reason": reason}
+    cache = CACHE.get("dir")
+    return {"fast_kernels": _enabled["fast"], "available": FAST_KERNELS, "reason": reason,
+            "cache_dir": None if cache is None else str(cache), "cache_writable": cache is not None and writable(cache)}
