@@ -123,7 +123,7 @@ def _models(args: argparse.Namespace, notes: list[str]) -> list[tuple[str, nn.Mo
     if not args.no_reference:
         ref = speed.reference_mlp(args.seed)
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-        packed = {f: speed.packed_reference(ref, f) for f in formats}
+        packed = {f: speed.deployed_reference(args.seed, f) for f in formats}
         models.append(("reference-mlp", ref, packed, speed.REFERENCE_DIMS[0]))
     for folder in args.artifact:
         from qwave import artifact
@@ -159,15 +159,17 @@ def run(argv: list[str]) -> int:
     rows: list[dict] = []
     audits: list[dict] = []
     memory: list[dict] = []
-    from qwave.kernels.fused import compile_model
+    from qwave.nn.fused import compile_model
 
     for label, ref, packed, in_dim in _models(args, notes):
         methods: dict[str, Callable] = {}
+        activations: dict[str, str] = {}  # hidden activation per method; FP32 and peers: the ReLU reference
         if ref is not None:
             methods["fp32-eager"] = ref
             methods.update(_peer_methods(ref, in_dim, notes))
         for fmt, model in packed.items():
             methods[f"qwave-{fmt}"] = model
+            activations[f"qwave-{fmt}"] = activations[f"qwave-{fmt}-fused"] = speed.hidden_activation(model)
             fused = None if args.no_fused else compile_model(model)
             if fused is not None:
                 methods[f"qwave-{fmt}-fused"] = fused
@@ -178,7 +180,8 @@ def run(argv: list[str]) -> int:
                 times = speed.time_round_robin(calls, warmup=args.warmup, repeats=args.repeats,
                                                max_seconds=args.max_seconds * len(calls), clock=args.clock)
             for name in methods:
-                rows.append({"model": label, "method": name, **speed.latency_stats(times[name], batch).as_dict()})
+                rows.append({"model": label, "method": name, "activation": activations.get(name, "relu"),
+                             **speed.latency_stats(times[name], batch).as_dict()})
         probe = torch.randn(min(args.batch_sizes[-1], 256), in_dim)
         for fmt, model in packed.items():
             for layer in speed.layer_audit(model, probe):
@@ -207,17 +210,19 @@ def _table(rows: list[dict], args: argparse.Namespace) -> str:
     status = kernels.status()
     head = (f"qwave speed: threads={args.threads}, isa={args.isa}, clock={args.clock}, "
             f"fast kernels={status['fast_kernels']} "
-            f"({status['reason']}); p50 ms (throughput x FP32 eager), methods interleaved round-robin")
+            f"({status['reason']}); p50 ms (throughput x FP32 eager), methods interleaved round-robin\n"
+            f"each qwave format is timed as it deploys, with the hidden activation it trains with (activation_for: "
+            f"hardtanh before a binarising or ternarising layer); FP32 and peers: the ReLU model of the same weights")
     batches = args.batch_sizes
-    lines = [head, f"{'model':<16} {'method':<28} " + " ".join(f"{'batch ' + str(b):>20}" for b in batches)]
-    keys = dict.fromkeys((r["model"], r["method"]) for r in rows)
-    for model, method in keys:
+    lines = [head, f"{'model':<16} {'method':<28} {'act':<9}" + " ".join(f"{'batch ' + str(b):>20}" for b in batches)]
+    keys = dict.fromkeys((r["model"], r["method"], r["activation"]) for r in rows)
+    for model, method, activation in keys:
         cells = []
         for b in batches:
             r = next(r for r in rows if (r["model"], r["method"], r["batch"]) == (model, method, b))
             ratio = "" if r["x_fp32"] is None else f" ({r['x_fp32']:.2f}x)"
             cells.append(f"{r['p50_ms']:.3f}{ratio}".rjust(20))
-        lines.append(f"{model:<16} {method:<28} " + " ".join(cells))
+        lines.append(f"{model:<16} {method:<28} {activation:<9}" + " ".join(cells))
     return "\n".join(lines)
 
 

@@ -109,13 +109,29 @@ def latency_stats(times: np.ndarray, batch: int) -> LatencyStats:
     )
 
 
-def reference_mlp(seed: int = 0) -> nn.Module:
-    """The reference MLP 1536 -> 640 -> 320 -> 50 (ReLU) with seeded random weights, in eval mode."""
+def reference_mlp(seed: int = 0, activation: str = "relu") -> nn.Module:
+    """The reference MLP 1536 -> 640 -> 320 -> 50 with seeded random weights (the same for every ``activation``),
+    in eval mode."""
     from qwave.nn.mlp import MLPClassifier
 
     torch.manual_seed(seed)
     in_dim, hidden, classes = REFERENCE_DIMS
-    return MLPClassifier(in_dim, classes, hidden=hidden, dropout=0.0).eval()
+    return MLPClassifier(in_dim, classes, hidden=hidden, dropout=0.0, activation=activation).eval()
+
+
+def deployed_reference(seed: int, fmt: str) -> nn.Module:
+    """The packed reference MLP as format ``fmt`` deploys it: with the hidden activation that format trains with
+    (``activation_for``: hardtanh before a binarising or ternarising layer, else ReLU)."""
+    from qwave.nn.mlp import activation_for
+
+    return packed_reference(reference_mlp(seed, activation_for([fmt])), fmt)
+
+
+def hidden_activation(model: nn.Module) -> str:
+    """``relu``, ``hardtanh``, ``mixed`` or ``none``: the hidden activation modules of ``model``."""
+    found = {name for m in model.modules() for name, kind in (("relu", nn.ReLU), ("hardtanh", nn.Hardtanh))
+             if isinstance(m, kind)}
+    return found.pop() if len(found) == 1 else ("mixed" if found else "none")
 
 
 def packed_reference(model: nn.Module, fmt: str, **options) -> nn.Module:

@@ -32,6 +32,10 @@ def test_speed_writes_table_csv_json_and_plot(tmp_path, capsys):
     rows = list(csv.DictReader(open(tmp_path / "speed.csv")))
     methods = {r["method"] for r in rows}
     assert {"fp32-eager", "torch-dynamic-int8", "qwave-int8", "qwave-binary"} <= methods
+    activation = {r["method"]: r["activation"] for r in rows}
+    assert activation["qwave-binary"] == activation["qwave-binary-fused"] == "hardtanh"
+    assert activation["qwave-int8"] == activation["fp32-eager"] == "relu"
+    assert "trains with" in out
     data = json.loads((tmp_path / "speed.json").read_text())
     assert data["meta"]["threads"] == 1 and data["audit"]
     assert (tmp_path / "speed.png").exists()

@@ -63,3 +63,14 @@ def test_audit_flags_fallback_when_fast_path_forced_off():
     finally:
         kernels.set_fast_kernels(previous)
     assert all(a.fallback and a.kernel == kernels.FALLBACK for a in audit)
+
+
+@pytest.mark.parametrize(("fmt", "activation"), [("binary", "hardtanh"), ("qesc", "hardtanh"), ("int8", "relu"),
+                                                 ("ternary", "relu")])
+def test_the_deployed_reference_has_its_formats_training_activation_and_the_reference_weights(fmt, activation):
+    model = speed.deployed_reference(0, fmt)
+    assert speed.hidden_activation(model) == activation
+    assert any(isinstance(m, torch.nn.Hardtanh if activation == "hardtanh" else torch.nn.ReLU)
+               for m in model.modules())
+    same_weights = speed.packed_reference(speed.reference_mlp(0), fmt).state_dict()
+    assert all(torch.equal(t, same_weights[k]) for k, t in model.state_dict().items())

@@ -1,15 +1,21 @@
 """A fused whole-model path for packed MLPs on CPU: one NumPy pipeline instead of one module call per layer.
 
 At batch 1 the per-layer path spends most of its time in Python (module calls, torch <-> NumPy hops, a separate
-bias add and ReLU). ``compile_model(model)`` walks a packed ``MLPClassifier`` (``norm`` then ``body``) or a plain
-``nn.Sequential`` of ``PackedLinear`` / ``ReLU`` / ``Dropout`` / ``Identity`` modules and returns a ``FusedMLP``
-whose ``__call__`` gives the same logits bit for bit: each layer's kernel applies bias and ReLU itself
-(``Kernel.run_np``); layers whose kernel has no NumPy entry point run their per-layer recipe in between.
-It returns ``None`` when a module it cannot fuse is present (e.g. LayerNorm) or fast kernels are off; the
-per-layer path stays the default and is always correct.
+bias add and activation). ``compile_model(model)`` walks a packed ``MLPClassifier`` (``norm`` then ``body``) or a
+plain ``nn.Sequential`` of ``PackedLinear`` / ``ReLU`` / ``Hardtanh`` / ``Dropout`` / ``Identity`` modules and
+returns a ``FusedMLP`` whose ``__call__`` gives the same logits bit for bit: each layer's kernel applies its bias
+and the activation after it inside its epilogue (``Kernel.run_np``'s ``act``: ReLU, or hardtanh as a clamp to
+[-1, 1]); layers whose kernel has no NumPy entry point run their per-layer recipe in between. It returns ``None``
+when a module it cannot fuse is present (e.g. LayerNorm, a Hardtanh with other bounds) or fast kernels are off;
+the per-layer path stays the default and is always correct.
 
+The hardtanh is applied, never dropped, even before a layer that binarises or ternarises its input: the sign is
+unchanged (``sign(hardtanh(y)) = sign(y)``), but both recipes scale their activations by ``mean|x_row|``, which
+the clamp changes, and qesc's trits ``rint(x / mean|x|)`` depend on that scale too.
+
+Each layer's own prepared kernel state is used (``PackedLinear._kernel``), never a second copy.
 Usage: ``fused = compile_model(packed_model); logits = fused(x) if fused else packed_model(x)``.
-Weights are prepared at compile time: recompile after loading new weights.
+Recompile after loading new weights.
 """
 
 from __future__ import annotations
@@ -24,24 +30,30 @@ from torch import nn
 from qwave import kernels
 from qwave.nn.packed_linear import PackedLinear
 
+_CPU = torch.device("cpu")
+
 
 @dataclass
 class FusedLayer:
-    """One packed linear layer with its prepared kernel state and the ReLU that follows it (if any)."""
+    """One packed linear layer, its prepared kernel state and the activation that follows it (a ``kernels`` code)."""
 
     layer: PackedLinear
     kernel: kernels.Kernel
     state: Any
     bias: np.ndarray  # float32 [out] or empty
-    relu: bool
+    act: int = kernels.NO_ACTIVATION
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.kernel.run_np is not None:
-            return self.kernel.run_np(self.state, x, self.bias, self.relu)
+            return self.kernel.run_np(self.state, x, self.bias, self.act)
         y = self.kernel.run(self.state, torch.from_numpy(x))
         if self.bias.shape[0]:
             y = y + torch.from_numpy(self.bias)
-        return (torch.relu(y) if self.relu else y).numpy()
+        if self.act == kernels.RELU:
+            y = torch.relu(y)
+        elif self.act == kernels.HARDTANH:
+            y = torch.nn.functional.hardtanh(y)
+        return y.numpy()
 
 
 class FusedMLP:
@@ -77,6 +89,15 @@ def _modules(model: nn.Module) -> tuple[nn.Module | None, list[nn.Module]] | Non
     return None
 
 
+def activation_code(module: nn.Module) -> int | None:
+    """The epilogue code of an activation module the kernels apply exactly, or ``None``."""
+    if isinstance(module, nn.ReLU):
+        return kernels.RELU
+    if isinstance(module, nn.Hardtanh) and (module.min_val, module.max_val) == (-1.0, 1.0):
+        return kernels.HARDTANH
+    return None
+
+
 def compile_model(model: nn.Module) -> FusedMLP | None:
     """A ``FusedMLP`` computing ``model(x)`` on CPU, or ``None`` when the model has a module it cannot fuse."""
     found = _modules(model)
@@ -85,15 +106,16 @@ def compile_model(model: nn.Module) -> FusedMLP | None:
     norm, modules = found
     layers: list[FusedLayer] = []
     for module in modules:
+        act = activation_code(module)
         if isinstance(module, PackedLinear):
-            kernel = kernels.kernel_for(module.fmt, "cpu")
-            if kernel is None:
+            on_cpu = all(t.device.type == "cpu" for t in module.packed.values())
+            prepared = module._kernel(_CPU) if on_cpu else None
+            if prepared is None:
                 return None
-            state = kernel.prepare(module.fmt, module.packed, module.shape)
             bias = np.empty(0, np.float32) if module.bias is None else module.bias.detach().float().numpy().copy()
-            layers.append(FusedLayer(module, kernel, state, bias, relu=False))
-        elif isinstance(module, nn.ReLU) and layers and not layers[-1].relu:
-            layers[-1].relu = True
+            layers.append(FusedLayer(module, *prepared, bias))
+        elif act is not None and layers and layers[-1].act == kernels.NO_ACTIVATION:
+            layers[-1].act = act
         elif not isinstance(module, (nn.Dropout, nn.Identity)):
             return None
     return FusedMLP(norm, layers) if layers else None
