@@ -61,10 +61,7 @@ class FusedMLP:
 
     def __init__(self, norm: nn.Module | None, layers: list[FusedLayer]) -> None:
         self.norm, self.layers = norm, layers
-
-    @property
-    def kernel_names(self) -> list[str]:
-        return [f"{layer.kernel.name}+fused" for layer in self.layers]
+        self.kernel_names = [f"{layer.kernel.name}+fused" for layer in layers]
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,8 +72,9 @@ class FusedMLP:
         h = rows.contiguous().numpy()
         for layer in self.layers:
             h = layer(h)
-        for layer in self.layers:
-            layer.layer.last_kernel = f"{layer.kernel.name}+fused"
+        for layer, name in zip(self.layers, self.kernel_names, strict=True):
+            if layer.layer.last_kernel != name:  # nn.Module.__setattr__ costs a microsecond a layer
+                layer.layer.last_kernel = name
         return torch.from_numpy(h).reshape(*lead, h.shape[-1])
 
 
