@@ -2,8 +2,9 @@
 
 Prints versions (qwave, Python, torch, numpy, numba, optional backends), the CPU model and the flags that matter
 for the kernels, thread counts, the CUDA device when present, and per registered format which kernel runs and
-whether it reproduces the format's reference ``matmul`` on a tiny odd-shaped input. Exit code 1 when a
-self-check fails.
+whether it reproduces the format's reference ``matmul`` on a tiny odd-shaped input (and, where the kernel has a
+whole-chain entry point, whether the fused path's chain call gives the kernel's output bit for bit). Running it
+compiles every kernel this CPU uses into numba's cache. Exit code 1 when a self-check fails.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import platform
 import sys
 
+import numpy as np
 import torch
 
 from qwave import kernels
@@ -64,6 +66,14 @@ def cpu_info() -> dict:
     }
 
 
+def _run_chain(kernel: kernels.Kernel, state, x: torch.Tensor) -> torch.Tensor | None:
+    """The kernel's whole-chain entry point (the fused path's) on one layer, or None where it has none. It also
+    compiles that entry point, so a later fused model loads it from the cache."""
+    run = None if kernel.chain is None or x.device.type != "cpu" else kernel.chain(
+        [(state, np.empty(0, np.float32), kernels.NO_ACTIVATION)])
+    return None if run is None else torch.from_numpy(run(x.numpy()))
+
+
 def self_check(name: str, device: str = "cpu") -> dict:
     """Run the format's fast kernel (if any) and its reference on a tiny odd-shaped input; report agreement."""
     from qwave.formats import get_format
@@ -87,11 +97,14 @@ def self_check(name: str, device: str = "cpu") -> dict:
         state = kernel.prepare(fmt, packed, SHAPE)
         got = kernel.run(state, xd).cpu()
         restored = None if kernel.unprepare is None else kernel.unprepare(fmt, state)
+        chained = _run_chain(kernel, state, xd)
     except Exception as err:
         return {**result, "ok": False, "error": f"kernel failed to run: {err}"}
     diff = float((got - want).abs().max())
     exact = fmt.activations == "int8" or fmt.name == "fp32"  # integer recipes; fp32 runs PyTorch's own GEMM
     ok = torch.equal(got, want) if exact else torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    if chained is not None and not torch.equal(chained, got):
+        return {**result, "ok": False, "max_abs_diff": diff, "error": "the fused chain call differs from the kernel"}
     # The layer keeps only the kernel state when the kernel inverts it: the inverse must give the stored bits back.
     inverse = None if restored is None else restored.keys() == packed.keys() and all(
         restored[k].dtype == t.dtype and torch.equal(restored[k].cpu(), t.cpu()) for k, t in packed.items())

@@ -71,6 +71,10 @@ class Kernel:
     # [out] or empty, act) -> float32 [batch, out], with the bias and the activation ``act`` (NO_ACTIVATION, RELU
     # or HARDTANH) applied inside the kernel's epilogue.
     run_np: Callable[[Any, Any, Any, int], Any] | None = None
+    # Optional whole-chain entry point: [(state, bias, act)] of consecutive layers whose kernels all share this very
+    # function -> a callable x float32 [batch, in] -> float32 [batch, out] running them in one compiled call (bit
+    # for bit ``run_np`` layer after layer), or None when it cannot.
+    chain: Callable[[list[tuple[Any, Any, int]]], Callable[[Any], Any] | None] | None = None
 
 
 _KERNELS: list[Kernel] = []

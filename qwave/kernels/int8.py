@@ -44,7 +44,7 @@ def unprepare(fmt, weights: IntWeights) -> dict[str, torch.Tensor]:
 
 if FAST_KERNELS:
     from qwave.kernels._simd import HAS_AVX512_VNNI
-    from qwave.kernels.wa8 import linear_np
+    from qwave.kernels.wa8 import chain_layers, linear_np
 
     # numba's cache key includes the CPU's features, so this choice never goes stale in the cache.
     ISA = "avx512vnni" if HAS_AVX512_VNNI else "avx2"
@@ -65,5 +65,6 @@ if FAST_KERNELS:
             unprepare=unprepare,
             supports=lambda fmt: fmt.activations == "int8",
             run_np=linear_np,
+            chain=chain_layers,
         )
     )

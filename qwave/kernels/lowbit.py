@@ -83,7 +83,7 @@ def unprepare(fmt, weights: IntWeights) -> dict[str, torch.Tensor]:
 
 if FAST_KERNELS:
     from qwave.kernels.int8 import ISA
-    from qwave.kernels.wa8 import linear_np
+    from qwave.kernels.wa8 import chain_layers, linear_np
 
     _NO_BIAS = np.empty(0, dtype=np.float32)
 
@@ -105,5 +105,6 @@ if FAST_KERNELS:
             unprepare=unprepare,
             supports=lambda fmt: fmt.activations == "int8",
             run_np=linear_np,
+            chain=chain_layers,
         )
     )

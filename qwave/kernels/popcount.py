@@ -40,6 +40,7 @@ from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
 PARALLEL_WORDS = 1 << 15  # below this many (row, output, word) triples a call stays on one thread
 ROW_CHUNK, COL_BLOCK = 64, 64
 PAD = 16  # outputs are padded to a multiple of 16 in the transposed planes
+CHAIN_LAYERS = 8  # most layers one compiled chain call runs (``chain_layers``)
 BYTE_WORDS = 31  # avx2: words whose byte counts are summed in bytes before widening (31 * 8 = 248 < 256)
 
 
@@ -475,8 +476,62 @@ if FAST_KERNELS:
 
         return gemm
 
-    BINARY_GEMM = {"avx2": _binary_driver(False), "avx512": _binary_driver(True)}
-    QESC_GEMM = {"avx2": _qesc_driver(False), "avx512": _qesc_driver(True)}
+    BINARY_AVX2, BINARY_512, QESC_AVX2, QESC_512 = (_binary_driver(False), _binary_driver(True), _qesc_driver(False),
+                                                    _qesc_driver(True))
+    BINARY_GEMM = {"avx2": BINARY_AVX2, "avx512": BINARY_512}
+    QESC_GEMM = {"avx2": QESC_AVX2, "avx512": QESC_512}
+
+    def _chain(wide: bool):
+        """Consecutive binary / qesc layers in one compiled call (no Python between layers). ``layers``: a tuple of
+        ``CHAIN_LAYERS`` entries ``(plane 0, plane 1, scale, bias, meta)``, the first ``count`` real (the rest empty,
+        so every depth shares one compiled signature); binary: plane 0 = signs, plane 1 empty; qesc: nonzero,
+        negative; ``meta`` int64 ``[qesc?, in, out, act]``. Each layer is what ``binary_np`` / ``qesc_np`` compute."""
+
+        @njit(cache=True, boundscheck=False, nogil=True)
+        def chain(x, layers, count):
+            h = x
+            for i in range(count):
+                p0, p1, scale, bias, meta = layers[i]
+                trits, n_in, n_out, act = meta[0] == 1, meta[1], meta[2], meta[3]
+                m = h.shape[0]
+                parallel = m * n_out * p0.shape[0] >= PARALLEL_WORDS
+                out = np.empty((m, n_out), dtype=np.float32)
+                if trits:
+                    nonzero, negative, x_scale = pack_trits(h, parallel)
+                    if wide:
+                        QESC_512(nonzero, negative, x_scale, p0, p1, scale, bias, act, out, parallel)
+                    else:
+                        QESC_AVX2(nonzero, negative, x_scale, p0, p1, scale, bias, act, out, parallel)
+                else:
+                    bits, x_scale = pack_signs(h, parallel)
+                    if wide:
+                        BINARY_512(bits, x_scale, p0, scale, n_in, bias, act, out, parallel)
+                    else:
+                        BINARY_AVX2(bits, x_scale, p0, scale, n_in, bias, act, out, parallel)
+                h = out
+            return h
+
+        return chain
+
+    CHAIN = {"avx2": _chain(False), "avx512": _chain(True)}
+    _EMPTY_PLANE = np.empty((0, 0), np.uint64)
+    _EMPTY_LAYER = (_EMPTY_PLANE, _EMPTY_PLANE, np.empty(0, np.float32), np.empty(0, np.float32),
+                    np.zeros(4, np.int64))
+
+    def chain_layers(layers: list[tuple[BitWeights, np.ndarray, int]]):
+        """A callable ``x float32 [batch, in] -> float32 [batch, out]`` running the ``(weights, bias, act)`` binary /
+        qesc layers in one compiled call, bit for bit ``binary_np`` / ``qesc_np`` layer after layer; ``None`` for
+        more than ``CHAIN_LAYERS`` layers or mixed variants."""
+        if len(layers) > CHAIN_LAYERS or len({w.isa for w, _, _ in layers}) != 1:
+            return None
+        entries = tuple(
+            (w.planes[0], w.planes[1] if len(w.planes) > 1 else _EMPTY_PLANE, w.scale,
+             np.ascontiguousarray(bias, np.float32),
+             np.array([len(w.planes) > 1, w.in_features, w.out_features, act], np.int64))
+            for w, bias, act in layers
+        ) + (_EMPTY_LAYER,) * (CHAIN_LAYERS - len(layers))
+        run, count = CHAIN[layers[0][0].isa], len(layers)
+        return lambda x: run(np.ascontiguousarray(x, np.float32), entries, count)
 
     def _parallel(weights: BitWeights, m: int) -> bool:
         return m * weights.out_features * weights.planes[0].shape[0] >= PARALLEL_WORDS
@@ -516,6 +571,7 @@ if FAST_KERNELS:
             cached_bytes=lambda w: w.cached_bytes,
             unprepare=lambda fmt, w: unprepare_bits(w, ("bits",)),
             run_np=binary_np,
+            chain=chain_layers,
         )
     )
     QESC = register_kernel(
@@ -528,5 +584,6 @@ if FAST_KERNELS:
             cached_bytes=lambda w: w.cached_bytes,
             unprepare=lambda fmt, w: unprepare_bits(w, ("plus", "minus")),
             run_np=qesc_np,
+            chain=chain_layers,
         )
     )

@@ -51,6 +51,7 @@ STEP_BYTES = {("avx2", 8): 64, ("avx2", 4): 32, ("avx2", 2): 16,  # bytes of one
               ("avx512vnni", 8): 256, ("avx512vnni", 4): 128, ("avx512vnni", 2): 64}
 ROW_CHUNK = 64  # batch rows per work item
 COL_BLOCK = 64  # output columns per work item
+CHAIN_LAYERS = 8  # most layers one compiled chain call runs (``chain_layers``)
 PARALLEL_MACS = 1 << 18  # below this many multiply-adds a call stays on one thread (measured: 2 threads pay off
 # from a 640 x 320 layer at batch 1 up)
 
@@ -472,7 +473,57 @@ if FAST_KERNELS:
 
         return gemm
 
-    GEMM = {"avx2": _driver(False), "avx512vnni": _driver(True)}
+    GEMM_AVX2, GEMM_512 = _driver(False), _driver(True)
+    GEMM = {"avx2": GEMM_AVX2, "avx512vnni": GEMM_512}
+
+    def _chain(wide: bool):
+        """Consecutive W·A8 layers in one compiled call (the fused path's batch-1 case: no Python between layers).
+        ``layers`` is a tuple of ``CHAIN_LAYERS`` entries ``(codes as uint8, scale, offset, bias, meta)``, the first
+        ``count`` real (the rest empty, so every depth shares one compiled signature), ``meta`` int64 ``[bits,
+        alpha, beta, chain, out, in, group size, groups, padded group, act]``; each layer is what ``linear_np``
+        computes."""
+
+        @njit(cache=True, boundscheck=False, nogil=True)
+        def chain(x, layers, count):
+            h = x
+            for i in range(count):
+                codes, scale, offset, bias, meta = layers[i]
+                bits, alpha, beta, steps, n_out = meta[0], meta[1], meta[2], meta[3], meta[4]
+                n_in, group_size, groups, padded, act = meta[5], meta[6], meta[7], meta[8], meta[9]
+                m = h.shape[0]
+                parallel = m * n_out * n_in >= PARALLEL_MACS
+                layout = OFFSET if bits == 8 and wide else SIGNED
+                a, _, x_scale, sums, neg = quantize_rows(h, group_size, groups, padded, layout, parallel)
+                out = np.empty((m, n_out), dtype=np.float32)
+                if wide:
+                    GEMM_512(a, sums, neg, x_scale, codes, scale, offset, bits, alpha, beta, steps, n_out, groups,
+                             padded, bias, act, out, parallel)
+                else:
+                    GEMM_AVX2(a, sums, neg, x_scale, codes, scale, offset, bits, alpha, beta, steps, n_out, groups,
+                              padded, bias, act, out, parallel)
+                h = out
+            return h
+
+        return chain
+
+    CHAIN = {"avx2": _chain(False), "avx512vnni": _chain(True)}
+    _EMPTY_LAYER = (np.empty((0, 0), np.uint8), np.empty((0, 0), np.float32), np.empty((0, 0), np.int64),
+                    np.empty(0, np.float32), np.zeros(10, np.int64))
+
+    def chain_layers(layers: list[tuple[IntWeights, np.ndarray, int]]):
+        """A callable ``x float32 [batch, in] -> float32 [batch, out]`` running the ``(weights, bias, act)`` layers
+        in one compiled call, bit for bit ``linear_np`` layer after layer; ``None`` for more than ``CHAIN_LAYERS``
+        layers or mixed variants."""
+        if len(layers) > CHAIN_LAYERS or len({w.isa for w, _, _ in layers}) != 1:
+            return None
+        entries = tuple(
+            (w.codes.view(np.uint8), w.scale, w.offset, np.ascontiguousarray(bias, np.float32),
+             np.array([w.bits, w.alpha, w.beta, CHAIN4 if w.bits == 4 else CHAIN2, w.out_features, w.in_features,
+                       w.group_size, w.scale.shape[0], w.padded_group, act], np.int64))
+            for w, bias, act in layers
+        ) + (_EMPTY_LAYER,) * (CHAIN_LAYERS - len(layers))
+        run, count = CHAIN[layers[0][0].isa], len(layers)
+        return lambda x: run(np.ascontiguousarray(x, np.float32), entries, count)
 
     def linear_np(weights: IntWeights, x: np.ndarray, bias: np.ndarray, act: int) -> np.ndarray:
         """``act(W·A8 recipe(x) + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""

@@ -13,7 +13,9 @@ The hardtanh is applied, never dropped, even before a layer that binarises or te
 unchanged (``sign(hardtanh(y)) = sign(y)``), but both recipes scale their activations by ``mean|x_row|``, which
 the clamp changes, and qesc's trits ``rint(x / mean|x|)`` depend on that scale too.
 
-Each layer's own prepared kernel state is used (``PackedLinear._kernel``), never a second copy.
+Each layer's own prepared kernel state is used (``PackedLinear._kernel``), never a second copy. When every layer's
+kernel offers the same ``Kernel.chain`` (the W·A8 family: int8, int5..int7, int4, int3, int2, ternary), the whole
+chain runs in one compiled call, with no Python between the layers (what batch 1 needs).
 Usage: ``fused = compile_model(packed_model); logits = fused(x) if fused else packed_model(x)``.
 Recompile after loading new weights.
 """
@@ -62,6 +64,10 @@ class FusedMLP:
     def __init__(self, norm: nn.Module | None, layers: list[FusedLayer]) -> None:
         self.norm, self.layers = norm, layers
         self.kernel_names = [f"{layer.kernel.name}+fused" for layer in layers]
+        builders = {layer.kernel.chain for layer in layers}
+        build = builders.pop() if len(builders) == 1 else None
+        # One compiled call for the whole chain when every layer's kernel shares the same chain entry point.
+        self.chain = None if build is None else build([(layer.state, layer.bias, layer.act) for layer in layers])
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,8 +76,11 @@ class FusedMLP:
         if self.norm is not None:
             rows = self.norm(rows)
         h = rows.contiguous().numpy()
-        for layer in self.layers:
-            h = layer(h)
+        if self.chain is not None:
+            h = self.chain(h)
+        else:
+            for layer in self.layers:
+                h = layer(h)
         for layer, name in zip(self.layers, self.kernel_names, strict=True):
             if layer.layer.last_kernel != name:  # nn.Module.__setattr__ costs a microsecond a layer
                 layer.layer.last_kernel = name

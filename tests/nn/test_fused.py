@@ -98,3 +98,26 @@ def test_fused_refuses_layer_norm_and_a_hardtanh_with_other_bounds():
     assert compile_model(_packed(MLPClassifier(20, 3, hidden=(8,), layer_norm=True).eval(), "int8")) is None
     wide = nn.Sequential(nn.Linear(20, 8), nn.Hardtanh(-2.0, 2.0), nn.Linear(8, 3)).eval()
     assert compile_model(_packed(wide, "int8")) is None
+
+
+@pytest.mark.parametrize(("layer_formats", "chained"), [
+    (["int8"] * 3, True), (["ternary"] * 3, True), (["binary"] * 3, True), (["qesc"] * 3, True),
+    (["int8", "int4", "ternary"], True),  # one W·A8 family: one chain
+    (["binary", "qesc", "binary"], True),  # one popcount family
+    (["int8", "binary", "qesc"], False), (["fp16"] * 3, False),
+])
+def test_a_chain_of_one_kernel_family_runs_as_one_compiled_call_with_the_same_logits(layer_formats, chained):
+    model = pack_model(quantize_model(_mlp(activation_for(layer_formats)), "int8", layer_formats=layer_formats))
+    assert (compile_model(model).chain is not None) == chained
+    _assert_fused_equals_per_layer(model)
+
+
+def test_a_chain_deeper_than_one_compiled_call_takes_runs_layer_by_layer_with_the_same_logits():
+    from qwave.kernels.wa8 import CHAIN_LAYERS
+
+    torch.manual_seed(2)
+    depth = CHAIN_LAYERS + 1
+    modules = [m for _ in range(depth - 1) for m in (nn.Linear(IN, IN), nn.ReLU())] + [nn.Linear(IN, CLASSES)]
+    model = _packed(nn.Sequential(*modules).eval(), "int8")
+    assert compile_model(model).chain is None
+    _assert_fused_equals_per_layer(model)
