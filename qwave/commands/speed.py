@@ -238,7 +238,7 @@ def _audit_table(audits: list[dict]) -> str:
 
 def _memory_table(memory: list[dict]) -> str:
     """Stored and resident weight bytes per packed model after its forwards (over 1.1x stored is flagged)."""
-    lines = ["\nresident memory (weights held after the first forward; the fused rows' own copies not included)",
+    lines = ["\nresident memory (weights held after the first forward; the fused rows share the layers' kernel state)",
              f"{'model':<16} {'method':<20} {'stored B':>10} {'resident B':>11} {'resident/stored':>16}"]
     for m in memory:
         flag = f"  FLAG: resident {m['resident_flag']} stored" if m["resident_flag"] else ""

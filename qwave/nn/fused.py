@@ -115,7 +115,8 @@ def compile_model(model: nn.Module) -> FusedMLP | None:
     for module in modules:
         act = activation_code(module)
         if isinstance(module, PackedLinear):
-            on_cpu = all(t.device.type == "cpu" for t in module.packed.values())
+            # held buffers only: ``packed`` would re-derive a released layer's tensors (a second copy)
+            on_cpu = all(t.device.type == "cpu" for t in module.buffers())
             prepared = module._kernel(_CPU) if on_cpu else None
             if prepared is None:
                 return None

@@ -91,6 +91,7 @@ def test_the_fused_path_holds_each_layers_own_prepared_state_not_a_second_copy()
         fused(_inputs(3))
         model(_inputs(3))
     assert all(layer._kernel_state[2] is state for layer, state in zip(layers, prepared, strict=True))
+    assert all(layer.released for layer in layers)  # compiling re-derived no packed tensors: still one copy
 
 
 def test_fused_refuses_layer_norm_and_a_hardtanh_with_other_bounds():
