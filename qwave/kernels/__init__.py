@@ -29,7 +29,6 @@ FALLBACK = "torch-reference"
 
 # The hidden activation a kernel's epilogue applies after the bias (``Kernel.run_np``'s ``act``).
 NO_ACTIVATION, RELU, HARDTANH = 0, 1, 2
-ACTIVATIONS = {"relu": RELU, "hardtanh": HARDTANH}
 
 
 def _disabled() -> bool:
