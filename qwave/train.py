@@ -90,9 +90,13 @@ def lr_factor(epoch: float, cfg: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress)) + 1e-3
 
 
-def predict_logits(model: nn.Module, X: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Logits of ``model`` in eval mode, batched, without gradients."""
-    model.eval()
+def predict_logits(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, batch_size: int = 4096
+) -> torch.Tensor:
+    """Logits of ``model`` (a module, put in eval mode, or a compiled forward such as a ``FusedMLP``), batched,
+    without gradients."""
+    if isinstance(model, nn.Module):
+        model.eval()
     with torch.no_grad():
         return torch.cat([model(X[i : i + batch_size]) for i in range(0, len(X), batch_size)]) if len(X) else X
 

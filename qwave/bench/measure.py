@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from qwave import kernels
+from qwave.nn.fused import FUSED_SUFFIX, deployed
 from qwave.train import predict_logits
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,17 @@ class Timing:
 
 
 def timed_inference(model: nn.Module, X: torch.Tensor, repeats: int = 5) -> Timing:
-    """One warm-up forward (timed apart: kernel preparation), then the median of ``repeats`` warm forwards."""
+    """The path a deployed model runs (``nn.fused.deployed``: fused when the model fuses, as ``qwave.load``'s
+    classifier does): one warm-up forward (timed apart with the compile step: kernel preparation), then the median
+    of ``repeats`` warm forwards."""
     start = time.perf_counter()
-    logits = predict_logits(model, X)
+    forward = deployed(model)
+    logits = predict_logits(forward, X)
     first = time.perf_counter() - start
     times = []
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
-        predict_logits(model, X)
+        predict_logits(forward, X)
         times.append(time.perf_counter() - start)
     return Timing(logits, first, statistics.median(times), len(times))
 
@@ -94,14 +98,19 @@ class JobMemory:
 
 
 def layer_kernels(model: nn.Module) -> dict[str, dict]:
-    """Per packed layer (after a forward): its format and the kernel that ran; ``fallback`` marks the reference."""
+    """Per packed layer (after a forward): its format, the kernel that ran and whether it ran in the fused
+    whole-model path (``fused``); ``fallback`` marks the reference recipe."""
     from qwave.nn.packed_linear import PackedLinear
 
-    return {
-        path: {"format": m.fmt.name, "kernel": str(m.last_kernel), "fallback": m.last_kernel == kernels.FALLBACK}
-        for path, m in model.named_modules()
-        if isinstance(m, PackedLinear)
-    }
+    layers = {}
+    for path, m in model.named_modules():
+        if isinstance(m, PackedLinear):
+            name = str(m.last_kernel)
+            fused = name.endswith(FUSED_SUFFIX)
+            kernel = name.removesuffix(FUSED_SUFFIX)
+            layers[path] = {"format": m.fmt.name, "kernel": kernel, "fused": fused,
+                            "fallback": kernel == kernels.FALLBACK}
+    return layers
 
 
 def warn_fallbacks(layers: dict[str, dict], where: str) -> list[str]:

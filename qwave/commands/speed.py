@@ -110,6 +110,9 @@ def _onnx_methods(model: nn.Module, in_dim: int) -> dict[str, Callable]:
     quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    # ONNX Runtime's idle threads spin after each run by default, taking the cores from whichever method is timed
+    # next (in the round-robin that is always the same one: qwave-int8 ran up to 5x slower behind it on 2 cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     methods = {}
     for name, path in (("onnxruntime-fp32", fp32_path), ("onnxruntime-int8", int8_path)):
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -22,6 +22,7 @@ Recompile after loading new weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from qwave import kernels
 from qwave.nn.packed_linear import PackedLinear
 
 _CPU = torch.device("cpu")
+FUSED_SUFFIX = "+fused"  # appended to a layer's ``last_kernel`` when it ran in the fused path
 
 
 @dataclass
@@ -63,7 +65,7 @@ class FusedMLP:
 
     def __init__(self, norm: nn.Module | None, layers: list[FusedLayer]) -> None:
         self.norm, self.layers = norm, layers
-        self.kernel_names = [f"{layer.kernel.name}+fused" for layer in layers]
+        self.kernel_names = [f"{layer.kernel.name}{FUSED_SUFFIX}" for layer in layers]
         builders = {layer.kernel.chain for layer in layers}
         build = builders.pop() if len(builders) == 1 else None
         # One compiled call for the whole chain when every layer's kernel shares the same chain entry point.
@@ -127,3 +129,11 @@ def compile_model(model: nn.Module) -> FusedMLP | None:
         elif not isinstance(module, (nn.Dropout, nn.Identity)):
             return None
     return FusedMLP(norm, layers) if layers else None
+
+
+def deployed(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What a deployed model runs (``qwave.load``'s classifier, the benchmark's timing): the fused whole-model path
+    when every module fuses, else the module itself. Both give the same logits bit for bit."""
+    model.eval()
+    fused = compile_model(model)
+    return model if fused is None else fused

@@ -80,6 +80,7 @@ def test_each_layer_records_the_kernel_that_ran(fast_config) -> None:
                 expected = kernels.kernel_for(packed[path].fmt)  # the registry's choice for this format and CPU
                 assert layer["format"] == fmt
                 assert layer["kernel"] == (expected.name if expected else kernels.FALLBACK)
+                assert layer["fused"] is (expected is not None)  # timed as deployed: the fused whole-model path
     summary = json.loads((Path(fast_config.output_dir) / "t" / "8" / "summary.json").read_text())
     assert set(summary["layer_kernels"]) == set(packed)
 

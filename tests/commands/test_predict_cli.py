@@ -42,6 +42,31 @@ def test_load_gives_a_classifier_whose_probabilities_are_the_models_softmax(save
     assert torch.equal(classifier(torch.from_numpy(X)), model(torch.from_numpy(X)))
 
 
+@pytest.mark.parametrize("fmt", ["8", "4", "bitnet", "1", "qesc", "16"])
+def test_the_classifier_runs_the_fused_path_with_the_per_layer_logits(tmp_path, fmt) -> None:
+    """``qwave.load`` deploys what ``qwave speed``'s fused rows time: every packed layer runs in the fused path, and
+    the logits equal those of the per-layer modules of a separately loaded copy, bit for bit."""
+    from qwave import kernels
+    from qwave.nn.mlp import activation_for
+    from qwave.nn.packed_linear import PackedLinear
+
+    if not kernels.FAST_KERNELS:
+        pytest.skip(f"fast kernels unavailable ({kernels.REASON}): nothing fuses")
+    torch.manual_seed(0)
+    model = pack_model(quantize_model(MLPClassifier(12, 4, (16, 8), activation=activation_for([fmt])), fmt)).eval()
+    path = artifact.save(model, tmp_path / "m", classes=CLASSES)
+    X = np.random.default_rng(2).normal(size=(7, 12)).astype(np.float32)
+    classifier = qwave.load(path)
+    logits = classifier.logits(X)
+    layers = [m for m in classifier.model.modules() if isinstance(m, PackedLinear)]
+    assert layers and all(m.last_kernel.endswith("+fused") for m in layers)
+    per_layer = artifact.load(path)
+    with torch.inference_mode():
+        expected = per_layer(torch.from_numpy(X)).numpy()
+    assert not any(m.last_kernel.endswith("+fused") for m in per_layer.modules() if isinstance(m, PackedLinear))
+    np.testing.assert_array_equal(logits, expected)
+
+
 def test_predict_writes_ids_classes_top_k_and_probabilities_of_a_table(saved, tmp_path, capsys) -> None:
     path, model, X = saved
     table = pd.DataFrame(X, columns=[str(i) for i in range(12)])
