@@ -89,6 +89,8 @@ class JobMemory:
     def end(self) -> dict:
         """``peak_rss_mb`` (the job's own peak), ``peak_rss_delta_mb`` (above the RSS at its start), the method."""
         peak_kb = _status_kb("VmHWM") if self.reset else None
+        if peak_kb is not None:  # the kernel updates VmHWM lazily: it can lag the RSS read at the start or now
+            peak_kb = max(peak_kb, self.start_kb or 0, _status_kb("VmRSS") or 0)
         if peak_kb is None:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             return {"peak_rss_mb": peak, "peak_rss_delta_mb": None,
