@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from qwave.formats.base import QuantizedTensor
-from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
+from qwave.kernels import FAST_KERNELS
 from qwave.kernels.wa8 import TILES, IntWeights, group_layout, tile_rows, tile_scales, untile_rows, untile_scales
 
 FORMATS = ("int8", "int7", "int6", "int5")  # integer codes that need a byte (|code| <= 127), int8 activations
@@ -44,27 +44,13 @@ def unprepare(fmt, weights: IntWeights) -> dict[str, torch.Tensor]:
 
 if FAST_KERNELS:
     from qwave.kernels._simd import HAS_AVX512_VNNI
-    from qwave.kernels.wa8 import chain_layers, linear_np
+    from qwave.kernels.wa8 import register_wa8
 
     # numba's cache key includes the CPU's features, so this choice never goes stale in the cache.
     ISA = "avx512vnni" if HAS_AVX512_VNNI else "avx2"
-    _NO_BIAS = np.empty(0, dtype=np.float32)
 
     def prepare(fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int], isa: str = ISA) -> IntWeights:
         """Kernel state of a format with int8-range codes and int8 activations, in variant ``isa``."""
         return prepare_codes(fmt.unpack(packed, shape).codes, packed["scale"], shape, fmt.group_size, isa)
 
-    KERNEL = register_kernel(
-        Kernel(
-            name=f"int8-numba-{ISA}",
-            formats=FORMATS,
-            device="cpu",
-            prepare=prepare,
-            run=lambda w, x: torch.from_numpy(linear_np(w, x.detach().contiguous().numpy(), _NO_BIAS, NO_ACTIVATION)),
-            cached_bytes=lambda weights: weights.cached_bytes,
-            unprepare=unprepare,
-            supports=lambda fmt: fmt.activations == "int8",
-            run_np=linear_np,
-            chain=chain_layers,
-        )
-    )
+    KERNEL = register_wa8(f"int8-numba-{ISA}", FORMATS, prepare, unprepare)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from qwave.formats.base import QuantizedTensor
-from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
+from qwave.kernels import FAST_KERNELS
 from qwave.kernels.wa8 import TILES, IntWeights, group_layout, tile_rows, tile_scales, untile_rows, untile_scales
 
 FORMATS = ("int4", "int3", "int2", "ternary")  # unsigned codes of 2 bits (int2, ternary) or 4 bits (int3, int4)
@@ -83,9 +83,8 @@ def unprepare(fmt, weights: IntWeights) -> dict[str, torch.Tensor]:
 
 if FAST_KERNELS:
     from qwave.kernels.int8 import ISA
-    from qwave.kernels.wa8 import chain_layers, linear_np
+    from qwave.kernels.wa8 import register_wa8
 
-    _NO_BIAS = np.empty(0, dtype=np.float32)
 
     def prepare(fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int], isa: str = ISA) -> IntWeights:
         """Kernel state of a format with ``unsigned_codes`` of at most 2 (int2, ternary) or 4 bits, variant ``isa``."""
@@ -94,17 +93,4 @@ if FAST_KERNELS:
         bits = 2 if fmt.bits <= 2 else 4
         return prepare_unsigned(u.numpy(), q.scale, shape, getattr(fmt, "group_size", None), bits, alpha, beta, isa)
 
-    KERNEL = register_kernel(
-        Kernel(
-            name=f"lowbit-a8-numba-{ISA}",
-            formats=FORMATS,
-            device="cpu",
-            prepare=prepare,
-            run=lambda w, x: torch.from_numpy(linear_np(w, x.detach().contiguous().numpy(), _NO_BIAS, NO_ACTIVATION)),
-            cached_bytes=lambda weights: weights.cached_bytes,
-            unprepare=unprepare,
-            supports=lambda fmt: fmt.activations == "int8",
-            run_np=linear_np,
-            chain=chain_layers,
-        )
-    )
+    KERNEL = register_wa8(f"lowbit-a8-numba-{ISA}", FORMATS, prepare, unprepare)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qwave.kernels import FAST_KERNELS
+from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
 
 TILES = {"avx2": 16, "avx512vnni": 64}  # output columns per register tile
 BLOCK = 1 << 16  # inputs per int32 accumulation before the int64 spill (see the bound above)
@@ -537,3 +537,23 @@ if FAST_KERNELS:
         GEMM[weights.isa](a, sums, neg, x_scale, weights.codes, weights.scale, weights.offset, weights.bits,
                           weights.alpha, weights.beta, chain, n_out, groups, padded, bias, act, out, parallel)
         return out
+
+    def register_wa8(name: str, formats: tuple[str, ...], prepare, unprepare) -> Kernel:
+        """Register one member of the W·A8 family (int8 codes, or unpacked low-bit codes): the same drivers,
+        NumPy entry point and chain call, its own ``prepare`` / ``unprepare`` of the format's packed tensors."""
+        no_bias = np.empty(0, dtype=np.float32)
+        return register_kernel(
+            Kernel(
+                name=name,
+                formats=formats,
+                device="cpu",
+                prepare=prepare,
+                run=lambda w, x: torch.from_numpy(linear_np(w, x.detach().contiguous().numpy(), no_bias,
+                                                            NO_ACTIVATION)),
+                cached_bytes=lambda weights: weights.cached_bytes,
+                unprepare=unprepare,
+                supports=lambda fmt: fmt.activations == "int8",
+                run_np=linear_np,
+                chain=chain_layers,
+            )
+        )

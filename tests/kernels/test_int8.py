@@ -57,7 +57,7 @@ def test_int8_kernel_equals_brute_force_integer_reference(isa, out, n, batch, gr
     x = _inputs(batch, n, rng, signs)
     bias = rng.standard_normal(out).astype(np.float32)
     state = _prepare(codes, scale, group_size, isa)
-    got = int8.linear_np(state, x, bias, ACTS[act])
+    got = int8.KERNEL.run_np(state, x, bias, ACTS[act])
     assert np.array_equal(got, wa8(x, codes, scale, group_size, bias, act=act))
 
 
@@ -68,7 +68,7 @@ def test_int8_kernel_outputs_are_the_integer_dots_when_scales_are_one(isa):
     rng = np.random.default_rng(3)
     codes = _codes(5, 77, rng)
     x = _inputs(3, 77, rng, "ties")
-    got = int8.linear_np(_prepare(codes, np.ones((5, 1), np.float32), None, isa), x, np.empty(0, np.float32), 0)
+    got = int8.KERNEL.run_np(_prepare(codes, np.ones((5, 1), np.float32), None, isa), x, np.empty(0, np.float32), 0)
     q, _ = int8_activations(x)
     assert np.array_equal(got, (q @ codes.astype(np.int64).T).astype(np.float32))
 
@@ -84,7 +84,7 @@ def test_int8_groups_longer_than_the_int32_bound_stay_exact(isa):
     codes[2, ::3] = -127
     x = np.full((2, n), 127.0, dtype=np.float32)
     x[1, ::2] = -127.0
-    got = int8.linear_np(_prepare(codes, np.ones((3, 1), np.float32), None, isa), x, np.empty(0, np.float32), 0)
+    got = int8.KERNEL.run_np(_prepare(codes, np.ones((3, 1), np.float32), None, isa), x, np.empty(0, np.float32), 0)
     want = (x.astype(np.int64) @ codes.astype(np.int64).T).astype(np.float32)
     assert np.abs(want).max() > 2**31 and np.array_equal(got, want)
 
@@ -99,7 +99,7 @@ def test_formats_on_the_int8_kernel_equal_their_reference_recipe(isa, name, opti
     gen = torch.Generator().manual_seed(0)
     w, x = torch.randn(37, 301, generator=gen), torch.randn(9, 301, generator=gen)
     packed = fmt.pack(fmt.quantize(w))
-    got = int8.linear_np(int8.prepare(fmt, packed, (37, 301), isa), x.numpy(), np.empty(0, np.float32), 0)
+    got = int8.KERNEL.run_np(int8.prepare(fmt, packed, (37, 301), isa), x.numpy(), np.empty(0, np.float32), 0)
     assert torch.equal(torch.from_numpy(got), fmt.matmul(x, packed, (37, 301)))
 
 

@@ -38,7 +38,7 @@ def test_lowbit_kernel_equals_brute_force_integer_reference(isa, bits, alpha, be
     bias = rng.standard_normal(out).astype(np.float32)
     state = lowbit.prepare_unsigned(u, torch.from_numpy(scale).half(), (out, n), group_size, bits, alpha, beta, isa)
     act = "hardtanh" if batch % 2 else "relu"  # both epilogues over the cases (batch sizes 1 and odd: hardtanh)
-    got = lowbit.linear_np(state, x, bias, ACTS[act])
+    got = lowbit.KERNEL.run_np(state, x, bias, ACTS[act])
     assert np.array_equal(got, wa8(x, alpha * u - beta, scale, group_size, bias, act=act))
 
 
@@ -53,7 +53,7 @@ def test_lowbit_long_groups_are_summed_exactly_across_accumulator_blocks(isa, bi
     x = np.full((2, n), 127.0, dtype=np.float32)
     x[1, ::2] = -127.0
     state = lowbit.prepare_unsigned(u, torch.ones(3, 1).half(), (3, n), None, bits, 2, 2**bits - 1, isa)
-    got = lowbit.linear_np(state, x, np.empty(0, np.float32), 0)
+    got = lowbit.KERNEL.run_np(state, x, np.empty(0, np.float32), 0)
     assert np.array_equal(got, wa8(x, 2 * u - (2**bits - 1), np.ones((3, 1), np.float32), None))
 
 
@@ -71,7 +71,7 @@ def test_lowbit_formats_equal_their_reference_recipe_bit_for_bit(isa, name, opti
     gen = torch.Generator().manual_seed(batch)
     w, x = torch.randn(37, 301, generator=gen), torch.randn(batch, 301, generator=gen)
     packed = fmt.pack(fmt.quantize(w))
-    got = lowbit.linear_np(lowbit.prepare(fmt, packed, (37, 301), isa), x.numpy(), np.empty(0, np.float32), 0)
+    got = lowbit.KERNEL.run_np(lowbit.prepare(fmt, packed, (37, 301), isa), x.numpy(), np.empty(0, np.float32), 0)
     assert torch.equal(torch.from_numpy(got), fmt.matmul(x, packed, (37, 301)))
     q = fmt.unpack(packed, (37, 301))
     size = getattr(fmt, "group_size", None)
