@@ -17,7 +17,7 @@ from torch import nn
 
 from qwave import artifact
 from qwave.errors import ArtifactError, DataError
-from qwave.nn.fused import deployed
+from qwave.nn.fused import FusedMLP, deployed
 
 
 class Classifier:
@@ -51,8 +51,8 @@ class Classifier:
     def logits(self, X: np.ndarray) -> np.ndarray:
         """float32 logits ``[n, classes]``; an error when any is NaN or infinite."""
         rows = self._rows(X)
-        if self._forward is None:
-            self._forward = deployed(self.model)
+        if self._forward is None or (isinstance(self._forward, FusedMLP) and not self._forward.current()):
+            self._forward = deployed(self.model)  # first use, or new weights loaded into ``model`` since
         with torch.inference_mode():
             out = [self._forward(rows[i : i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
         logits = torch.cat(out).float().numpy() if out else np.zeros((0, len(self.classes)), np.float32)

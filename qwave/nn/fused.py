@@ -71,6 +71,12 @@ class FusedMLP:
         # One compiled call for the whole chain when every layer's kernel shares the same chain entry point.
         self.chain = None if build is None else build([(layer.state, layer.bias, layer.act) for layer in layers])
 
+    def current(self) -> bool:
+        """Whether every layer still holds the kernel state this path was built from (``load_state_dict`` or a
+        device change makes a layer drop it: rebuild with ``compile_model`` then)."""
+        return all(layer.layer._kernel_state is not None and layer.layer._kernel_state[2] is layer.state
+                   for layer in self.layers)
+
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]

@@ -67,6 +67,21 @@ def test_the_classifier_runs_the_fused_path_with_the_per_layer_logits(tmp_path, 
     np.testing.assert_array_equal(logits, expected)
 
 
+def test_the_classifier_follows_weights_loaded_into_its_model_after_a_prediction(tmp_path) -> None:
+    """The fused path is built from the layers' kernel states; new weights loaded into ``classifier.model`` after
+    a prediction give the new model's logits, not the old ones."""
+    torch.manual_seed(0)
+    first = pack_model(quantize_model(MLPClassifier(12, 4, (16,)), "8")).eval()
+    second = pack_model(quantize_model(MLPClassifier(12, 4, (16,)), "8")).eval()
+    classifier = qwave.load(artifact.save(first, tmp_path / "m", classes=CLASSES))
+    X = np.random.default_rng(3).normal(size=(5, 12)).astype(np.float32)
+    classifier.logits(X)
+    classifier.model.load_state_dict(second.state_dict())
+    with torch.inference_mode():
+        expected = second(torch.from_numpy(X)).numpy()
+    np.testing.assert_array_equal(classifier.logits(X), expected)
+
+
 def test_predict_writes_ids_classes_top_k_and_probabilities_of_a_table(saved, tmp_path, capsys) -> None:
     path, model, X = saved
     table = pd.DataFrame(X, columns=[str(i) for i in range(12)])
