@@ -9,9 +9,16 @@ layers at the listed paths and loads the tensors strictly, so the loaded model r
 Storage shared by several state entries (tied weights) is stored once; the manifest's ``aliases`` maps the
 other names to the stored one and ``load`` ties them again.
 
-Nothing in the files is trusted: ``load`` checks, before any kernel reads a tensor, the manifest's types, its
-sha256 digest and each tensor's sha256 (format version 2; version 1 files have none and are checked without
-them), the safetensors header against the manifest, every packed tensor's dtype and exact shape against its
+The manifest also records the feature names (and their order) the model was trained on, so a table is taken
+by column name (``qwave.predict``), never by position; artifacts saved before names were recorded have none.
+
+Nothing in the files is trusted: ``load`` checks, before any kernel reads a tensor, the manifest's size and
+nesting, its types and keys (unknown keys refused), its sha256 digest and each tensor's sha256 (format version 2;
+version 1 files have none and are read only with ``allow_unverified=True`` and when no field of version 2 is
+present, so one edit cannot turn the checks off), every stored setting of the architecture (its class's
+``check_config``, before anything is built: ranges, and layer counts and sizes against the packed layers the
+manifest lists, so a config cannot ask for more than the file holds), the normalisers against the model's, the
+safetensors header against the manifest, every packed tensor's dtype and exact shape against its
 format's layout and the architecture's own layer shapes (built on the meta device, so an enlarged shape
 allocates nothing), and the values (codes in range, no padding bit set, finite floats). Any mismatch is one
 ``ArtifactError`` line naming the file and the entry.
@@ -49,6 +56,11 @@ WEIGHTS = "model.safetensors"
 # Bump on an incompatible change of the manifest or tensor layout. 2: sha256 of every tensor and of the manifest.
 FORMAT_VERSION = 2
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header of a file
+MAX_MANIFEST_BYTES = 64 * 2**20  # a manifest is a few kB to a few MB (training history); refused before reading
+MAX_MANIFEST_DEPTH = 64  # nesting of JSON objects/lists; qwave writes at most ~8
+MANIFEST_KEYS = ("qwave_version", "format_version", "architecture", "layers", "normalization", "tensors", "aliases",
+                 "classes", "features", "config", "extra", "integrity")
+LAYER_KEYS = ("format", "options", "shape", "bias", "tensors")
 # safetensors dtype codes -> torch dtype names (the dtypes a qwave artifact may hold)
 SAFETENSORS_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64",
                       "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
@@ -121,14 +133,18 @@ def save(
     classes: list[str] | None = None,
     config: dict | None = None,
     extra: dict | None = None,
+    features: list[str] | None = None,
 ) -> Path:
     """Write ``model`` (packed, see ``qwave.nn.surgery.pack_model``) to ``directory`` atomically; returns it.
 
-    The files are written into a temporary directory beside the target, which then replaces the target; the
-    directory gets the permissions the umask gives a new directory.
+    ``features``: the names of the input columns in the order the model reads them (``Dataset.feature_names``),
+    recorded so predictions take a table's columns by name. The files are written into a temporary directory
+    beside the target, which then replaces the target; the directory gets the permissions the umask gives a new
+    directory. A write that fails (a full disk) is one ArtifactError and leaves the previous artifact, if any.
     """
     directory = Path(directory)
     architecture = _architecture_name(model)
+    features = _feature_list(features, getattr(model, "in_dim", None), f"cannot save {directory}")
     tensors, aliases = _tensors_and_aliases(model)
     layers = {
         path: {
@@ -160,6 +176,7 @@ def save(
         },
         "aliases": aliases,
         "classes": None if classes is None else [str(c) for c in classes],
+        "features": features,
         "config": config,
         "extra": extra,
     }
@@ -186,10 +203,27 @@ def save(
         os.replace(tmp, directory)
         if old is not None:
             shutil.rmtree(old)
+    except (SafetensorError, OSError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArtifactError(f"cannot write {directory}: {' '.join(str(err).split())}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _feature_list(features: object, in_dim: int | None, where: str) -> list[str] | None:
+    """``features`` as a list of distinct names, one per input of the model (None stays None)."""
+    if features is None:
+        return None
+    if not isinstance(features, (list, tuple)) or not all(isinstance(f, str) for f in features):
+        raise ArtifactError(f"{where}: 'features' must be a list of feature names")
+    if len(set(features)) != len(features):
+        twice = sorted({f for f in features if list(features).count(f) > 1})
+        raise ArtifactError(f"{where}: feature name(s) {twice[:3]} appear more than once in 'features'")
+    if in_dim is not None and len(features) != in_dim:
+        raise ArtifactError(f"{where}: 'features' names {len(features)} features but the model takes {in_dim}")
+    return list(features)
 
 
 def check_target(directory: str | Path, option: str) -> None:
@@ -207,26 +241,54 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def read_manifest(directory: str | Path) -> dict:
-    """The parsed ``manifest.json`` of an artifact directory, its types and digest checked (one clear error)."""
+def _json_depth(value: object, limit: int) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0, ``{"a": 1}`` is 1), counted without recursion up to
+    ``limit + 1``."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        level = [child for node in level if isinstance(node, (dict, list))
+                 for child in (node.values() if isinstance(node, dict) else node)]
+        if not level:
+            break
+        depth += 1
+    return depth
+
+
+def read_manifest(directory: str | Path, allow_unverified: bool = False) -> dict:
+    """The parsed ``manifest.json`` of an artifact directory, its size, nesting, types and digest checked (one
+    clear error). Format version 1 (no checksums) only with ``allow_unverified``."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ArtifactError(f"{directory} is not an artifact directory (it does not exist)")
     path = directory / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{path} is missing; {directory} is not a qwave artifact")
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path} is {size:,} bytes, above the {MAX_MANIFEST_BYTES:,}-byte cap of a manifest")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{path} is above the {MAX_MANIFEST_BYTES:,}-byte cap of a manifest")
+        manifest = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
-        raise ArtifactError(f"{path} is not valid JSON: {err}") from None
+        raise ArtifactError(f"{path} is not valid JSON: {' '.join(str(err).split())[:200]}") from None
+    if _json_depth(manifest, MAX_MANIFEST_DEPTH) > MAX_MANIFEST_DEPTH:
+        raise ArtifactError(f"{path} nests more than {MAX_MANIFEST_DEPTH} levels deep (a qwave manifest nests ~8)")
     if not isinstance(manifest, dict) or "architecture" not in manifest or "layers" not in manifest:
         raise ArtifactError(f"{path} lacks the 'architecture' and 'layers' entries of a qwave manifest")
-    version = manifest.get("format_version", 1)
+    unknown = sorted(str(k) for k in manifest if k not in MANIFEST_KEYS)
+    if unknown:
+        raise ArtifactError(f"{path}: unknown manifest key(s) {', '.join(map(repr, unknown[:5]))}")
+    version = manifest.get("format_version")
     if not _is_int(version, 1) or version > FORMAT_VERSION:
         raise ArtifactError(
             f"{path} has artifact format version {version!r} (written by qwave {manifest.get('qwave_version')}); "
-            f"this qwave {__version__} reads up to version {FORMAT_VERSION}: upgrade qwave"
+            f"this qwave {__version__} reads versions 1 to {FORMAT_VERSION}: upgrade qwave, or the file was edited"
         )
+    if version < 2:
+        _check_unverified(manifest, path, allow_unverified)
     if version >= 2:
         integrity = manifest.get("integrity")
         if not isinstance(integrity, dict) or integrity.get("algorithm") != "sha256":
@@ -240,6 +302,18 @@ def read_manifest(directory: str | Path) -> dict:
                                 "save the model again instead of editing the manifest")
     _check_manifest_types(manifest, path)
     return manifest
+
+
+def _check_unverified(manifest: dict, path: Path, allow_unverified: bool) -> None:
+    """A version-1 manifest (no checksums) is read only when asked for and when nothing of version 2 is in it."""
+    if not allow_unverified:
+        raise ArtifactError(f"{path} has format version 1, which carries no sha256 checksums (nothing checks that "
+                            "its tensors are the saved ones); load it with allow_unverified=True "
+                            "(--allow-unverified) only if you trust the file, then save it again")
+    signed = "integrity" in manifest or any(isinstance(info, dict) and "sha256" in info
+                                            for info in (manifest.get("tensors") or {}).values())
+    if signed:
+        raise ArtifactError(f"{path} says format version 1 but holds checksums of version 2: its version was edited")
 
 
 def _is_int(value, low: int) -> bool:
@@ -263,6 +337,8 @@ def _check_manifest_types(manifest: dict, path: Path) -> None:
     need(isinstance(manifest["layers"], dict), "'layers' must be an object mapping module paths to packed layers")
     for name, spec in manifest["layers"].items():
         need(isinstance(spec, dict), f"layer {name!r} must be an object")
+        need(all(k in LAYER_KEYS for k in spec), f"layer {name!r} has unknown key(s) "
+             f"{sorted(str(k) for k in spec if k not in LAYER_KEYS)} (known: {', '.join(LAYER_KEYS)})")
         need(isinstance(spec.get("format"), str), f"layer {name!r}: 'format' must be a format name")
         need(isinstance(spec.get("options", {}), dict), f"layer {name!r}: 'options' must be an object")
         need(_is_shape(spec.get("shape"), 1) and len(spec["shape"]) == 2,
@@ -283,6 +359,17 @@ def _check_manifest_types(manifest: dict, path: Path) -> None:
     classes = manifest.get("classes")
     need(classes is None or (isinstance(classes, list) and all(isinstance(c, str) for c in classes)),
          "'classes' must be null or a list of class names")
+    norms = manifest.get("normalization", {})
+    need(isinstance(norms, dict), "'normalization' must map module paths to normalisers")
+    for name, spec in norms.items():
+        need(isinstance(spec, dict) and set(spec) == {"mode", "tensors"} and spec["mode"] in Normalize.MODES
+             and spec["tensors"] == ([f"{name}.shift", f"{name}.scale"] if name else ["shift", "scale"]),
+             f"normaliser {name!r} must be {{'mode': one of {', '.join(Normalize.MODES)}, 'tensors': its "
+             "shift and scale}")
+    try:
+        _feature_list(manifest.get("features"), None, str(path))
+    except ArtifactError as err:
+        need(False, str(err).removeprefix(f"{path}: "))
 
 
 def read_header(path: Path) -> tuple[int, dict[str, dict]]:
@@ -345,12 +432,12 @@ def _layer_specs(path: str, spec: dict, where: Path) -> dict[str, PackedSpec]:
     return specs
 
 
-def inspect_artifact(directory: str | Path) -> tuple[dict, int, dict[str, dict]]:
+def inspect_artifact(directory: str | Path, allow_unverified: bool = False) -> tuple[dict, int, dict[str, dict]]:
     """The checked manifest, safetensors header length and header entries of an artifact, without reading tensor
     data: the header matches the manifest's tensor list, aliases point at stored tensors, and every packed layer's
     tensors have its format's layout for the layer's shape."""
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    manifest = read_manifest(directory, allow_unverified)
     path = directory / WEIGHTS
     length, entries = read_header(path)
     described = manifest["tensors"]
@@ -409,6 +496,18 @@ _BUILD_ERRORS = (QwaveError, TypeError, ValueError, KeyError, IndexError, Attrib
                  MemoryError)
 
 
+def _check_config(cls: type, manifest: dict, where: Path) -> None:
+    """The architecture's own check of its stored settings (``cls.check_config(config, manifest)``, which raises
+    ValueError/QwaveError naming the key), run before anything is built."""
+    check = getattr(cls, "check_config", None)
+    if check is None:
+        return
+    try:
+        check(manifest["architecture"]["config"], manifest)
+    except (QwaveError, ValueError) as err:
+        raise ArtifactError(f"{where}: architecture config: {err}") from None
+
+
 def _build(cls: type, manifest: dict, where: Path, meta: bool) -> nn.Module:
     """The untrained model the config describes; on the meta device (shapes only, nothing allocated) if ``meta``."""
     try:
@@ -462,13 +561,15 @@ def _check_values(tensors: dict[str, torch.Tensor], manifest: dict, path: Path) 
             raise ArtifactError(f"{path}: tensor {name!r} holds a non-finite value (NaN or inf)")
 
 
-def load(directory: str | Path) -> nn.Module:
+def load(directory: str | Path, allow_unverified: bool = False) -> nn.Module:
     """Rebuild the saved model from ``directory``: packed layers from the stored bytes, eval mode, with
-    ``.classes`` and ``.manifest`` set. Everything is checked first (see the module docstring)."""
+    ``.classes``, ``.feature_names`` and ``.manifest`` set. Everything is checked first (see the module
+    docstring); ``allow_unverified`` reads a format-version-1 file, which has no checksums."""
     directory = Path(directory)
-    manifest, _, _ = inspect_artifact(directory)
+    manifest, _, _ = inspect_artifact(directory, allow_unverified)
     where = directory / MANIFEST
     cls = _architecture(manifest, where)
+    _check_config(cls, manifest, where)
     try:
         skeleton = _build(cls, manifest, where, meta=True)
     except ArtifactError:
@@ -504,19 +605,32 @@ def load(directory: str | Path) -> nn.Module:
     _check_model(model, manifest, where)
     model.eval()
     model.classes = manifest.get("classes")
+    model.feature_names = manifest.get("features")
     model.manifest = manifest
     return model
 
 
 def _check_model(model: nn.Module, manifest: dict, where: Path) -> None:
-    """Model-level rules a file can break with valid tensors: a normaliser dividing by zero, a class list whose
-    length is not the model's number of outputs."""
+    """Model-level rules a file can break with valid tensors: the normalisers the manifest lists (mode, path) are
+    the model's, none divides by zero, a class list or feature list whose length is not the model's number of
+    outputs or inputs, and the architecture's own stored state (``model.check_state()``, e.g. MoE masks)."""
+    norms = {path: m.mode for path, m in model.named_modules() if isinstance(m, Normalize)}
+    listed = {path: spec["mode"] for path, spec in manifest.get("normalization", {}).items()}
+    if norms != listed:
+        raise ArtifactError(f"{where}: 'normalization' lists {listed} but the architecture config makes {norms}")
     for path, m in model.named_modules():
         if isinstance(m, Normalize) and m.mode in ("standard", "min_max") and (m.scale == 0).any():
             raise ArtifactError(f"{where}: normaliser {path or 'norm'!r} has a zero scale (it would divide by zero)")
     classes, outputs = manifest.get("classes"), getattr(model, "num_classes", None)
     if classes is not None and outputs is not None and len(classes) != outputs:
         raise ArtifactError(f"{where}: 'classes' names {len(classes)} classes but the model has {outputs} outputs")
+    _feature_list(manifest.get("features"), getattr(model, "in_dim", None), str(where))
+    check = getattr(model, "check_state", None)
+    if check is not None:
+        try:
+            check()
+        except (QwaveError, ValueError) as err:
+            raise ArtifactError(f"{where}: {err}") from None
 
 
 def _retie(model: nn.Module, aliases: dict[str, str]) -> None:

@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 from qwave.errors import QwaveError
 
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qwave`` script; returns the process exit code.
 
     A reader that closes the pipe early (``qwave --help | head -1``) ends the output quietly, with the exit code a
-    shell gives a writer stopped by SIGPIPE (141), instead of a BrokenPipeError traceback.
+    shell gives a writer stopped by SIGPIPE (141), instead of a BrokenPipeError traceback. Ctrl-C at any point
+    (importing the command's libraries included) is one line and exit code 130.
     """
     try:
         code = _main(argv)
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
         return 141
+    except KeyboardInterrupt:
+        print("qwave: interrupted", file=sys.stderr)
+        return 130
 
 
 def _main(argv: list[str] | None) -> int:
@@ -65,10 +70,14 @@ def _main(argv: list[str] | None) -> int:
         print(f"qwave: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    module = importlib.import_module(f"qwave.commands.{name.replace('-', '_')}")
+    held: list[warnings.WarningMessage] = []
     try:
-        return int(module.run(rest) or 0)
-    except QwaveError as err:
+        with warnings.catch_warnings(record=True) as held:
+            module = importlib.import_module(f"qwave.commands.{name.replace('-', '_')}")
+            code = int(module.run(rest) or 0)
+        _show(held)
+        return code
+    except QwaveError as err:  # the one line is the whole story: warnings on the way to it are not shown
         print(f"qwave {name}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:
@@ -79,6 +88,16 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"qwave {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def _show(held: list[warnings.WarningMessage]) -> None:
+    """Print the warnings a successful command raised (each distinct one once), after its output."""
+    seen = set()
+    for w in held:
+        key = (str(w.message), w.category, w.filename, w.lineno)
+        if key not in seen:
+            seen.add(key)
+            print(warnings.formatwarning(w.message, w.category, w.filename, w.lineno).rstrip(), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from torch import nn
 from qwave.data.balance import class_weights
 from qwave.errors import ConfigError
 from qwave.eval.metrics import macro_f1
+from qwave.settings import need_float, need_int
 
 SCHEDULES = ("cosine", "constant", "onecycle")
 SAMPLERS = ("none", "balanced")
@@ -51,8 +52,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        need_float("train.lr", self.lr, 0.0, low_open=True, error=ConfigError)
+        need_float("train.weight_decay", self.weight_decay, 0.0, error=ConfigError)
+        need_float("train.grad_clip", self.grad_clip, 0.0, error=ConfigError)
+        need_int("train.warmup_epochs", self.warmup_epochs, 0, error=ConfigError)
 
 
 @dataclass

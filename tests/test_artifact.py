@@ -462,7 +462,7 @@ def test_a_huge_safetensors_header_length_is_one_line_in_size_and_load(tmp_path,
         artifact.load(a)
 
 
-def test_format_version_1_artifacts_without_checksums_still_load(tmp_path):
+def test_format_version_1_artifacts_without_checksums_load_only_when_allowed(tmp_path):
     model = wide_mlp("int4")
     a = artifact.save(model, tmp_path / "a")
     manifest = json.loads((a / "manifest.json").read_text())
@@ -471,7 +471,9 @@ def test_format_version_1_artifacts_without_checksums_still_load(tmp_path):
     for info in manifest["tensors"].values():
         del info["sha256"]
     (a / "manifest.json").write_text(json.dumps(manifest))
-    assert torch.equal(reference_output(artifact.load(a)), reference_output(model))
+    with pytest.raises(ArtifactError, match="allow_unverified"):
+        artifact.load(a)
+    assert torch.equal(reference_output(artifact.load(a, allow_unverified=True)), reference_output(model))
 
 
 def test_version_2_without_integrity_or_checksums_is_refused(tmp_path):

@@ -6,9 +6,11 @@ import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 
+from qwave.data.normalize import Normalize
 from qwave.data.table import AUTO
 from qwave.errors import ConfigError
 from qwave.moe.config import MoEConfig
+from qwave.settings import SEED_MAX, need_choice, need_float, need_int, need_name
 from qwave.train import TrainConfig
 
 BUNDLED_TABLES = {
@@ -129,3 +131,52 @@ def config_keys(schema: type = BenchConfig, prefix: str = "") -> list[str]:
         if kind is not None and is_dataclass(kind):
             keys += config_keys(kind, f"{key}.")
     return keys
+
+
+def validate(cfg: BenchConfig) -> None:
+    """Every value of a benchmark configuration a run would hand to torch, numpy or the file system, checked at
+    once (before any output is written or any job trains), each failure one line naming the key."""
+    need_name("tag", cfg.tag, ConfigError)
+    need_int("seed", cfg.seed, 0, SEED_MAX, ConfigError)
+    for i, seed in enumerate(cfg.seeds or []):
+        need_int(f"seeds[{i}]", seed, 0, SEED_MAX, ConfigError)
+    if cfg.seeds and len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds={list(cfg.seeds)} names a seed twice")
+    if cfg.threads is not None:
+        need_int("threads", cfg.threads, 1, 4096, ConfigError)
+    need_choice("device", cfg.device, ("auto", "cpu", "cuda"), ConfigError)
+    _validate_models(cfg)
+    d = cfg.data
+    roles = {"label": d.label, "fold": d.fold, "group": d.group, "id": d.id}
+    for name in d.drop:
+        role = next((r for r, column in roles.items() if column == name), None)
+        if role is not None:
+            raise ConfigError(f"data.drop={list(d.drop)} drops {name!r}, the {role} column (data.{role})")
+    need_choice("data.normalize", d.normalize, Normalize.MODES, ConfigError)
+    need_choice("cv.folds", cfg.cv.folds, ("auto", "official", "stratified"), ConfigError)
+    need_int("cv.n_folds", cfg.cv.n_folds, 2, error=ConfigError)
+    need_float("cv.val_fraction", cfg.cv.val_fraction, 0.0, 1.0, low_open=True, high_open=True, error=ConfigError)
+    m = cfg.model
+    for i, width in enumerate(m.hidden):
+        need_int(f"model.hidden[{i}]", width, 1, 1 << 20, ConfigError)
+    need_float("model.dropout", m.dropout, 0.0, 1.0, high_open=True, error=ConfigError)
+    if m.group_size is not None:
+        need_int("model.group_size", m.group_size, 1, error=ConfigError)
+    need_choice("model.activation", m.activation, ("auto", "relu", "hardtanh"), ConfigError)
+    need_float("model.ptq_min_agreement", m.ptq_min_agreement, 0.0, 1.0, error=ConfigError)
+    cfg.train.validate()
+
+
+def _validate_models(cfg: BenchConfig) -> None:
+    """Every model name resolves to a model kind, none twice; the MoE settings when a moe model is listed."""
+    from qwave.bench.models import resolve_kind
+
+    if not cfg.models:
+        raise ConfigError("models is empty; name at least one model, e.g. models=[fp32]")
+    kinds = [resolve_kind(name) for name in cfg.models]
+    names = [kind.name for kind in kinds]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"models={list(cfg.models)} names {', '.join(twice)} more than once")
+    if any(kind.method == "moe" for kind in kinds):
+        cfg.moe.validate()

@@ -1,15 +1,17 @@
 """Which run wrote a fold, so a tag never mixes runs.
 
 * Every fold's ``metrics.json`` carries a **fingerprint** of the resolved configuration that produced it: the data
-  file's content (sha256 and size), the columns used, the model kind and its options, training, the folds (mode,
-  count, seed, and the exact test rows of this fold) and the seed. Settings that do not change the result
-  (device, threads, plots, paths of the outputs) are left out.
+  file's content (sha256 and size of the bytes that were parsed), the columns used, the model kind and its
+  options, training, the folds (mode, count, seed, and the exact test rows of this fold) and the seed. Settings
+  that do not change the result (device, threads, plots, paths of the outputs) are left out.
 * ``resume=true`` skips a fold only when its recorded fingerprint equals the planned one, and otherwise says what
   differs and trains it again.
 * Summaries count only the jobs of the current plan, after checking that each of their ``metrics.json`` still
   holds this plan's fingerprint.
 * One writer per tag: a plain run holds an exclusive lock on ``<tag>/.lock``; the jobs of one Hydra multirun hold
   it shared (they write different folds), and every job also holds an exclusive lock on its own fold directory.
+  A run also holds a shared lock on the ``.lock`` of every tag folder above its own, so ``output_dir=<out>/<tag>``
+  cannot write inside a live plain run's tag, nor a plain run start on a tag a nested run is writing in.
   A second writer is refused at once with one line. The locks are ``flock`` locks, released by the system when a
   process dies, so an interrupted run never leaves a tag locked.
 """
@@ -22,7 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,13 +38,10 @@ LOCK = ".lock"  # in the tag directory
 JOB_LOCK = ".writing"  # in a fold directory while its job runs
 
 
-def file_identity(path: str | Path) -> dict:
-    """Size and sha256 of a file's content (its identity, wherever it lies)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+def file_identity(ds) -> dict:
+    """Size and sha256 of the table's bytes as they were read and parsed into ``ds`` (never read again, so a
+    file rewritten meanwhile cannot lend the run another version's identity)."""
+    return {"bytes": int(ds.file_bytes), "sha256": ds.file_sha256}
 
 
 def job_config(cfg, ds, data_file: dict, kind, fold, seed: int) -> dict:
@@ -159,7 +158,14 @@ def tag_lock(root: Path, shared: bool = False) -> Iterator[None]:
     """One writer per tag: exclusive for a plain run, shared by the jobs of one multirun (``shared``)."""
     busy = (f"{root} is being written by another qwave bench; wait for it to finish or use another tag "
             "(tag=...)")
-    with _flock(Path(root) / LOCK, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, busy):
+    root = Path(root).absolute()
+    with ExitStack() as stack:
+        for parent in root.parents:
+            if (parent / LOCK).is_file():
+                stack.enter_context(_flock(parent / LOCK, fcntl.LOCK_SH,
+                                           f"{root} lies inside {parent}, which another qwave bench is writing; "
+                                           "choose an output_dir outside it"))
+        stack.enter_context(_flock(root / LOCK, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, busy))
         yield
 
 

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from qwave import artifact, atomic, kernels
 from qwave.bench import provenance, report
-from qwave.bench.config import BenchConfig, table_path
+from qwave.bench.config import BenchConfig, table_path, validate
 from qwave.bench.energy import EnergyMeter
 from qwave.bench.measure import JobMemory, layer_kernels, timed_inference, warn_fallbacks
 from qwave.bench.models import BuildContext, FoldData, ModelKind, resolve_kind
@@ -114,7 +114,8 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
     art_dir = job.out_dir / "artifact"
     with tempfile.TemporaryDirectory() as tmp:
         target = art_dir if cfg.save_artifacts else Path(tmp) / "artifact"
-        artifact.save(deployed, target, classes=ds.classes, config=OmegaConf.to_container(OmegaConf.structured(cfg)))
+        artifact.save(deployed, target, classes=ds.classes, config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+                      features=ds.feature_names)
         sizes = artifact_report(target)
         loaded = artifact.load(target)
     timing = timed_inference(loaded, X_test)
@@ -181,7 +182,7 @@ def plan(cfg: BenchConfig, ds: Dataset) -> list[FoldJob]:
     seeds = cfg.seed_list()
     folds = make_folds(ds, cfg.cv.folds, cfg.cv.n_folds, seed=cfg.seed)
     root = Path(cfg.output_dir) / cfg.tag
-    data_file = provenance.file_identity(ds.source)
+    data_file = provenance.file_identity(ds)
     return [
         FoldJob(kind, fold, seed, fold_dir(root, kind.name, fold.k, seed),
                 provenance.fingerprint(provenance.job_config(cfg, ds, data_file, kind, fold, seed)))
@@ -198,14 +199,15 @@ def run_benchmark(cfg: BenchConfig, sweep_plan: Path | None = None) -> list[dict
     ``sweep_plan``: this run is one job of a Hydra multirun; it shares the tag with the other jobs and writes its
     plan there for the gather at the end of the sweep.
     """
+    validate(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     root = Path(cfg.output_dir) / cfg.tag
     atomic.check_writable(root, f"output_dir={cfg.output_dir} (tag {cfg.tag}):", directory=True)
-    device = resolve_device(cfg.device)
-    ds = load_dataset(cfg)
-    jobs = plan(cfg, ds)
     with provenance.tag_lock(root, shared=sweep_plan is not None):
+        device = resolve_device(cfg.device)
+        ds = load_dataset(cfg)
+        jobs = plan(cfg, ds)
         with BenchProgress(len(jobs), cfg.train.epochs, quiet=cfg.quiet) as progress:
             for job in jobs:
                 label = f"{job.kind.name} fold {job.fold.k} seed {job.seed}"

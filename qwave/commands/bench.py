@@ -1,9 +1,11 @@
 """``qwave bench``: the cross-validated benchmark, configured with Hydra (overrides, multirun, launchers).
 
 The overrides are checked before Hydra runs: a key the schema does not have is refused with the closest known key
-(``+key=value`` too, which Hydra would silently add and the run would ignore), and every job's configuration is
-composed once, so a bad value or an unreadable override is one ``qwave bench: error:`` line and exit code 2 like
-qwave's own errors.
+(``+key=value`` too, which Hydra would silently add and the run would ignore; ``hydra.*`` keys are Hydra's own),
+the tag is a plain name (no ``${...}`` interpolation), and every job's configuration is composed and validated
+(``qwave.bench.config.validate``: ranges, NaN, signs, model names) before the first job trains, so a bad value in
+any job of a sweep or an unreadable override is one ``qwave bench: error:`` line and exit code 2 like qwave's own
+errors.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from qwave.bench.config import BenchConfig, config_keys
+from qwave.bench.config import BenchConfig, config_keys, validate
 from qwave.bench.gather import PLAN
 from qwave.errors import ConfigError, QwaveError
 
@@ -97,7 +99,7 @@ def check_overrides(argv: list[str]) -> None:
     known = config_keys()
     for override in parsed:
         key = override.key_or_group
-        if key.startswith("hydra") or "/" in key or key in known:
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")) or "/" in key or key in known:
             continue
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else "; see qwave bench --help for the keys"
@@ -106,10 +108,19 @@ def check_overrides(argv: list[str]) -> None:
     with initialize_config_module(config_module="qwave.conf", version_base=None):
         for job in jobs:
             try:
-                OmegaConf.to_object(compose(config_name="bench", overrides=list(job)))
+                composed = compose(config_name="bench", overrides=list(job))
+                tag = OmegaConf.to_container(composed, resolve=False).get("tag")
+                if isinstance(tag, str) and "${" in tag:
+                    raise ConfigError(f"tag={tag!r} must be a plain name, not an interpolation")
+                cfg = OmegaConf.to_object(composed)
             except (HydraException, OmegaConfBaseException) as err:
                 cause = f": {str(err.__cause__).splitlines()[0]}" if err.__cause__ is not None else ""
                 raise ConfigError(f"{' '.join(str(err).split())}{cause}") from None
+            try:
+                validate(cfg)
+            except ConfigError as err:
+                where = f" (job {' '.join(job)})" if multirun else ""
+                raise ConfigError(f"{err}{where}") from None
 
 
 def run(argv: list[str]) -> int:

@@ -14,8 +14,8 @@ import qwave.nn.recurrent  # noqa: F401  (registers the sequence architecture fo
 from qwave import artifact
 from qwave.atomic import check_writable, write_json, write_with
 from qwave.data import TableSpec, load_table
-from qwave.data.table import AUTO, METADATA_NAMES, _extension, _read_frame, resolve_roles
-from qwave.errors import ConfigError, DataError
+from qwave.data.table import AUTO, METADATA_NAMES, _extension, _read_frame, model_columns, resolve_roles
+from qwave.errors import ArtifactError, ConfigError, DataError
 from qwave.eval.compare import Comparison, Rows, compare_models
 from qwave.eval.sequence import parse_tokens
 from qwave.size import artifact_report
@@ -60,14 +60,27 @@ def table_spec(args: argparse.Namespace) -> TableSpec:
                      id=args.id_column)
 
 
+def feature_names(model: object, source: object) -> list[str] | None:
+    """The feature names an artifact was trained on; None (with one note) for an artifact saved without them."""
+    names = getattr(model, "feature_names", None)
+    if names is None:
+        log.warning("note: %s records no feature names (saved by an older qwave); table columns are taken in "
+                    "their order, as in training", source)
+    return names
+
+
 def _unlabelled(spec: TableSpec, drop: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Features, ids and folds of a table without a label column (features chosen as ``load_table`` does)."""
+    """Features, ids and folds of a table without a label column (features chosen as ``load_table`` does, or the
+    model's ``spec.model_features`` by name)."""
     path = Path(spec.path)
     frame = _read_frame(path, _extension(path))
     spec = resolve_roles(spec, list(frame.columns))
     taken = {c for c in (spec.label, spec.fold, spec.id, spec.group, *drop) if c}
-    features = [c for c in frame.columns if c not in taken and c.lower() not in METADATA_NAMES
-                and pd.api.types.is_numeric_dtype(frame[c])]
+    if spec.model_features is not None:
+        features = model_columns(path, frame, taken, list(spec.model_features))
+    else:
+        features = [c for c in frame.columns if c not in taken and c.lower() not in METADATA_NAMES
+                    and pd.api.types.is_numeric_dtype(frame[c])]
     X = frame[features].to_numpy(dtype=np.float32)
     if not np.isfinite(X).all():
         raise DataError(f"{path}: NaN or infinite feature values")
@@ -79,6 +92,7 @@ def _unlabelled(spec: TableSpec, drop: list[str]) -> tuple[np.ndarray, np.ndarra
 def load_rows(args: argparse.Namespace, model: object) -> tuple[Rows, np.ndarray | None]:
     """Rows of the table for ``model`` (labels mapped onto its classes) and their folds; see the options."""
     spec = table_spec(args)
+    spec.model_features = feature_names(model, getattr(args, "original", "the artifact"))
     classes = list(getattr(model, "classes", None) or [])
     drop = [args.reference_column] if args.reference_column else []
     columns = _columns(args.data)
@@ -157,6 +171,9 @@ def run_pair(original_dir: Path, quantized_dir: Path, args: argparse.Namespace, 
     """Load both artifacts, select the rows and compare; adds sizes and the paths to the summary."""
     original = artifact.load(original_dir)
     quantized = artifact.load(quantized_dir)
+    named = (original.feature_names, quantized.feature_names)
+    if None not in named and named[0] != named[1]:
+        raise ArtifactError(f"{original_dir} and {quantized_dir} were trained on different feature columns")
     cache = {} if cache is None else cache
     if "rows" not in cache:
         rows, fold = load_rows(args, original)

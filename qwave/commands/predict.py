@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from qwave import atomic
-from qwave.commands.compare import _columns, _unlabelled
+from qwave.commands.compare import _columns, _unlabelled, feature_names
 from qwave.data import TableSpec
 from qwave.errors import ConfigError, DataError
 from qwave.predict import Classifier, load
@@ -22,26 +22,35 @@ EPILOG = """examples:
   qwave predict models/int4 --data embeddings.npy --out predictions.csv --top-k 3
   qwave predict models/int4 --data table.csv --id-column clip --out predictions.csv
 
-Feature columns of a table are chosen as in training: every numeric column that is not a metadata name (fold,
-name, label, category, class_id, ...) nor one of the id / label columns; a .npy holds the rows themselves.
+Feature columns of a table are taken by name: the artifact records the feature columns it was trained on, so
+their order in the table does not matter, and a missing feature or an extra numeric column (not a metadata name
+such as fold, name, label, category, class_id, nor the id / label column) is an error naming them. Artifacts
+saved before names were recorded take every numeric non-metadata column in table order (with a note). A .npy
+holds the rows themselves, in training column order: [rows, features], or one row as a 1-D array.
 """
 
 
-def read_inputs(path: Path, id_column: str | None, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and ids of a .npy array (ids = row numbers) or of a table (ids from ``id_column`` when present)."""
+def read_inputs(path: Path, id_column: str | None, label: str,
+                names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and ids of a .npy array (ids = row numbers; a 1-D array is one row) or of a table (ids from
+    ``id_column`` when present; the feature columns ``names`` by name when given)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found.")
     if path.name.lower().endswith(".npy"):
         try:
             X = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, EOFError) as err:
             raise DataError(f"{path}: not a readable .npy array ({err}).") from None
+        if X.ndim == 1:
+            X = X[None]
+        if X.ndim != 2:
+            raise DataError(f"{path}: holds an array of shape {X.shape}; give rows [rows, features] (or one row).")
         return X, np.arange(len(X)).astype(str)
     columns = _columns(str(path)) or []
     ident = id_column if id_column in columns else None
     if id_column and id_column != "name" and ident is None:
         raise DataError(f"{path}: id column {id_column!r} not found.")
-    X, ids, _ = _unlabelled(TableSpec(path=str(path), label=label, id=ident), [])
+    X, ids, _ = _unlabelled(TableSpec(path=str(path), label=label, id=ident, model_features=names), [])
     return X, ids
 
 
@@ -61,7 +70,7 @@ def predict_file(classifier: Classifier, data: Path, out: Path, top_k: int, id_c
     """Predict every row of ``data`` and write ``out`` atomically; returns the frame written."""
     if not 1 <= top_k <= len(classifier.classes):
         raise ConfigError(f"--top-k must be between 1 and the {len(classifier.classes)} classes, got {top_k}")
-    X, ids = read_inputs(data, id_column, label)
+    X, ids = read_inputs(data, id_column, label, feature_names(classifier, "the artifact"))
     frame = predictions_frame(ids, classifier.predict_proba(X), classifier.classes, top_k)
     atomic.write_with(out, lambda tmp: frame.to_csv(tmp, index=False), suffix=".csv")
     return frame
@@ -76,10 +85,11 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--top-k", type=int, default=1, help="also list the next k-1 classes (default 1)")
     parser.add_argument("--id-column", default="name", help="id column of a table (default: name, when present)")
     parser.add_argument("--label", default="label", help="label column to leave out of the features if present")
+    parser.add_argument("--allow-unverified", action="store_true",
+                        help="read an artifact of format version 1, which carries no checksums (trusted files only)")
     args = parser.parse_args(argv)
-    if args.out.parent.exists() and not args.out.parent.is_dir():
-        raise ConfigError(f"--out {args.out}: {args.out.parent} is not a folder")
-    classifier = load(args.artifact)
+    atomic.check_writable(args.out, "--out")
+    classifier = load(args.artifact, allow_unverified=args.allow_unverified)
     frame = predict_file(classifier, args.data, args.out, args.top_k, args.id_column, args.label)
     log.info("wrote %s: %d rows, %d classes", args.out, len(frame), len(classifier.classes))
     return 0

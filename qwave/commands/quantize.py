@@ -1,5 +1,6 @@
 """``qwave quantize``: post-training quantization of an FP32 artifact into one packed artifact per format, each
-gated by its top-1 agreement with the FP32 model on the calibration rows."""
+gated by its top-1 agreement with the FP32 model on the calibration rows. Every target (format name and output
+folder) is checked, and every model quantized, before the first artifact is written."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch import nn
 
 from qwave import artifact
 from qwave.atomic import check_writable
-from qwave.commands.compare import add_table_arguments, table_spec
+from qwave.commands.compare import add_table_arguments, feature_names, table_spec
 from qwave.data import load_table
 from qwave.errors import ArtifactError, ConfigError, DataError, FormatError
 from qwave.formats import canonical_name
@@ -104,26 +105,35 @@ def run(argv: list[str]) -> int:
                           "--layer-formats (e.g. 1,1,8)")
     if not 0.0 <= args.min_agreement <= 1.0:
         raise ConfigError(f"--min-agreement must be in [0, 1], got {args.min_agreement}")
+    if args.group_size is not None and args.group_size < 1:
+        raise ConfigError(f"--group-size must be >= 1, got {args.group_size}")
     check_writable(args.out, "--out", directory=True)
+    plans: list[tuple[str, str, list[str] | None]] = []
+    try:
+        for name in filter(None, (args.formats or "").split(",")):
+            plans.append((canonical_name(name), name.strip(), None))
+        if args.layer_formats:
+            layer_formats = [f.strip() for f in args.layer_formats.split(",")]
+            label = "mixed_" + "_".join(canonical_name(f) for f in layer_formats)
+            plans.append((label, layer_formats[0], layer_formats))
+    except FormatError as err:
+        raise ConfigError(f"--formats/--layer-formats: {err}") from None
+    for out_name, _, _ in plans:
+        artifact.check_target(args.out / out_name, "--out")
 
     source = artifact.load(args.artifact)
     model = float_model(source, args.artifact)
     calib, labels, note = _calibration_rows(args, source)
-    plans: list[tuple[str, str, list[str] | None]] = []
-    for name in filter(None, (args.formats or "").split(",")):
-        plans.append((canonical_name(name), name.strip(), None))
-    if args.layer_formats:
-        layer_formats = [f.strip() for f in args.layer_formats.split(",")]
-        label = "mixed_" + "_".join(canonical_name(f) for f in layer_formats)
-        plans.append((label, layer_formats[0], layer_formats))
     print(f"quantizing {args.artifact} ({note})")
-    for out_name, fmt, layer_formats in plans:
-        packed = quantize_one(model, fmt, calib, labels, args, layer_formats)
+    packed_models = [(out_name, quantize_one(model, fmt, calib, labels, args, layer_formats))
+                     for out_name, fmt, layer_formats in plans]
+    for out_name, packed in packed_models:
         report = packed.ptq_report
         extra = {"source": str(args.artifact), "method": "ptq", "format": out_name, "ptq_report": report,
                  "test_fold": (source.manifest.get("extra") or {}).get("test_fold"), "calibration": note}
         target = artifact.save(packed, args.out / out_name, classes=source.classes,
-                               config=source.manifest.get("config"), extra=extra)
+                               config=source.manifest.get("config"), extra=extra,
+                               features=source.manifest.get("features"))
         gate = "" if "agreement" not in report else f"  agreement {report['agreement']:.2%}" + (
             "" if report.get("passed", True) else "  BELOW THE GATE: prefer QAT")
         print(f"  {out_name:16s} -> {target}{gate}")
@@ -135,7 +145,9 @@ def _calibration_rows(args: argparse.Namespace, source: nn.Module) -> tuple[np.n
     if args.calib is None:
         return None, None, "no calibration rows"
     args.data = args.calib
-    ds = load_table(table_spec(args))
+    spec = table_spec(args)
+    spec.model_features = feature_names(source, args.artifact)
+    ds = load_table(spec)
     in_dim = getattr(source, "in_dim", None)
     if in_dim is not None and ds.n_features != in_dim:
         raise DataError(f"{args.calib}: the table has {ds.n_features} feature columns but {args.artifact} takes "

@@ -16,6 +16,7 @@ from qwave.errors import ConfigError, DataError
 from qwave.eval.metrics import classification_metrics
 from qwave.nn import MLPClassifier, pack_model, quantize_model
 from qwave.nn.mlp import activation_for
+from qwave.settings import SEED_MAX, need_float, need_int
 from qwave.train import TrainConfig, predict_logits, resolve_device, train_model
 
 EPILOG = """examples:
@@ -43,6 +44,8 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience)
+    check_options(args, cfg)
     artifact.check_target(args.out, "--out")
 
     ds = load_table(table_spec(args))
@@ -56,7 +59,6 @@ def run(argv: list[str]) -> int:
             raise ConfigError(f"--test-fold {args.test_fold}: folds in {args.data} are {sorted(set(ds.fold.tolist()))}")
         train_idx, test_idx = np.flatnonzero(~test), np.flatnonzero(test)
     fit, val = inner_split(ds, train_idx, args.val_fraction, args.seed)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience)
     torch.manual_seed(args.seed)
     model = MLPClassifier(ds.n_features, ds.n_classes, args.hidden, args.dropout,
                           normalize=fit_normalizer(ds.X[fit], args.normalize), activation=activation_for([args.format]))
@@ -76,9 +78,19 @@ def run(argv: list[str]) -> int:
         extra["test"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1", "n")}
         line += f"; fold {args.test_fold}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
     config = {"data": vars(table_spec(args)), "train": asdict(cfg), "model": model_config(args), "seed": args.seed}
-    artifact.save(packed, args.out, classes=ds.classes, config=config, extra=extra)
+    artifact.save(packed, args.out, classes=ds.classes, config=config, extra=extra, features=ds.feature_names)
     print(f"{line}\nwrote {args.out}")
     return 0
+
+
+def check_options(args: argparse.Namespace, cfg: TrainConfig) -> None:
+    """Every numeric option in range before any work (one line naming the option)."""
+    cfg.validate()
+    for width in args.hidden:
+        need_int("--hidden", width, 1, 1 << 20, ConfigError)
+    need_float("--dropout", args.dropout, 0.0, 1.0, high_open=True, error=ConfigError)
+    need_float("--val-fraction", args.val_fraction, 0.0, 1.0, low_open=True, high_open=True, error=ConfigError)
+    need_int("--seed", args.seed, 0, SEED_MAX, ConfigError)
 
 
 def model_config(args: argparse.Namespace) -> dict:

@@ -5,17 +5,30 @@ column ``fold`` / ``group`` / ``name`` when the table has it, else none (stratif
 as ids), while a column named explicitly must exist. Every other numeric column is a feature unless its name is a
 well-known metadata name (``fold``, ``class_id``, ``take``, ...), so a second label column such as ESC-50's
 ``class_id`` never leaks into the features; a column is metadata by content only when no value in it is a number.
-Duplicate column names and a column of numbers holding one non-number are errors, never renamed or dropped in
-silence. Problems raise ``DataError`` naming file, column and the first bad row.
+Duplicate column names, a column of numbers holding one non-number and a column of numbers written as text
+(``"1,234.5"``) are errors, never renamed or dropped in silence. Labels are kept as written: ``"01"`` and ``"1"``
+are not silently merged into one class (two spellings of one number are refused). Problems raise ``DataError``
+naming file, column and the first bad row.
+
+The file is read once: its sha256 (``Dataset.file_sha256``, the run's data identity) is taken from the very bytes
+that are parsed. Before parsing, what the file asks for is bounded: the rows x columns a Parquet footer declares,
+the array shapes an .npz's headers declare and the bytes a .csv.gz inflates to may not exceed ``MAX_EXPANSION``
+times the file's size (at least ``MIN_TABLE_CAP``) nor ``MAX_TABLE_BYTES``.
+
+A model's ``feature_names`` select a table's columns by name (``TableSpec.model_features``): order does not
+matter, a missing feature or an extra numeric column is refused naming them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import io
 import logging
 import re
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +50,12 @@ METADATA_NAMES = frozenset(
     )
 )
 EXTENSIONS = (".csv", ".csv.gz", ".parquet", ".npz")
+# Caps on what a table file may ask for in memory, checked from its headers before anything is allocated.
+MAX_TABLE_BYTES = 16 * 2**30
+MAX_EXPANSION = 256  # in-memory bytes per file byte (float embeddings compress ~1-3x)
+MIN_TABLE_CAP = 256 * 2**20  # small files may expand further (constant columns compress well)
+# A cell of text that is a number written with thousands separators, spaces or a decimal comma.
+NUMERIC_TEXT = re.compile(r"\s*[-+]?(\d[\d,' _]*)?[.,]?\d+([eE][-+]?\d+)?\s*")
 AUTO = "auto"
 # The column an ``auto`` role uses when the table has it (qwave extract writes these names).
 DEFAULT_COLUMNS = {"fold": "fold", "group": "group", "id": "name"}
@@ -49,6 +68,8 @@ class TableSpec:
     """Where a table is and which of its columns are label, fold, group, sample id and features.
 
     ``fold``, ``group`` and ``id``: a column name (must exist), ``auto`` (the default column when present) or None.
+    ``model_features``: the feature names a saved model was trained on; the features are then exactly these
+    columns in this order, and a missing one or an extra numeric column is an error.
     """
 
     path: str
@@ -58,6 +79,7 @@ class TableSpec:
     id: str | None = AUTO
     features: list[str] | None = None
     drop: list[str] = field(default_factory=list)
+    model_features: list[str] | None = None
 
 
 @dataclass
@@ -72,6 +94,8 @@ class Dataset:
     ids: np.ndarray
     feature_names: list[str]
     source: str
+    file_sha256: str = ""  # of the bytes that were parsed
+    file_bytes: int = 0
 
     @property
     def n_classes(self) -> int:
@@ -92,6 +116,8 @@ class Dataset:
             ids=self.ids[idx],
             feature_names=list(self.feature_names),
             source=self.source,
+            file_sha256=self.file_sha256,
+            file_bytes=self.file_bytes,
         )
 
 
@@ -111,11 +137,72 @@ def load_table(spec: TableSpec) -> Dataset:
     ext = _extension(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found.")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty.")
+    raw = read_bytes(path)
     if ext == ".npz":
-        return _load_npz(path, spec)
-    return _load_frame(path, _read_frame(path, ext), spec)
+        ds = _load_npz(path, raw, spec)
+    else:
+        ds = _load_frame(path, _read_frame(path, ext, raw, [spec.label]), spec)
+    ds.file_sha256, ds.file_bytes = hashlib.sha256(raw).hexdigest(), len(raw)
+    return ds
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole file, read once (its digest and its parse then describe the same bytes)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc}).") from None
+    if not raw:
+        raise DataError(f"{path}: file is empty.")
+    return raw
+
+
+def table_cap(file_bytes: int) -> int:
+    """The most bytes a table of ``file_bytes`` may take in memory (see the module docstring)."""
+    return min(MAX_TABLE_BYTES, max(MIN_TABLE_CAP, MAX_EXPANSION * file_bytes))
+
+
+def _refuse_size(path: Path, what: str, asked: int, file_bytes: int) -> None:
+    cap = table_cap(file_bytes)
+    if asked > cap:
+        raise DataError(f"{path}: {what} {asked:,} bytes in memory, above the cap of {cap:,} bytes for a "
+                        f"{file_bytes:,}-byte file (min({MAX_TABLE_BYTES:,}, max({MIN_TABLE_CAP:,}, "
+                        f"{MAX_EXPANSION} x file size))).")
+
+
+def _parquet_file(path: Path, raw: bytes):
+    """The Parquet file in ``raw``, after checking the rows x columns (8 bytes a cell) its footer declares against
+    the cap and its column names for repeats, before any column is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(pa.BufferReader(raw))
+    meta = parquet.metadata
+    _refuse_size(path, f"its footer declares {meta.num_rows:,} rows x {meta.num_columns:,} columns, about",
+                 8 * meta.num_rows * meta.num_columns, len(raw))
+    _refuse_duplicates(path, [str(n) for n in parquet.schema_arrow.names])
+    return parquet
+
+
+def _inflate(path: Path, raw: bytes) -> bytes:
+    """The bytes of a gzip file (every member), stopping with an error once they pass the cap."""
+    cap, out, data = table_cap(len(raw)), [], raw
+    size = 0
+    try:
+        while data:
+            d = zlib.decompressobj(wbits=31)
+            while data:
+                chunk = d.decompress(data, 1 << 20)
+                data = d.unconsumed_tail
+                size += len(chunk)
+                out.append(chunk)
+                _refuse_size(path, "it inflates to more than", size, len(raw)) if size > cap else None
+                if d.eof:
+                    break
+            data = d.unused_data.lstrip(b"\0") if d.eof else b""
+    except zlib.error as exc:
+        raise DataError(f"{path}: cannot read the file as .csv.gz (gzip: {exc}).") from None
+    return b"".join(out)
 
 
 def _extension(path: Path) -> str:
@@ -126,28 +213,28 @@ def _extension(path: Path) -> str:
     raise DataError(f"{path}: unsupported file extension; use one of {', '.join(EXTENSIONS)}.")
 
 
-def _read_frame(path: Path, ext: str) -> pd.DataFrame:
+def _read_frame(path: Path, ext: str, raw: bytes | None = None, text: list[str] = ()) -> pd.DataFrame:
+    """The table parsed from ``raw`` (the file's bytes, read here if not given); the ``text`` columns of a CSV
+    (the label) are kept as the strings written."""
+    raw = read_bytes(path) if raw is None else raw
     try:
-        _refuse_duplicates(path, _header(path, ext))
-        frame = pd.read_parquet(path) if ext == ".parquet" else pd.read_csv(path, low_memory=False)
+        if ext == ".parquet":
+            frame = _parquet_file(path, raw).read().to_pandas()
+        else:
+            body = _inflate(path, raw) if ext == ".csv.gz" else raw
+            header = pd.read_csv(io.BytesIO(body), header=None, nrows=1, dtype=str, keep_default_na=False)
+            header = header.iloc[0].tolist()
+            _refuse_duplicates(path, header)
+            frame = pd.read_csv(io.BytesIO(body), low_memory=False, dtype={c: str for c in text if c in header})
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: file is empty.") from exc
-    except (OSError, ValueError, EOFError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+    except (OSError, ValueError, EOFError, UnicodeDecodeError, pd.errors.ParserError, ImportError) as exc:
         detail = " ".join(str(exc).split())[:300]
         raise DataError(f"{path}: cannot read the file as {ext} ({type(exc).__name__}: {detail}).") from exc
     if len(frame) == 0:
         raise DataError(f"{path}: table has a header but no data rows.")
     frame.columns = [str(c) for c in frame.columns]
     return frame
-
-
-def _header(path: Path, ext: str) -> list[str]:
-    """The column names exactly as stored (pandas would rename a repeated CSV name ``x`` to ``x.1``)."""
-    if ext == ".parquet":
-        import pyarrow.parquet as pq
-
-        return [str(name) for name in pq.read_schema(path).names]
-    return pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
 
 
 def _refuse_duplicates(path: Path, header: list[str]) -> None:
@@ -184,13 +271,40 @@ def _rows(mask: np.ndarray, limit: int = 5) -> str:
 
 
 def _mixed_column(path: Path, name: str, values: pd.Series) -> None:
-    """A column of numbers with some non-numbers in it is a data error (naming the first one), not metadata."""
+    """A column of numbers with some non-numbers in it is a data error (naming the first one), not metadata; so is
+    a column whose every value is a number written as text with separators (``"1,234.5"``)."""
     numbers = pd.to_numeric(values, errors="coerce")
     if numbers.notna().any():
         bad = numbers.isna() & values.notna()
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(f"{path}: column {name!r} holds numbers and non-numbers (first: {values.iloc[row]!r} at row "
                         f"{row}, 0-based data rows); fix the value, or list the column under drop.")
+    given = values.dropna()
+    if len(given) and given.map(lambda v: isinstance(v, str) and NUMERIC_TEXT.fullmatch(v) is not None).all():
+        raise DataError(f"{path}: column {name!r} holds numbers written as text (e.g. {given.iloc[0]!r}); write plain "
+                        "numbers (no thousands separators, '.' as decimal point), or list the column under drop.")
+
+
+def model_columns(path: Path, frame: pd.DataFrame, taken: set[str], names: list[str]) -> list[str]:
+    """The columns ``names`` (a model's features, in its order), refusing a missing one or an extra numeric column
+    that is not a metadata name nor ``taken`` (label, fold, group, id, drop), naming them."""
+    columns = set(frame.columns)
+    missing = [n for n in names if n not in columns]
+    known = set(names)
+    extra = [c for c in frame.columns if c not in known and c not in taken and c.lower() not in METADATA_NAMES
+             and pd.api.types.is_numeric_dtype(frame[c])]
+    if missing or extra:
+        parts = [f"lacks {_shorten([repr(n) for n in missing], 5, 1)}" if missing else "",
+                 f"has extra numeric column(s) {_shorten([repr(c) for c in extra], 5, 1)}" if extra else ""]
+        raise DataError(f"{path}: the model was trained on {len(names)} named feature columns and the table "
+                        f"{' and '.join(p for p in parts if p)}; give the table the model's feature columns "
+                        "(their order does not matter)")
+    for name in names:
+        if not pd.api.types.is_numeric_dtype(frame[name]):
+            bad = _first(frame[name])
+            raise DataError(f"{path}: feature column {name!r} is not numeric (e.g. value {bad[1]!r} at row {bad[0]}, "
+                            "0-based data rows).")
+    return list(names)
 
 
 def _load_frame(path: Path, frame: pd.DataFrame, spec: TableSpec) -> Dataset:
@@ -205,7 +319,10 @@ def _load_frame(path: Path, frame: pd.DataFrame, spec: TableSpec) -> Dataset:
         _require_column(path, columns, "drop", name)
     taken = set(roles.values()) | set(spec.drop)
 
-    if spec.features is not None:
+    if spec.model_features is not None:
+        features = model_columns(path, frame, taken, list(spec.model_features))
+        ignored = [c for c in columns if c not in taken and c not in features]
+    elif spec.features is not None:
         for name in spec.features:
             _require_column(path, columns, "feature", name)
             if name in roles.values():
@@ -280,7 +397,9 @@ def _features(path: Path, X: np.ndarray, names: list[str]) -> np.ndarray:
 
 
 def _encode_labels(path: Path, column: str, values: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Codes 0..C-1 in sorted class order (numeric order for numbers) and the class names as strings."""
+    """Codes 0..C-1 in sorted class order (numeric order for numbers) and the class names as strings: numbers
+    stored as numbers print as numbers, text labels stay as written, sorted by value when each is a number
+    (two spellings of one number, ``"01"`` and ``"1"``, are refused instead of merged)."""
     missing = pd.isna(values)
     if missing.any():
         raise DataError(f"{path}: label column {column!r} is empty at {_rows(missing)} (0-based data rows).")
@@ -290,10 +409,30 @@ def _encode_labels(path: Path, column: str, values: np.ndarray) -> tuple[np.ndar
             values = numbers.astype(np.int64)
     else:
         values = values.astype(str)
+        written = np.unique(values)
+        numbers = pd.to_numeric(pd.Series(written), errors="coerce").to_numpy(dtype=np.float64)
+        if not np.isnan(numbers).any():
+            return _numeric_text_labels(path, column, values, written, numbers)
     uniq, y = np.unique(values, return_inverse=True)
     if len(uniq) < 2:
         raise DataError(f"{path}: label column {column!r} has one class only ('{uniq[0]}'); need two.")
     return y.astype(np.int64), [str(v) for v in uniq]
+
+
+def _numeric_text_labels(path: Path, column: str, values: np.ndarray, written: np.ndarray,
+                         numbers: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Labels written as numbers in text: kept as written, in numeric order; two spellings of one number refused."""
+    for value in np.unique(numbers):
+        same = written[numbers == value]
+        if len(same) > 1:
+            raise DataError(f"{path}: label column {column!r} writes one number as "
+                            f"{', '.join(repr(str(v)) for v in same[:3])}; write each class one way (labels are "
+                            "kept as written, never merged).")
+    classes = [str(v) for v in written[np.argsort(numbers, kind="stable")]]
+    if len(classes) < 2:
+        raise DataError(f"{path}: label column {column!r} has one class only ('{classes[0]}'); need two.")
+    code = {name: i for i, name in enumerate(classes)}
+    return np.array([code[v] for v in values], dtype=np.int64), classes
 
 
 def _encode_folds(path: Path, column: str, values: np.ndarray) -> np.ndarray:
@@ -324,14 +463,34 @@ def _strings(path: Path, column: str, values: np.ndarray) -> np.ndarray:
     return values.astype(str).astype(object)
 
 
-def _load_npz(path: Path, spec: TableSpec) -> Dataset:
+def _check_npz(path: Path, raw: bytes) -> None:
+    """The bytes every member's .npy header declares (shape x item size), each no more than the member holds and
+    all together within the cap, read from the headers before any array is allocated."""
+    total = 0
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(member, max_header_size=10_000)
+                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if declared > info.file_size:
+                    raise DataError(f"{path}: array {info.filename!r} declares {declared:,} bytes but holds "
+                                    f"{info.file_size:,}.")
+                total += max(declared, info.file_size)
+    _refuse_size(path, "its arrays declare", total, len(raw))
+
+
+def _load_npz(path: Path, raw: bytes, spec: TableSpec) -> Dataset:
     """NPZ arrays ``X`` and ``y`` (required), ``fold``, ``group``, ``ids``, ``classes`` (optional).
 
     With ``classes``, ``y`` holds integer codes into it; otherwise ``y`` holds label values, coded like a
     label column.
     """
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        _check_npz(path, raw)
+        with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: cannot read the file as .npz ({type(exc).__name__}: {exc}).") from exc
@@ -347,6 +506,12 @@ def _load_npz(path: Path, spec: TableSpec) -> Dataset:
         if key in arrays and arrays[key].shape != (n,):
             raise DataError(f"{path}: array {key!r} has shape {arrays[key].shape} but 'X' has {n} rows.")
     names = [str(j) for j in range(X.shape[1])]
+    if spec.model_features is not None:
+        spec = dataclasses.replace(spec, features=list(spec.model_features))
+        unknown = sorted(set(names) - set(spec.features), key=int)
+        if unknown:
+            raise DataError(f"{path}: the model was trained on {len(spec.features)} features and 'X' has "
+                            f"{len(names)} columns (extra: {_shorten(unknown, 5, 1)}).")
     if spec.features is not None:
         for name in spec.features:
             _require_column(path, names, "feature", name)

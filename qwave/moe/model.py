@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from qwave.data.normalize import Normalize
 from qwave.errors import ArtifactError, ConfigError
 from qwave.formats import canonical_name, get_format
-from qwave.moe.config import CuriosityConfig
+from qwave.moe.config import MEASURES, CuriosityConfig
 from qwave.moe.router import BayesianRouter, Router, keep_masks
 from qwave.moe.routing import (
     EPS,
@@ -38,7 +38,8 @@ from qwave.moe.routing import (
     top_k_mask,
     uncertainty,
 )
-from qwave.nn.mlp import ACTIVATIONS, MLPClassifier, activation_for
+from qwave.nn.mlp import ACTIVATIONS, MLPClassifier, activation_for, check_linear_chain
+from qwave.settings import need_bool, need_choice, need_float, need_int, need_keys
 from qwave.size import SizeReport
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,69 @@ class MoEClassifier(nn.Module):
             "router_format": self.router_format,
             "router_activation": self.router_activation,
         }
+
+    @classmethod
+    def check_config(cls, config: dict, manifest: dict) -> None:
+        """Every stored setting in the range training accepts (``MoEConfig.validate``), and the packed layers and
+        MC keep masks the manifest lists exactly those the settings make, checked before anything is built."""
+        keys = ("in_dim", "num_classes", "formats", "hidden", "dropout", "layer_norm", "top_k", "router_hidden",
+                "router_dropout", "balance_weight", "curiosity", "mask_seed", "normalize_mode")
+        need_keys("moe config", config, keys, ("activation", "router_format", "router_activation", "selection"),
+                  ConfigError)
+        in_dim = need_int("in_dim", config["in_dim"], 1, error=ConfigError)
+        classes = need_int("num_classes", config["num_classes"], 1, error=ConfigError)
+        formats = config["formats"]
+        if not isinstance(formats, list) or not formats or not all(isinstance(f, str) for f in formats):
+            raise ConfigError(f"formats must be a non-empty list of format names, got {formats!r}")
+        for f in [*formats, config.get("router_format", "fp32")]:
+            canonical_name(f)
+        hidden = config["hidden"]
+        if not isinstance(hidden, list):
+            raise ConfigError(f"hidden must be a list of layer widths, got {hidden!r}")
+        hidden = [need_int(f"hidden[{i}]", h, 1, error=ConfigError) for i, h in enumerate(hidden)]
+        need_float("dropout", config["dropout"], 0.0, 1.0, high_open=True, error=ConfigError)
+        layer_norm = need_bool("layer_norm", config["layer_norm"], error=ConfigError)
+        need_int("top_k", config["top_k"], 1, len(formats), error=ConfigError)
+        router_hidden = need_int("router_hidden", config["router_hidden"], 1, error=ConfigError)
+        router_dropout = need_float("router_dropout", config["router_dropout"], 0.0, 1.0, high_open=True,
+                                    error=ConfigError)
+        need_float("balance_weight", config["balance_weight"], 0.0, error=ConfigError)
+        need_int("mask_seed", config["mask_seed"], 0, 2**63 - 1, error=ConfigError)
+        need_choice("normalize_mode", config["normalize_mode"], Normalize.MODES, error=ConfigError)
+        if not isinstance(config.get("selection", []), list):
+            raise ConfigError(f"selection must be a list, got {config['selection']!r}")
+        curiosity = need_keys("curiosity", config["curiosity"], ("enabled", "alpha", "mc_samples", "measure"),
+                              ("rule",), ConfigError)
+        enabled = need_bool("curiosity.enabled", curiosity["enabled"], error=ConfigError)
+        need_float("curiosity.alpha", curiosity["alpha"], 0.0, error=ConfigError)
+        samples = need_int("curiosity.mc_samples", curiosity["mc_samples"], 2, error=ConfigError)
+        need_choice("curiosity.measure", curiosity["measure"], MEASURES, error=ConfigError)
+        if enabled and router_dropout == 0.0:
+            raise ConfigError("curiosity.enabled needs router_dropout > 0 (MC dropout has nothing to sample)")
+        layers = manifest["layers"]
+        for e in range(len(formats)):
+            check_linear_chain(f"experts.{e}.", [in_dim, *hidden, classes], layer_norm, layers)
+        router = {p: spec.get("shape") for p, spec in layers.items() if p.startswith("router.")}
+        expected = {"router.fc1": [router_hidden, in_dim], "router.fc2": [len(formats), router_hidden]}
+        if router != expected:
+            raise ConfigError(f"router_hidden={router_hidden} and {len(formats)} experts make the router layers "
+                              f"{expected}, but the manifest packs {router}")
+        others = [p for p in layers if not p.startswith(("router.", "experts."))]
+        if len(layers) != len(formats) * (len(hidden) + 1) + 2 or others:
+            raise ConfigError(f"{len(formats)} experts of {len(hidden) + 1} layers and a router do not make the "
+                              f"{len(layers)} packed layers of the manifest")
+        keep = (manifest.get("tensors", {}).get("router.keep") or {}).get("shape")
+        if enabled and keep != [samples, router_hidden]:
+            raise ConfigError(f"curiosity.mc_samples={samples} and router_hidden={router_hidden} need stored keep "
+                              f"masks of shape {[samples, router_hidden]}, the file holds {keep}")
+
+    def check_state(self) -> None:
+        """Stored values a loaded model routes with: MC keep masks of 0 and 1, a non-negative uncertainty std."""
+        keep = getattr(self.router, "keep", None)
+        if keep is not None and not ((keep == 0) | (keep == 1)).all():
+            raise ConfigError("tensor 'router.keep' (MC dropout keep masks) must hold only 0 and 1")
+        if self.curiosity.enabled and not (torch.isfinite(self.u_std) and self.u_std >= 0):
+            raise ConfigError(f"tensor 'u_std' must be a finite number >= 0, got {float(self.u_std)}")
 
     @classmethod
     def from_config(cls, config: dict) -> MoEClassifier:

@@ -9,6 +9,7 @@ from torch import nn
 
 from qwave.data.normalize import Normalize
 from qwave.errors import ConfigError
+from qwave.settings import need_bool, need_choice, need_float, need_int, need_keys
 
 ACTIVATIONS = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh}
 
@@ -77,8 +78,47 @@ class MLPClassifier(nn.Module):
         }
 
     @classmethod
+    def check_config(cls, config: dict, manifest: dict) -> None:
+        """Every stored setting in range, and the packed layers the manifest lists exactly the Linear layers the
+        setting ``hidden`` makes (so a config cannot ask for more layers or wider ones than the file holds)."""
+        need_keys("mlp config", config, ("in_dim", "num_classes", "hidden", "dropout", "layer_norm",
+                                         "normalize_mode"), ("activation",), error=ConfigError)
+        in_dim = need_int("in_dim", config["in_dim"], 1, error=ConfigError)
+        classes = need_int("num_classes", config["num_classes"], 1, error=ConfigError)
+        hidden = config["hidden"]
+        if not isinstance(hidden, list):
+            raise ConfigError(f"hidden must be a list of layer widths, got {hidden!r}")
+        hidden = [need_int(f"hidden[{i}]", h, 1, error=ConfigError) for i, h in enumerate(hidden)]
+        need_float("dropout", config["dropout"], 0.0, 1.0, high_open=True, error=ConfigError)
+        need_bool("layer_norm", config["layer_norm"], error=ConfigError)
+        need_choice("normalize_mode", config["normalize_mode"], Normalize.MODES, error=ConfigError)
+        need_choice("activation", config.get("activation", "relu"), ACTIVATIONS, error=ConfigError)
+        check_linear_chain("body.", [in_dim, *hidden, classes], bool(config["layer_norm"]), manifest["layers"])
+
+    @classmethod
     def from_config(cls, config: dict) -> MLPClassifier:
         """Rebuild an untrained module of the same shape (tensors are loaded afterwards)."""
         args = {k: v for k, v in config.items() if k != "normalize_mode"}
         norm = Normalize.placeholder(int(config["in_dim"]), config.get("normalize_mode", "raw"))
         return cls(**args, normalize=norm)
+
+
+def body_layers(prefix: str, widths: list[int], layer_norm: bool) -> dict[str, list[int]]:
+    """``{module path: [out, in]}`` of the Linear layers of an MLP body with these widths (input first)."""
+    stride = 4 if layer_norm else 3  # Linear, (LayerNorm), activation, Dropout per hidden layer
+    return {f"{prefix}{stride * i}": [widths[i + 1], widths[i]] for i in range(len(widths) - 1)}
+
+
+def check_linear_chain(prefix: str, widths: list[int], layer_norm: bool, layers: dict) -> None:
+    """The packed layers under ``prefix`` (``body.``, ``experts.0.``) are exactly the Linear layers of the stored
+    widths."""
+    expected = body_layers(prefix, widths, layer_norm)
+    stored = {path: spec.get("shape") for path, spec in layers.items() if path.startswith(prefix)}
+    if stored != expected:
+        raise ConfigError(f"the widths {widths} (input, hidden..., classes) make the layers {_few(expected)}, but "
+                          f"the manifest packs {_few(stored)}")
+
+
+def _few(layers: dict) -> str:
+    items = [f"{k} {v}" for k, v in list(layers.items())[:4]]
+    return "{" + ", ".join(items) + (f", ... {len(layers)} in all" if len(layers) > 4 else "") + "}"
