@@ -274,8 +274,8 @@ def _mixed_column(path: Path, name: str, values: pd.Series) -> None:
     """A column of numbers with some non-numbers in it is a data error (naming the first one), not metadata; so is
     a column whose every value is a number written as text with separators (``"1,234.5"``)."""
     numbers = pd.to_numeric(values, errors="coerce")
-    if numbers.notna().any():
-        bad = numbers.isna() & values.notna()
+    bad = numbers.isna() & values.notna()
+    if numbers.notna().any() and bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(f"{path}: column {name!r} holds numbers and non-numbers (first: {values.iloc[row]!r} at row "
                         f"{row}, 0-based data rows); fix the value, or list the column under drop.")
