@@ -58,11 +58,12 @@ def trained(tmp_path, tiny_table) -> Path:
 def test_a_missing_or_extra_feature_column_is_one_line_naming_it(trained, tiny_table, tmp_path, capsys):
     frame = pd.read_csv(tiny_table)
     capsys.readouterr()
+    out = str(tmp_path / "p.csv")
     frame.drop(columns=["f3"]).to_csv(tmp_path / "missing.csv", index=False)
-    assert main(["predict", str(trained), "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "p.csv")]) == 2
+    assert main(["predict", str(trained), "--data", str(tmp_path / "missing.csv"), "--out", out]) == 2
     assert "lacks 'f3'" in _error(capsys)
     frame.assign(extra=1.5).to_csv(tmp_path / "extra.csv", index=False)
-    assert main(["predict", str(trained), "--data", str(tmp_path / "extra.csv"), "--out", str(tmp_path / "p.csv")]) == 2
+    assert main(["predict", str(trained), "--data", str(tmp_path / "extra.csv"), "--out", out]) == 2
     assert "'extra'" in _error(capsys)
     assert not (tmp_path / "p.csv").exists()
 
