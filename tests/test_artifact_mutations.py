@@ -14,12 +14,21 @@ Two kinds of change:
   kernel agrees with the format's plain PyTorch recipe on the same tensors (the kernels do no bounds checks:
   a layout they did not expect shows up as disagreement, NaN or a crash).
 
-The default suite runs a few dozen cases of each; ``-m slow`` runs >= 1,000 of each.
+* re-signed settings: one stored setting of a model of each format (an architecture setting such as MoE
+  ``top_k``, router dropout or curiosity; the feature names; a normaliser's mode; a layer's format options; the
+  content of a stored MoE or normaliser tensor) replaced by a plausible or hostile value, then every checksum
+  rewritten. The only outcomes allowed: one ArtifactError line, the original outputs, or a valid different model:
+  every setting inside its range (written out here, apart from the loader's checks), finite outputs, kernels that
+  agree with the reference.
+
+The default suite runs a few dozen cases of each (40 per format for the re-signed settings); ``-m slow`` runs
+>= 1,000 of each (per format for the re-signed settings).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +44,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from qwave import artifact
+from qwave.data.normalize import Normalize
 from qwave.errors import ArtifactError
 from qwave.formats import registered_formats
 from qwave.nn import MLPClassifier, PackedLinear, pack_model, quantize_model
@@ -70,6 +80,9 @@ def _models() -> dict[str, nn.Module]:
     ctc = RecurrentCTC(frame_dim=8, frames=5, num_classes=6, hidden=12)
     models["recurrent"] = pack_model(pack_recurrent(ctc, "int8"))
     return models
+
+
+MODEL_NAMES = [*registered_formats(), "int4-g32", "mixed", "moe", "recurrent"]
 
 
 def _inputs(model: nn.Module) -> torch.Tensor:
@@ -292,3 +305,127 @@ def test_every_saved_model_loads_back_to_its_outputs(saved):
         with torch.no_grad():
             assert torch.equal(loaded(_inputs(loaded)), expected), name
         assert load_file(directory / "model.safetensors").keys() == loaded.manifest["tensors"].keys()
+
+
+SETTING_VALUES = (
+    st.integers(-3, 70) | st.sampled_from([0, 1, 2, 3, -1, 10**6, 2**40]) | st.booleans() | st.none()
+    | st.floats(-2.0, 2.0) | st.sampled_from([0.0, 0.5, 0.99, 1.0, 1.5, -0.5, 1e-30, 1e30])
+    | st.sampled_from(["relu", "hardtanh", "gelu", "mutual_info", "variance", "max_softmax", "entropy", "standard",
+                       "l2", "min_max", "raw", "int8", "int4", "ternary", "binary", "symmetric", "float", ""])
+    | st.lists(st.integers(-2, 70), max_size=3)
+)
+SMALL_TENSORS = ("u_mean", "u_std", "router.keep", "norm.shift", "norm.scale")
+
+
+def _setting_paths(node, prefix=()) -> list[tuple]:
+    """Every leaf and list position under ``node`` (the settings an edit may replace)."""
+    if isinstance(node, dict):
+        return [p for key, value in node.items() for p in [(*prefix, key), *_setting_paths(value, (*prefix, key))]]
+    if isinstance(node, list):
+        return [p for i, value in enumerate(node) for p in [(*prefix, i), *_setting_paths(value, (*prefix, i))]]
+    return []
+
+
+def edit_setting(manifest: dict, data) -> None:
+    """Replace one stored setting of the manifest by a drawn value (see the module docstring)."""
+    where = data.draw(st.sampled_from(["architecture", "features", "normalization", "options"]), label="where")
+    if where == "features":
+        n = int(manifest["architecture"]["config"].get("in_dim", 8))
+        names = [f"f{i}" for i in range(n)]
+        manifest["features"] = data.draw(st.sampled_from([names, names[::-1], names[:-1], names + ["x"], [],
+                                                          ["f0"] * n, None]), label="features")
+        return
+    if where == "normalization":
+        for spec in manifest["normalization"].values():
+            spec["mode"] = data.draw(st.sampled_from(Normalize.MODES), label="normaliser mode")
+        return
+    root = manifest["architecture"]["config"] if where == "architecture" else {
+        name: spec["options"] for name, spec in manifest["layers"].items()}
+    paths = _setting_paths(root)
+    if not paths:
+        return
+    path = data.draw(st.sampled_from(paths), label="setting")
+    parent = root
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = data.draw(SETTING_VALUES, label="value")
+
+
+def edit_small_tensor(tensors: dict[str, torch.Tensor], data) -> None:
+    """New content for a stored MoE or normaliser tensor (same dtype and shape): masks of 0/1/7, any floats."""
+    names = [n for n in SMALL_TENSORS if n in tensors]
+    if not names:
+        return
+    name = data.draw(st.sampled_from(names), label="tensor")
+    old = tensors[name]
+    if old.dtype == torch.uint8:
+        values = data.draw(st.lists(st.sampled_from([0, 1, 7]), min_size=old.numel(), max_size=old.numel()))
+        tensors[name] = torch.tensor(values, dtype=torch.uint8).reshape(old.shape)
+    else:
+        fill = data.draw(st.sampled_from([0.0, -1.0, 1e-30, 3.0, -3.0, 1e30]), label="fill")
+        tensors[name] = torch.full_like(old, fill)
+
+
+def assert_settings_in_range(model: nn.Module) -> None:
+    """Every setting of a loaded model inside the range its meaning allows (the ranges written out here)."""
+    manifest = model.manifest
+    cfg = manifest["architecture"]["config"]
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            assert 0.0 <= m.p < 1.0
+        if isinstance(m, Normalize) and m.mode in ("standard", "min_max"):
+            assert torch.isfinite(m.scale).all() and (m.scale != 0).all() and torch.isfinite(m.shift).all()
+    if "hidden" in cfg and isinstance(cfg["hidden"], list):
+        assert all(isinstance(h, int) and h >= 1 for h in cfg["hidden"])
+    if "dropout" in cfg:
+        assert 0.0 <= cfg["dropout"] < 1.0
+    names = manifest.get("features")
+    if names is not None:
+        assert len(names) == len(set(names)) == model.in_dim and all(isinstance(n, str) for n in names)
+    if manifest["architecture"]["name"] == "moe":
+        experts = len(cfg["formats"])
+        curiosity = cfg["curiosity"]
+        assert 1 <= model.top_k <= experts and 0.0 <= model.router_dropout < 1.0
+        assert 0.0 <= curiosity["alpha"] < math.inf and curiosity["mc_samples"] >= 2
+        assert curiosity["measure"] in ("mutual_info", "variance", "max_softmax")
+        assert cfg["balance_weight"] >= 0 and cfg["router_hidden"] >= 1
+        if model.curiosity.enabled:
+            assert model.router_dropout > 0
+            assert set(model.router.keep.unique().tolist()) <= {0, 1}
+            assert torch.isfinite(model.u_std) and model.u_std >= 0 and torch.isfinite(model.u_mean)
+
+
+def check_resigned_setting(saved: dict, name: str, data) -> None:
+    source, expected = saved[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "a"
+        shutil.copytree(source, target)
+        if data.draw(st.booleans(), label="edit a tensor"):
+            reseal(target, tensors_change=lambda tensors: edit_small_tensor(tensors, data))
+        else:
+            reseal(target, manifest_change=lambda manifest: edit_setting(manifest, data))
+        model = load_or_error(target)
+        if model is None:
+            return
+        with torch.no_grad():
+            out = model(_inputs(model))
+        if out.shape == expected.shape and torch.equal(out, expected):
+            return
+        assert_settings_in_range(model)
+        assert_kernels_agree_with_reference(model)
+        assert not torch.isnan(out).any() and not (out == torch.inf).any()  # an MoE's log-probabilities may be -inf
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@_settings(DEFAULT_CASES)
+@given(data=st.data())
+def test_a_resigned_setting_gives_the_original_a_valid_model_or_one_artifact_error(saved, name, data):
+    check_resigned_setting(saved, name, data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@_settings(SLOW_CASES)
+@given(data=st.data())
+def test_a_thousand_resigned_settings_per_format_give_the_original_a_valid_model_or_one_error(saved, name, data):
+    check_resigned_setting(saved, name, data)
