@@ -133,3 +133,17 @@ def test_an_artifact_without_feature_names_keeps_working_with_one_note(trained, 
         assert main(["predict", str(trained), "--data", str(tiny_table), "--out", str(out)]) == 0
     notes = [r for r in caplog.records if "records no feature names" in r.getMessage()]
     assert len(notes) == 1 and len(pd.read_csv(out)) == len(pd.read_csv(tiny_table))
+
+
+def test_compare_takes_the_table_by_column_name(trained, tiny_table, tmp_path, capsys):
+    frame = pd.read_csv(tiny_table)
+    shuffled = tmp_path / "shuffled.csv"
+    frame[np.random.default_rng(1).permutation(frame.columns)].to_csv(shuffled, index=False)
+    summaries = []
+    for data in (tiny_table, shuffled):
+        out = tmp_path / f"{Path(data).stem}.json"
+        assert main(["compare", str(trained), str(trained), "--data", str(data), "--repeats", "1", "--warmup", "0",
+                     "--output-json", str(out)]) == 0
+        summaries.append(json.loads(out.read_text())["predictions"])
+    assert summaries[0]["accuracy"] == summaries[1]["accuracy"]
+    assert summaries[1]["agreement"] == 1.0
