@@ -93,6 +93,10 @@ class MLPClassifier(nn.Module):
         need_bool("layer_norm", config["layer_norm"], error=ConfigError)
         need_choice("normalize_mode", config["normalize_mode"], Normalize.MODES, error=ConfigError)
         need_choice("activation", config.get("activation", "relu"), ACTIVATIONS, error=ConfigError)
+        packed = sum(path.startswith("body.") for path in manifest["layers"])
+        if len(hidden) + 1 != packed:
+            raise ConfigError(f"hidden lists {len(hidden):,} hidden layers (+1 output layer) but the manifest packs "
+                              f"{packed} linear layers")
         check_linear_chain("body.", [in_dim, *hidden, classes], bool(config["layer_norm"]), manifest["layers"])
 
     @classmethod
@@ -115,8 +119,9 @@ def check_linear_chain(prefix: str, widths: list[int], layer_norm: bool, layers:
     expected = body_layers(prefix, widths, layer_norm)
     stored = {path: spec.get("shape") for path, spec in layers.items() if path.startswith(prefix)}
     if stored != expected:
-        raise ConfigError(f"the widths {widths} (input, hidden..., classes) make the layers {_few(expected)}, but "
-                          f"the manifest packs {_few(stored)}")
+        shown = widths if len(widths) <= 8 else [*widths[:6], "...", widths[-1]]
+        raise ConfigError(f"the widths {shown} (input, hidden..., classes; {len(widths) - 1:,} layers) make the "
+                          f"layers {_few(expected)}, but the manifest packs {_few(stored)}")
 
 
 def _few(layers: dict) -> str:
