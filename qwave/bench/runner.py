@@ -38,7 +38,6 @@ from qwave.train import predict_logits, resolve_device, train_model
 log = logging.getLogger(__name__)
 
 AGREEMENT_MIN = 0.995
-LOGIT_ATOL = 1e-3
 
 
 @dataclass
