@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from qwave import atomic  # noqa: E402
-from qwave.bench.report import save_figure  # noqa: E402
-from qwave.bench.summary import resident_ratio_cell  # noqa: E402
+from qwave import atomic
+from qwave.bench.summary import resident_ratio_cell
+from qwave.plot import plt, save_figure
 
 COLUMNS = ("model", "method", "runs", "macro-F1", "95% CI", "accuracy", "stored KB", "smaller than FP32",
            "resident KB", "ms/sample", "speed vs FP32", "resident / stored")

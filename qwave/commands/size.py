@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
-import importlib.util
 import io
 from pathlib import Path
 
@@ -32,9 +30,6 @@ KB and MB are decimal (1000 and 1000000 bytes); bits/weight = all stored bytes x
 resident_bytes: what the model holds in memory once every packed layer has prepared its kernel (as after the first
 forward); resident_flag marks a model holding more than 1.1x its stored bytes.
 """
-
-# Modules that register further model families with qwave.size.register_size_model (imported when present).
-SIZE_PLUGINS = ("qwave.moe.bench",)
 
 COLUMNS = (
     "model",
@@ -119,10 +114,7 @@ def _csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from qwave.plot import plt, save_figure
 
     labels = [f"{r['model']}:{r['format']}" for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, len(rows) * 0.9), 4))
@@ -133,8 +125,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     for ax in (left, right):
         ax.tick_params(axis="x", rotation=60)
     fig.tight_layout()
-    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), suffix=".png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def _artifact_rows(paths: list[Path]) -> list[dict]:
@@ -172,9 +163,6 @@ def run(argv: list[str]) -> int:
     for option, path in (("--output", args.output), ("--plot", args.plot)):
         if path is not None:
             atomic.check_writable(path, option)
-    for module in SIZE_PLUGINS:  # also registers their architectures, so their artifacts load
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
     if args.paths:
         rows = _artifact_rows(args.paths)
         columns = tuple(rows[0]) if rows else ()

@@ -14,8 +14,8 @@ from qwave.commands.compare import add_table_arguments, table_spec
 from qwave.data import fit_normalizer, inner_split, load_table
 from qwave.errors import ConfigError, DataError
 from qwave.eval.metrics import classification_metrics
-from qwave.nn import MLPClassifier, pack_model, quantize_model
-from qwave.nn.mlp import activation_for
+from qwave.nn import pack_model, quantize_model
+from qwave.nn.mlp import build_mlp
 from qwave.train import TrainConfig, predict_logits, resolve_device, train_model
 
 EPILOG = """examples:
@@ -58,8 +58,8 @@ def run(argv: list[str]) -> int:
     fit, val = inner_split(ds, train_idx, args.val_fraction, args.seed)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience)
     torch.manual_seed(args.seed)
-    model = MLPClassifier(ds.n_features, ds.n_classes, args.hidden, args.dropout,
-                          normalize=fit_normalizer(ds.X[fit], args.normalize), activation=activation_for([args.format]))
+    model = build_mlp(ds.n_features, ds.n_classes, args.hidden, args.dropout,
+                      normalize=fit_normalizer(ds.X[fit], args.normalize), formats=[args.format])
     if str(args.format).lower() != "fp32" or args.keep_last_fp:
         model = quantize_model(model, args.format, keep_last_fp=args.keep_last_fp)
     result = train_model(model, ds.X[fit], ds.y[fit], ds.X[val], ds.y[val], ds.n_classes, cfg, args.seed,

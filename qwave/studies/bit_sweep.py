@@ -3,9 +3,8 @@ accuracy / macro-F1 of the saved artifacts and the overfitting gap (train - test
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
-
 from qwave.errors import ConfigError
+from qwave.plot import plt
 from qwave.studies.common import (
     StudyConfig,
     fmt_ci,

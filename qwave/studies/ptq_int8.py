@@ -3,11 +3,11 @@ accuracy / macro-F1 of both saved artifacts, and the CPU speed-up of the int8 ke
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import torch
 
 from qwave.eval.compare import time_pair
 from qwave.nn import ptq
+from qwave.plot import plt
 from qwave.studies.common import (
     StudyConfig,
     fmt_ci,

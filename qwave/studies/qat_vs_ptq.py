@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import time
 
-import matplotlib.pyplot as plt
-
 from qwave.eval.metrics import aggregate_over_folds
 from qwave.formats import canonical_name
 from qwave.nn import ptq
+from qwave.plot import plt
 from qwave.studies.common import (
     StudyConfig,
     fmt_ci,
