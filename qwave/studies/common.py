@@ -14,6 +14,7 @@ from torch import nn
 
 from qwave import artifact
 from qwave.atomic import write_json, write_text
+from qwave.bench.config import BenchConfig, CVConfig, DataConfig, ModelConfig
 from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
 from qwave.errors import ConfigError
 from qwave.eval.metrics import aggregate_over_folds
@@ -29,20 +30,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StudyConfig:
-    """Data, model, training budget and seeds shared by every arm of a study (so arms differ only in format)."""
+    """Data, model, training budget and seeds shared by every arm of a study (so arms differ only in format);
+    defaults are the benchmark's (``BenchConfig``)."""
 
     data: TableSpec
     tag: str = "study"
     output_dir: str = "outputs"
-    normalize: str = "standard"
-    hidden: list[int] = field(default_factory=lambda: [640, 320])
-    dropout: float = 0.2
+    normalize: str = DataConfig.normalize
+    hidden: list[int] = field(default_factory=lambda: list(ModelConfig().hidden))
+    dropout: float = ModelConfig.dropout
     train: TrainConfig = field(default_factory=TrainConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     folds: list[int] | None = None  # None: every fold of the table
-    n_folds: int = 5
-    val_fraction: float = 0.15
-    device: str = "cpu"
+    n_folds: int = CVConfig.n_folds
+    val_fraction: float = CVConfig.val_fraction
+    device: str = BenchConfig.device
     threads: int | None = None
 
     @property

@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from qwave.bench.config import BUNDLED_TABLES, BenchConfig, bundled_table, table_path
+from qwave.bench.config import BenchConfig
 from qwave.bench.overview import pareto_front
 from qwave.bench.runner import load_dataset, run_benchmark
+from qwave.data.source import BUNDLED_TABLES, bundled_table, table_path
 
 
 def test_pareto_front_keeps_the_points_no_other_beats_on_both_axes() -> None:
