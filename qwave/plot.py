@@ -12,10 +12,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import EngFormatter, NullFormatter  # noqa: E402
 
 from qwave import atomic  # noqa: E402
 
-__all__ = ["plt", "save_figure"]
+__all__ = ["EngFormatter", "NullFormatter", "plt", "save_figure"]
 
 
 def save_figure(fig, path: str | Path, dpi: int = 100, **savefig_options) -> None:

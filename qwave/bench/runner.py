@@ -26,7 +26,7 @@ from qwave.bench import provenance, report
 from qwave.bench.config import BenchConfig
 from qwave.bench.energy import EnergyMeter
 from qwave.bench.measure import JobMemory, Timing, layer_kernels, timed_inference, warn_fallbacks
-from qwave.bench.models import BuildContext, FoldData, ModelKind, resolve_kind
+from qwave.bench.models import BuildContext, FoldData, ModelKind, model_label, resolve_kind
 from qwave.bench.overview import write_overview
 from qwave.bench.progress import BenchProgress
 from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
@@ -169,6 +169,7 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
     timing, sizes, y_test = result.timing, result.sizes, ds.y[job.fold.test]
     record = {
         "model": job.kind.name,
+        "label": model_label(job.kind.name, cfg.model.weight_only),
         "method": job.kind.method,
         "fold": int(job.fold.k),
         "seed": job.seed,
