@@ -41,7 +41,7 @@ from qwave.data.normalize import Normalize
 from qwave.errors import ArtifactError, FormatError, QwaveError
 from qwave.formats import PackedSpec
 from qwave.formats.base import format_from_manifest, non_finite
-from qwave.nn.family import family, family_of, registered_names
+from qwave.nn.family import family, family_names, family_of
 from qwave.nn.packed_linear import PackedLinear
 
 MANIFEST = "manifest.json"
@@ -60,7 +60,7 @@ def _architecture_name(model: nn.Module) -> str:
         return found.name
     raise ArtifactError(
         f"cannot save a {type(model).__name__}: register its class with qwave.nn.family.register_family "
-        f"(registered: {', '.join(registered_names())})"
+        f"(registered: {', '.join(family_names())})"
     )
 
 
@@ -381,7 +381,7 @@ def _architecture(manifest: dict, where: Path) -> type:
     found = family(name)
     if found is None:
         raise ArtifactError(
-            f"{where}: unknown architecture {name!r} (registered: {', '.join(registered_names())}); "
+            f"{where}: unknown architecture {name!r} (registered: {', '.join(family_names())}); "
             "import the module that registers it"
         )
     return found.cls

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from qwave import artifact, atomic, kernels
-from qwave.bench import provenance, report
+from qwave.bench import fold_files, provenance
 from qwave.bench.config import BenchConfig
 from qwave.bench.energy import EnergyMeter
 from qwave.bench.measure import JobMemory, Timing, layer_kernels, timed_inference, warn_fallbacks
@@ -207,7 +207,7 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
         test = job.fold.test
         fold_data = FoldData(result.X[test], y_test, ds.ids[test], ds.classes, result.ctx)
         record.update(job.kind.evaluate(result.loaded, fold_data, job.out_dir))
-    report.write_fold(job.out_dir, record, ds.ids[job.fold.test], y_test, result.proba, ds.classes, cfg.plots)
+    fold_files.write_fold(job.out_dir, record, ds.ids[job.fold.test], y_test, result.proba, ds.classes, cfg.plots)
     return record
 
 

@@ -14,15 +14,7 @@ import numpy as np
 
 from qwave import artifact
 from qwave.bench.models import resolve_kind
-from qwave.bench.options import (
-    DEVICE_OPTION,
-    MODEL_OPTIONS,
-    TRAIN_OPTIONS,
-    Option,
-    add_config_options,
-    add_overrides,
-    bench_config,
-)
+from qwave.bench.options import DEVICE_OPTION, MODEL_OPTIONS, TRAIN_OPTIONS, add_config_options, bench_config
 from qwave.bench.runner import fit_fold
 from qwave.data import load_table
 from qwave.data.source import add_table_arguments, table_spec
@@ -36,8 +28,8 @@ EPILOG = """examples:
   qwave train --data bundled:fsdd --format 4 --out models/int4 train.weight_decay=0 model.group_size=32
 """
 
-OPTIONS = (*MODEL_OPTIONS, Option("--keep-last-fp", "model.keep_last_fp", "keep the last layer in fp32"),
-           *TRAIN_OPTIONS, Option("--seed", "seed", "seed of the inner split, the weights and the batches"),
+OPTIONS = (*MODEL_OPTIONS, ("--keep-last-fp", "model.keep_last_fp", "keep the last layer in fp32", None),
+           *TRAIN_OPTIONS, ("--seed", "seed", "seed of the inner split, the weights and the batches", None),
            DEVICE_OPTION)
 
 
@@ -50,8 +42,7 @@ def run(argv: list[str]) -> int:
                              "ptq<format>, or formats per layer (1-1-8)")
     parser.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     parser.add_argument("--test-fold", default=None, help="hold this fold out (recorded; used by compare --split test)")
-    add_config_options(parser, OPTIONS)
-    add_overrides(parser)
+    add_config_options(parser, OPTIONS, overrides=True)
     args = parser.parse_args(argv)
     artifact.check_target(args.out, "--out")
     spec = table_spec(args)
