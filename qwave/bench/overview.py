@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qwave import atomic
+from qwave import atomic, tables
 from qwave.bench.summary import resident_ratio_cell
 from qwave.plot import EngFormatter, NullFormatter, plt, save_figure
 
@@ -23,9 +23,8 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """The summary rows as a Markdown table (best macro-F1 first, as the rows come)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        cells = (
+    cells = [
+        (
             str(r.get("label", r["model"])), str(r.get("method")), str(r["runs"]), _fmt(r.get("macro_f1_mean"), ".4f"),
             "±" + _fmt(r.get("macro_f1_ci95"), ".4f") if r.get("macro_f1_ci95") is not None else "-",
             _fmt(r.get("accuracy_mean"), ".4f"), _fmt(r.get("stored_kb"), ".1f"),
@@ -33,8 +32,9 @@ def markdown_table(rows: list[dict]) -> str:
             _fmt(r.get("infer_ms_per_sample"), ".4f"), _fmt(r.get("speed_vs_fp32"), ".2f", "x"),
             resident_ratio_cell(r),
         )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        for r in rows
+    ]
+    return tables.markdown_table(COLUMNS, cells)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

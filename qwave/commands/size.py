@@ -20,6 +20,7 @@ from qwave.size import (
     resident_fields,
     size_table,
 )
+from qwave.tables import text_table
 
 EPILOG = """examples:
   qwave size --formats fp32,16,8,4,2,1,bitnet,qesc            # reference MLP 1536 -> 640 -> 320 -> 50
@@ -90,19 +91,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="bar chart of size and reduction (PNG)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     return p
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}" if value < 1000 else f"{value:.1f}"
-    return str(value)
-
-
-def format_table(rows: list[dict], columns: tuple[str, ...]) -> str:
-    """Plain aligned text table of ``columns`` of ``rows``."""
-    cells = [list(columns)] + [[_fmt(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in cells)
 
 
 def _csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
@@ -183,16 +171,16 @@ def run(argv: list[str]) -> int:
             )
         rows = size_table(spec, args.formats, models=args.models, per_layer=args.per_layer or args.debug)
         columns = COLUMNS
-    print(format_table(rows, columns))
+    print(text_table(rows, columns))
     flagged = [r.get("artifact") or f"{r['model']}:{r['format']}" for r in rows if r.get("resident_flag")]
     if flagged:
         print(f"resident over {RESIDENT_LIMIT}x stored: {', '.join(flagged)} (a kernel layout wider than the stored "
               "codes, or a float copy of the weights)")
     for row in rows if (args.per_layer or args.debug) else ():
         print(f"\n{row['model']} {row['format']}: per layer")
-        print(format_table(row["layers"], ("layer", "kind", "format", "weights", "bytes")))
+        print(text_table(row["layers"], ("layer", "kind", "format", "weights", "bytes")))
         if args.debug:
-            print(format_table(row["tensors"], ("name", "dtype", "numel", "bytes", "shared_with")))
+            print(text_table(row["tensors"], ("name", "dtype", "numel", "bytes", "shared_with")))
     if args.output:
         atomic.write_text(args.output, _csv_text(rows, columns))
     if args.plot and not args.paths:

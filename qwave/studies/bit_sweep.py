@@ -9,7 +9,6 @@ from qwave.studies.common import (
     StudyConfig,
     fmt_ci,
     load,
-    markdown_table,
     saved,
     scores,
     splits,
@@ -17,6 +16,7 @@ from qwave.studies.common import (
     train_fold,
     write_outputs,
 )
+from qwave.tables import markdown_table
 
 BIT_FORMATS = {32: "fp32", 16: "fp16", 1: "binary", **{k: f"int{k}" for k in range(2, 9)}}
 

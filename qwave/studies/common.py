@@ -131,13 +131,6 @@ def fmt_ci(stats: dict, digits: int = 4) -> str:
     return f"{stats['mean']:.{digits}f}{ci}"
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A GitHub markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def write_outputs(cfg: StudyConfig, name: str, results: dict, table: str, figure) -> Path:
     """``results.json`` (with the config), ``table.md`` and ``plot.png`` under ``<output_dir>/<tag>/``."""
     out = cfg.out

@@ -43,7 +43,8 @@ from qwave.eval.speed import set_threads
 from qwave.formats import canonical_name
 from qwave.moe.config import MEASURES
 from qwave.plot import plt, save_figure
-from qwave.studies.common import fmt_ci, markdown_table
+from qwave.studies.common import fmt_ci
+from qwave.tables import markdown_table
 
 log = logging.getLogger(__name__)
 

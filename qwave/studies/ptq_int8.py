@@ -12,7 +12,6 @@ from qwave.studies.common import (
     StudyConfig,
     fmt_ci,
     load,
-    markdown_table,
     saved,
     scores,
     splits,
@@ -20,6 +19,7 @@ from qwave.studies.common import (
     train_fold,
     write_outputs,
 )
+from qwave.tables import markdown_table
 
 KEYS = ("accuracy", "macro_f1", "file_bytes", "us_per_sample", "train_seconds")
 

@@ -16,7 +16,6 @@ from qwave.studies.common import (
     StudyConfig,
     fmt_ci,
     load,
-    markdown_table,
     saved,
     scores,
     splits,
@@ -24,6 +23,7 @@ from qwave.studies.common import (
     train_fold,
     write_outputs,
 )
+from qwave.tables import markdown_table
 
 
 def qat_vs_ptq(cfg: StudyConfig, bits: str = "8") -> dict:
