@@ -1,6 +1,7 @@
 """Saved models: ``model.safetensors`` (the packed tensors, no pickle) plus ``manifest.json``.
 
-The manifest names the architecture (a registered class with ``config()`` and ``from_config(cfg)``), lists every
+The manifest names the architecture (a model family of ``qwave.nn.family``: a class with ``config()`` and
+``from_config(cfg)``), lists every
 packed layer (module path, format, format options, shape, bias), the normalisers (mode and the tensors holding
 their train-split statistics) and every stored tensor, and carries the class
 names, the run config and free ``extra`` data. ``load`` rebuilds the skeleton from the config, puts PackedLinear
@@ -29,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -48,7 +48,7 @@ from qwave.data.normalize import Normalize
 from qwave.errors import ArtifactError, FormatError, QwaveError
 from qwave.formats import PackedSpec
 from qwave.formats.base import format_from_manifest, non_finite
-from qwave.nn.mlp import MLPClassifier
+from qwave.nn.family import family, family_names, family_of
 from qwave.nn.packed_linear import PackedLinear
 
 MANIFEST = "manifest.json"
@@ -65,29 +65,14 @@ LAYER_KEYS = ("format", "options", "shape", "bias", "tensors")
 SAFETENSORS_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64",
                       "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
-_ARCHITECTURES: dict[str, type] = {}
-# Built-in architectures registered by modules that ``import qwave`` does not load; load() imports them on demand.
-BUILTIN_ARCHITECTURES = {"moe": "qwave.moe.bench", "recurrent_ctc": "qwave.nn.recurrent"}
-
-
-def register_architecture(name: str, cls: type) -> type:
-    """Make ``cls`` (with ``config() -> dict`` and classmethod ``from_config(cfg)``) saveable under ``name``."""
-    if not (callable(getattr(cls, "config", None)) and callable(getattr(cls, "from_config", None))):
-        raise ArtifactError(f"architecture {name!r}: {cls.__name__} needs config() and from_config(cfg)")
-    _ARCHITECTURES[name] = cls
-    return cls
-
-
-register_architecture("mlp", MLPClassifier)
-
 
 def _architecture_name(model: nn.Module) -> str:
-    for name, cls in _ARCHITECTURES.items():
-        if type(model) is cls:
-            return name
+    found = family_of(model)
+    if found is not None:
+        return found.name
     raise ArtifactError(
-        f"cannot save a {type(model).__name__}: register its class with qwave.artifact.register_architecture "
-        f"(registered: {', '.join(sorted(_ARCHITECTURES))})"
+        f"cannot save a {type(model).__name__}: register its class with qwave.nn.family.register_family "
+        f"(registered: {', '.join(family_names())})"
     )
 
 
@@ -480,15 +465,13 @@ def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
 
 def _architecture(manifest: dict, where: Path) -> type:
     name = manifest["architecture"]["name"]
-    if name not in _ARCHITECTURES and name in BUILTIN_ARCHITECTURES:
-        importlib.import_module(BUILTIN_ARCHITECTURES[name])
-    cls = _ARCHITECTURES.get(name)
-    if cls is None:
+    found = family(name)
+    if found is None:
         raise ArtifactError(
-            f"{where}: unknown architecture {name!r} (registered: {', '.join(sorted(_ARCHITECTURES))}); "
+            f"{where}: unknown architecture {name!r} (registered: {', '.join(family_names())}); "
             "import the module that registers it"
         )
-    return cls
+    return found.cls
 
 
 # What a config that does not fit its architecture's constructor raises there.

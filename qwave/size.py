@@ -8,17 +8,16 @@ with random weights, quantizes and packs them, and measures the packed tensors, 
 memory once its kernels have prepared their layouts (``resident_bytes``, flagged above ``RESIDENT_LIMIT`` x
 stored).
 
-Other model families add rows to the calculator with ``register_size_model(name, build)``, where
-``build(spec: SizeSpec, fmt: str) -> nn.Module`` returns the *packed* model for one format name (``fmt`` is
-``"mixed"`` when ``spec.layer_formats`` is set). A model with a method ``active_bytes(report) -> int`` gets
-its active size (bytes one inference touches, e.g. router plus top-k experts) in the ``active_bytes`` column.
+Each model family (``qwave.nn.family``) with a ``size_model`` hook is a row of the calculator. A model with a
+method ``active_bytes(report) -> int`` gets its active size (bytes one inference touches, e.g. router plus top-k
+experts) in the ``active_bytes`` column.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +26,9 @@ from torch import nn
 
 from qwave.errors import ConfigError, FormatError
 from qwave.formats import canonical_name
-from qwave.nn.mlp import MLPClassifier
+from qwave.nn.family import family, family_names
 from qwave.nn.packed_linear import PackedLinear
 from qwave.nn.quant_linear import QuantLinear
-from qwave.nn.surgery import pack_model, quantize_model
 
 
 @dataclass
@@ -237,35 +235,6 @@ class SizeSpec:
     seed: int = 0
 
 
-SizeBuilder = Callable[[SizeSpec, str], nn.Module]
-_SIZE_MODELS: dict[str, SizeBuilder] = {}
-
-
-def register_size_model(name: str, build: SizeBuilder) -> SizeBuilder:
-    """Add a model family to the size calculator (see the module docstring for ``build``'s contract)."""
-    _SIZE_MODELS[name] = build
-    return build
-
-
-def quantization_options(spec: SizeSpec, fmt: str) -> dict:
-    """``quantize_model`` keyword arguments for ``fmt`` under ``spec`` (``fmt="mixed"``: spec.layer_formats)."""
-    options: dict = {"keep_last_fp": spec.keep_last_fp}
-    if fmt == "mixed":
-        options["layer_formats"] = list(spec.layer_formats or ())
-    if spec.group_size:
-        options["group_size"] = spec.group_size
-    return options
-
-
-def build_mlp(spec: SizeSpec, fmt: str) -> nn.Module:
-    """The packed MLP classifier of ``spec`` (random weights) in format ``fmt``."""
-    model = MLPClassifier(spec.in_dim, spec.num_classes, spec.hidden)
-    return pack_model(quantize_model(model, "fp32" if fmt == "mixed" else fmt, **quantization_options(spec, fmt)))
-
-
-register_size_model("mlp", build_mlp)
-
-
 def _format_label(spec: SizeSpec, fmt: str) -> str:
     return "mixed[" + ",".join(canonical_name(f) for f in spec.layer_formats or ()) + "]" if fmt == "mixed" else fmt
 
@@ -275,9 +244,10 @@ def size_table(
 ) -> list[dict]:
     """One row per model x format (plus a ``mixed`` row when ``spec.layer_formats`` is set), measured on the
     packed model; with ``per_layer``, each row carries its per-layer breakdown under ``layers``."""
-    unknown = [m for m in models if m not in _SIZE_MODELS]
+    unknown = [m for m in models if getattr(family(m), "size_model", None) is None]
     if unknown:
-        raise ConfigError(f"--models: unknown model {unknown[0]!r}; known: {', '.join(sorted(_SIZE_MODELS))}")
+        known = ", ".join(family_names(need="size_model"))
+        raise ConfigError(f"--models: unknown model {unknown[0]!r}; known: {known}")
     try:
         names = [canonical_name(f) for f in formats]
     except FormatError as err:
@@ -286,7 +256,7 @@ def size_table(
         names.append("mixed")
     rows = []
     for model_name in models:
-        build = _SIZE_MODELS[model_name]
+        build = family(model_name).size_model
         baseline = None
         for fmt in ["fp32", *[n for n in names if n != "fp32"]]:
             torch.manual_seed(spec.seed)

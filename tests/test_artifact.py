@@ -20,6 +20,7 @@ from qwave import artifact
 from qwave.errors import ArtifactError
 from qwave.formats import registered_formats
 from qwave.nn import MLPClassifier, PackedLinear, pack_model, ptq, quantize_model
+from qwave.nn.family import register_family
 
 
 def packed_mlp(fmt="4", seed: int = 0, **options) -> nn.Module:
@@ -140,7 +141,7 @@ class TwoExperts(nn.Module):
 
 
 def test_a_registered_composite_model_round_trips(tmp_path):
-    artifact.register_architecture("two-experts-test", TwoExperts)
+    register_family("two-experts-test", TwoExperts)
     torch.manual_seed(0)
     model = TwoExperts(20, 3)
     quantize_model(model, "8", layer_formats=["2", "4", "1", "bitnet", "qesc", "8"])
@@ -177,7 +178,7 @@ class Tied(nn.Module):
 
 
 def test_tied_storage_is_stored_once_and_tied_again_on_load(tmp_path):
-    artifact.register_architecture("tied-test", Tied)
+    register_family("tied-test", Tied)
     torch.manual_seed(0)
     packed = pack_model(quantize_model(Tied(), "fp32", layer_formats=["8", "fp32"]))
     assert packed.head.weight.data_ptr() == packed.embed.weight.data_ptr()
@@ -425,9 +426,7 @@ MOE_CONFIG_EDITS = {
 
 @pytest.fixture(scope="module")
 def moe_model():
-    import qwave.moe.bench  # noqa: F401  (registers the architecture)
-    from qwave.moe.bench import quantize_moe
-    from qwave.moe.model import MoEClassifier
+    from qwave.moe.model import MoEClassifier, quantize_moe
 
     torch.manual_seed(0)
     model = MoEClassifier(40, 10, ["bitnet", "4", "8"], (16,), curiosity={"enabled": True, "mc_samples": 2})

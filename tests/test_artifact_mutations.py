@@ -58,9 +58,7 @@ RTOL = 1e-4
 
 def _models() -> dict[str, nn.Module]:
     """One small packed model per registered format, plus per-group int4, mixed precision, MoE and recurrent."""
-    import qwave.moe.bench  # noqa: F401  (registers the MoE architecture)
-    from qwave.moe.bench import quantize_moe
-    from qwave.moe.model import MoEClassifier
+    from qwave.moe.model import MoEClassifier, quantize_moe
 
     models = {}
     for i, name in enumerate([*registered_formats(), "int4-g32", "mixed"]):

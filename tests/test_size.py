@@ -13,7 +13,8 @@ from torch import nn
 
 from qwave import artifact, kernels
 from qwave.nn import MLPClassifier, QuantLinear, pack_model, quantize_model
-from qwave.size import SizeSpec, artifact_report, build_mlp, report, resident_bytes, resident_fields, size_table
+from qwave.nn.mlp import size_model as build_mlp
+from qwave.size import SizeSpec, artifact_report, report, resident_bytes, resident_fields, size_table
 
 REFERENCE = [(640, 1536), (320, 640), (50, 320)]  # (out, in) of the reference MLP 1536 -> 640 -> 320 -> 50
 NORM_BYTES = 2 * 1536 * 4  # normaliser shift and scale, float32

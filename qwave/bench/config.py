@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
-from importlib import resources
 
 from qwave.data.normalize import Normalize
 from qwave.data.table import AUTO
@@ -12,30 +11,6 @@ from qwave.errors import ConfigError
 from qwave.moe.config import MoEConfig
 from qwave.settings import SEED_MAX, need_choice, need_float, need_int, need_name
 from qwave.train import TrainConfig
-
-BUNDLED_TABLES = {
-    "esc50": "esc50_efficientnet_lite0.parquet",  # the default: ESC-50 folds 1-3, EfficientNet-Lite0, 50 classes
-    "fsdd": "fsdd_speech_embedding.parquet",  # FSDD, Google speech_embedding pooled (leave-one-speaker-out)
-    "fsdd-mfcc": "fsdd_logmel.parquet",  # FSDD, hand-made MFCC-segment features
-}
-BUNDLED_PREFIX = "bundled:"
-
-
-def bundled_table(name: str = "esc50") -> str:
-    """Path of a real embedding table shipped inside the package (see ``qwave/datasets/README.md``)."""
-    if name not in BUNDLED_TABLES:
-        raise ConfigError(f"data.path={BUNDLED_PREFIX}{name}: no such bundled table; choose one of "
-                          f"{', '.join(BUNDLED_PREFIX + n for n in BUNDLED_TABLES)}")
-    return str(resources.files("qwave") / "datasets" / BUNDLED_TABLES[name])
-
-
-def table_path(path: str | None) -> str:
-    """``data.path`` as a file: unset -> the default bundled table; ``bundled:<name>`` -> that bundled table."""
-    if path is None:
-        return bundled_table()
-    if path.startswith(BUNDLED_PREFIX):
-        return bundled_table(path[len(BUNDLED_PREFIX):])
-    return path
 
 DEFAULT_MODELS = ["fp32", "8", "4", "bitnet", "1"]
 

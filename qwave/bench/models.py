@@ -1,7 +1,8 @@
-"""Model kinds a benchmark can name: a registered format (QAT), ``ptq<format>`` (PTQ), or a registered kind.
+"""Model kinds a benchmark can name: a registered format (QAT), ``ptq<format>`` (PTQ), or a model family with a
+benchmark kind (``moe``: ``qwave.nn.family``).
 
 A kind says how to build the training module and how to turn the trained module into the packed module that is
-saved, reloaded and evaluated. Later kinds (e.g. ``moe``) register themselves with ``register_kind``.
+saved, reloaded and evaluated.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from torch import nn
 from qwave.bench.config import BenchConfig
 from qwave.data.normalize import Normalize
 from qwave.errors import ConfigError, FormatError
-from qwave.formats import canonical_name
-from qwave.nn.mlp import MLPClassifier, activation_for
-from qwave.nn.surgery import calibrate, pack_model, ptq, quantize_model
+from qwave.formats import canonical_name, get_format
+from qwave.nn.family import family, family_names, resolve
+from qwave.nn.mlp import MLPClassifier, build_mlp
+from qwave.nn.surgery import calibrate, pack_model, ptq, quant_options, quantize_model
 
 
 @dataclass
@@ -64,14 +66,6 @@ class FoldData:
     ctx: BuildContext
 
 
-_KINDS: dict[str, Callable[[str], ModelKind]] = {}
-
-
-def register_kind(name: str, factory: Callable[[str], ModelKind]) -> None:
-    """Register a model kind (e.g. ``moe``) under ``name``; ``factory(name)`` builds its ModelKind."""
-    _KINDS[name] = factory
-
-
 def mlp(ctx: BuildContext, formats: list[str] | None = None) -> MLPClassifier:
     """A fresh FP32 MLP of the configured shape with the fold's fitted normaliser.
 
@@ -79,24 +73,20 @@ def mlp(ctx: BuildContext, formats: list[str] | None = None) -> MLPClassifier:
     (``formats``: the format of each linear layer, or one for all), else ``relu``.
     """
     m = ctx.cfg.model
-    activation = activation_for(formats or ["fp32"]) if m.activation == "auto" else m.activation
-    return MLPClassifier(ctx.in_dim, ctx.num_classes, m.hidden, m.dropout, m.layer_norm, ctx.normalize, activation)
+    return build_mlp(ctx.in_dim, ctx.num_classes, m.hidden, m.dropout, m.layer_norm, ctx.normalize, m.activation,
+                     formats)
 
 
 def _quant_options(ctx: BuildContext, layer_formats: list[str] | None = None) -> dict:
     m = ctx.cfg.model
-    options: dict = {"keep_last_fp": m.keep_last_fp, "layer_formats": layer_formats or m.layer_formats}
-    if m.group_size:
-        options["group_size"] = m.group_size
-    if m.weight_only:
-        options["activations"] = "float"
-    return options
+    return quant_options(keep_last_fp=m.keep_last_fp, group_size=m.group_size, weight_only=m.weight_only,
+                         layer_formats=layer_formats or m.layer_formats)
 
 
 def _qat_kind(name: str, fmt: str, layer_formats: list[str] | None = None) -> ModelKind:
     def build(ctx: BuildContext) -> nn.Module:
         options = _quant_options(ctx, layer_formats)
-        return quantize_model(mlp(ctx, options["layer_formats"] or [fmt]), fmt, **options)
+        return quantize_model(mlp(ctx, options.get("layer_formats") or [fmt]), fmt, **options)
 
     def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
         return pack_model(model)
@@ -130,11 +120,10 @@ def resolve_kind(name: str) -> ModelKind:
     A name of formats joined by ``-`` (``1-1-8``; ``ptq1-1-8`` for PTQ) gives each linear layer its own format
     (mixed precision), in module order.
     """
-    import qwave.moe.bench  # noqa: F401  (registers the moe kind; imported here to avoid an import cycle)
-
     key = str(name).strip()
-    if key in _KINDS:
-        return _KINDS[key](key)
+    found = family(key)
+    if found is not None and found.kind is not None:
+        return resolve(found.kind)(key)
     try:
         ptq_name = key.lower().startswith("ptq") and key[3:]
         spec = key[3:] if ptq_name else key
@@ -142,5 +131,32 @@ def resolve_kind(name: str) -> ModelKind:
         fmt = layer_formats[0] if layer_formats else canonical_name(spec)
         return (_ptq_kind if ptq_name else _qat_kind)(key, fmt, layer_formats)
     except FormatError as err:
-        extra = f"; other model kinds: {', '.join(sorted(_KINDS))}" if _KINDS else ""
+        kinds = family_names(need="kind")
+        extra = f"; other model kinds: {', '.join(kinds)}" if kinds else ""
         raise ConfigError(f"models: {err}{extra}") from None
+
+
+def model_label(name: str, weight_only: bool = False) -> str:
+    """A model as people name it in tables, plots and reports (config keys stay as they are): ``8`` -> ``int8``,
+    ``4`` -> ``int4 (W4A8)``, ``bitnet`` -> ``ternary (W1.58A8)``, ``1`` -> ``binary``, ``ptq8`` -> ``int8 PTQ``,
+    ``1-1-8`` -> ``binary-binary-int8``; with ``weight_only`` the integer and ternary formats say ``(W4, float
+    activations)``. Names that are no format (``moe``) are returned unchanged."""
+    key = str(name).strip()
+    ptq_name = key.lower().startswith("ptq")
+    spec = key[3:] if ptq_name else key
+    try:
+        names = [canonical_name(part) for part in spec.split("-")]
+    except FormatError:
+        return key
+    if len(names) > 1:
+        label = "-".join(names)
+    else:
+        fmt = get_format(names[0])
+        weights = "1.58" if names[0] == "ternary" else f"{fmt.bits:g}"
+        if fmt.activations != "int8":
+            label = names[0]
+        elif weight_only:
+            label = f"{names[0]} (W{weights}, float activations)"
+        else:
+            label = names[0] if names[0] == "int8" else f"{names[0]} (W{weights}A8)"
+    return f"{label} PTQ" if ptq_name else label

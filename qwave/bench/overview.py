@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from qwave import atomic  # noqa: E402
-from qwave.bench.report import save_figure  # noqa: E402
-from qwave.bench.summary import resident_ratio_cell  # noqa: E402
+from qwave import atomic, tables
+from qwave.bench.summary import resident_ratio_cell
+from qwave.plot import EngFormatter, NullFormatter, plt, save_figure
 
 COLUMNS = ("model", "method", "runs", "macro-F1", "95% CI", "accuracy", "stored KB", "smaller than FP32",
            "resident KB", "ms/sample", "speed vs FP32", "resident / stored")
@@ -28,18 +23,18 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """The summary rows as a Markdown table (best macro-F1 first, as the rows come)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        cells = (
-            str(r["model"]), str(r.get("method")), str(r["runs"]), _fmt(r.get("macro_f1_mean"), ".4f"),
+    cells = [
+        (
+            str(r.get("label", r["model"])), str(r.get("method")), str(r["runs"]), _fmt(r.get("macro_f1_mean"), ".4f"),
             "±" + _fmt(r.get("macro_f1_ci95"), ".4f") if r.get("macro_f1_ci95") is not None else "-",
             _fmt(r.get("accuracy_mean"), ".4f"), _fmt(r.get("stored_kb"), ".1f"),
             _fmt(r.get("reduction_vs_fp32"), ".2f", "x"), _fmt(r.get("resident_kb"), ".1f"),
             _fmt(r.get("infer_ms_per_sample"), ".4f"), _fmt(r.get("speed_vs_fp32"), ".2f", "x"),
             resident_ratio_cell(r),
         )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        for r in rows
+    ]
+    return tables.markdown_table(COLUMNS, cells)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -64,13 +59,15 @@ def plot_pareto(rows: list[dict], title: str):
         for r in shown:
             ax.errorbar(r[key], r["macro_f1_mean"], yerr=r.get("macro_f1_ci95") or 0.0,
                         xerr=(r.get(xerr_key) or 0.0) if xerr_key else None, fmt="o", capsize=3)
-            ax.annotate(str(r["model"]), (r[key], r["macro_f1_mean"]), textcoords="offset points", xytext=(5, 5),
-                        fontsize=8)
+            ax.annotate(str(r.get("label", r["model"])), (r[key], r["macro_f1_mean"]), textcoords="offset points",
+                        xytext=(5, 5), fontsize=8)
         front = [shown[i] for i in pareto_front([(r[key], r["macro_f1_mean"]) for r in shown])]
         ax.plot([r[key] for r in front], [r["macro_f1_mean"] for r in front], "--", color="grey", lw=1,
                 label="Pareto front")
-        if key == "stored_bytes":
+        if key == "stored_bytes":  # decades labelled in bytes, minor ticks unlabelled (no overlapping labels)
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(EngFormatter(unit="B"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("macro-F1 (95% CI over runs)")
         ax.grid(alpha=0.3)

@@ -19,26 +19,27 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 
 from qwave import artifact, atomic, kernels
-from qwave.bench import provenance, report
-from qwave.bench.config import BenchConfig, table_path, validate
+from qwave.bench import fold_files, provenance
+from qwave.bench.config import BenchConfig, validate
 from qwave.bench.energy import EnergyMeter
-from qwave.bench.measure import JobMemory, layer_kernels, timed_inference, warn_fallbacks
-from qwave.bench.models import BuildContext, FoldData, ModelKind, resolve_kind
+from qwave.bench.measure import JobMemory, Timing, layer_kernels, timed_inference, warn_fallbacks
+from qwave.bench.models import BuildContext, FoldData, ModelKind, model_label, resolve_kind
 from qwave.bench.overview import write_overview
 from qwave.bench.progress import BenchProgress
 from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
-from qwave.data.input_quant import INPUT_QUANT_MODES, fit_input_quantizer
+from qwave.data.input_quant import INPUT_QUANT_MODES, InputQuantizer, fit_input_quantizer
+from qwave.data.source import table_path
 from qwave.errors import ConfigError
 from qwave.eval.metrics import classification_metrics
-from qwave.size import artifact_report, resident_bytes, resident_fields
-from qwave.train import predict_logits, resolve_device, train_model
+from qwave.size import ArtifactSize, artifact_report, resident_bytes, resident_fields
+from qwave.train import TrainResult, predict_logits, resolve_device, train_model
 
 log = logging.getLogger(__name__)
 
 AGREEMENT_MIN = 0.995
-LOGIT_ATOL = 1e-3
 
 
 @dataclass
@@ -88,85 +89,126 @@ def check_agreement(stats: dict, where: str) -> None:
         )
 
 
-def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, progress: BenchProgress) -> dict:
-    """Train, deploy, save, reload and evaluate one fold; write its outputs; return its metrics record."""
-    fit, val = inner_split(ds, job.fold.train, cfg.cv.val_fraction, job.seed)
+@dataclass
+class FoldFit:
+    """One fitted fold: the kind's build context, training result, the deployed model, its saved-and-reloaded
+    artifact (sizes, kernels, resident bytes) and the reloaded model's outputs on the test rows."""
+
+    ctx: BuildContext
+    fit: np.ndarray
+    val: np.ndarray
+    X: np.ndarray  # every row after the input quantizer
+    quantizer: InputQuantizer
+    trained: TrainResult
+    deployed: nn.Module
+    loaded: nn.Module
+    sizes: ArtifactSize
+    timing: Timing
+    proba: np.ndarray
+    agreement: dict
+    layers: list
+    resident: int
+    memory: dict
+    energy: dict
+    cuda_peak_mb: float | None
+
+
+def fit_fold(
+    ds: Dataset, kind: ModelKind, train_rows: np.ndarray, test_rows: np.ndarray, cfg: BenchConfig, seed: int,
+    device: torch.device, target: Path | None = None, on_epoch=None, label: str = "",
+) -> FoldFit:
+    """Fit one fold, the one way every caller trains a model: carve the inner split from ``train_rows``, fit the
+    input quantizer and the normaliser on the fit rows, build the kind's model, train it, deploy (quantize + pack),
+    save the artifact (to ``target``, or a temporary folder), reload it, and run the reloaded artifact on
+    ``test_rows`` (timed, sized, checked against the model it was made from)."""
+    label = label or kind.name
+    fit, val = inner_split(ds, train_rows, cfg.cv.val_fraction, seed)
     quantizer = fit_input_quantizer(ds.X[fit], cfg.data.input_quant)  # fit rows only, like the normaliser
     X = quantizer.quantize(ds.X)
     normalize = fit_normalizer(X[fit], cfg.data.normalize)
-    ctx = BuildContext(ds.n_features, ds.n_classes, normalize, cfg, job.seed, X[fit], ds.y[fit], X[val], ds.y[val])
-    torch.manual_seed(job.seed)
-    np.random.seed(job.seed)
+    ctx = BuildContext(ds.n_features, ds.n_classes, normalize, cfg, seed, X[fit], ds.y[fit], X[val], ds.y[val])
+    torch.manual_seed(seed)
+    np.random.seed(seed)
     meter = EnergyMeter(cfg.energy)
     memory = JobMemory.begin()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model = job.kind.build(ctx)
+    model = kind.build(ctx)
     with meter:
         trained = train_model(
-            model, ctx.X_fit, ctx.y_fit, ctx.X_val, ctx.y_val, ds.n_classes, cfg.train, job.seed, device,
-            on_epoch=progress.epoch,
+            model, ctx.X_fit, ctx.y_fit, ctx.X_val, ctx.y_val, ds.n_classes, cfg.train, seed, device,
+            on_epoch=on_epoch,
         )
     model.cpu().eval()
-    deployed = job.kind.deploy(model, ctx)
-    X_test = torch.as_tensor(X[job.fold.test])
-    reference_logits = predict_logits(job.kind.simulate(model, ctx), X_test)
-    art_dir = job.out_dir / "artifact"
+    deployed = kind.deploy(model, ctx)
+    X_test = torch.as_tensor(X[test_rows])
+    reference_logits = predict_logits(kind.simulate(model, ctx), X_test)
     with tempfile.TemporaryDirectory() as tmp:
-        target = art_dir if cfg.save_artifacts else Path(tmp) / "artifact"
+        target = target or Path(tmp) / "artifact"
         artifact.save(deployed, target, classes=ds.classes, config=OmegaConf.to_container(OmegaConf.structured(cfg)),
                       features=ds.feature_names)
         sizes = artifact_report(target)
         loaded = artifact.load(target)
     timing = timed_inference(loaded, X_test)
-    logits = timing.logits
     layers = layer_kernels(loaded)
-    warn_fallbacks(layers, f"{job.kind.name} fold {job.fold.k}")
+    warn_fallbacks(layers, label)
     resident = resident_bytes(loaded)
     memory_used = memory.end()
-    agree = agreement(reference_logits, logits)
-    check_agreement(agree, f"{job.kind.name} fold {job.fold.k}")
-    proba = torch.softmax(logits, 1).numpy()
-    y_test = ds.y[job.fold.test]
+    agree = agreement(reference_logits, timing.logits)
+    check_agreement(agree, label)
+    cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    return FoldFit(ctx, fit, val, X, quantizer, trained, deployed, loaded, sizes, timing,
+                   torch.softmax(timing.logits, 1).numpy(), agree, layers, resident, memory_used, meter.result(),
+                   cuda_peak)
+
+
+def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, progress: BenchProgress) -> dict:
+    """Fit one fold (``fit_fold``), write its outputs and return its metrics record."""
+    target = job.out_dir / "artifact" if cfg.save_artifacts else None
+    result = fit_fold(ds, job.kind, job.fold.train, job.fold.test, cfg, job.seed, device, target, progress.epoch,
+                      f"{job.kind.name} fold {job.fold.k}")
+    timing, sizes, y_test = result.timing, result.sizes, ds.y[job.fold.test]
     record = {
         "model": job.kind.name,
+        "label": model_label(job.kind.name, cfg.model.weight_only),
         "method": job.kind.method,
         "fold": int(job.fold.k),
         "seed": job.seed,
-        "n_fit": len(fit),
-        "n_val": len(val),
+        "n_fit": len(result.fit),
+        "n_val": len(result.val),
         "n_test": len(job.fold.test),
         "fingerprint": job.fingerprint,
-        **classification_metrics(y_test, proba, ds.classes),
-        "train": {k: v for k, v in asdict(trained).items() if k != "history"},
-        "history": trained.history,
+        **classification_metrics(y_test, result.proba, ds.classes),
+        "train": {k: v for k, v in asdict(result.trained).items() if k != "history"},
+        "history": result.trained.history,
         "inference_seconds": timing.seconds,
         "inference_ms_per_sample": 1e3 * timing.seconds / max(len(y_test), 1),
         "inference_repeats": timing.repeats,
         "first_call_seconds": timing.first_call_seconds,
-        "layer_kernels": layers,
+        "layer_kernels": result.layers,
         "kernel_status": kernels.status(),
-        **memory_used,
-        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        **result.memory,
+        "cuda_peak_mb": result.cuda_peak_mb,
         "stored_bytes": sizes.stored_bytes,
-        **resident_fields(resident, sizes.stored_bytes),  # resident_bytes, resident_vs_stored, resident_flag
+        **resident_fields(result.resident, sizes.stored_bytes),  # resident_bytes, resident_vs_stored, resident_flag
         "artifact_file_bytes": sizes.file_bytes,
-        "artifact_agreement": agree,
-        "energy": meter.result(),
+        "artifact_agreement": result.agreement,
+        "energy": result.energy,
         "input_quant": {
             "mode": cfg.data.input_quant,
-            "bytes_per_embedding": quantizer.bytes_per_embedding,
+            "bytes_per_embedding": result.quantizer.bytes_per_embedding,
             "float32_bytes_per_embedding": 4 * ds.n_features,
-            "shared_bytes": quantizer.shared_bytes,
-            "test_clipped_fraction": quantizer.clipped_fraction(ds.X[job.fold.test]),
+            "shared_bytes": result.quantizer.shared_bytes,
+            "test_clipped_fraction": result.quantizer.clipped_fraction(ds.X[job.fold.test]),
         },
     }
-    if getattr(deployed, "ptq_report", None) is not None:
-        record["ptq_report"] = deployed.ptq_report
+    if getattr(result.deployed, "ptq_report", None) is not None:
+        record["ptq_report"] = result.deployed.ptq_report
     if job.kind.evaluate is not None:
-        fold_data = FoldData(X[job.fold.test], y_test, ds.ids[job.fold.test], ds.classes, ctx)
-        record.update(job.kind.evaluate(loaded, fold_data, job.out_dir))
-    report.write_fold(job.out_dir, record, ds.ids[job.fold.test], y_test, proba, ds.classes, cfg.plots)
+        test = job.fold.test
+        fold_data = FoldData(result.X[test], y_test, ds.ids[test], ds.classes, result.ctx)
+        record.update(job.kind.evaluate(result.loaded, fold_data, job.out_dir))
+    fold_files.write_fold(job.out_dir, record, ds.ids[job.fold.test], y_test, result.proba, ds.classes, cfg.plots)
     return record
 
 

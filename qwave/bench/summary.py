@@ -25,6 +25,7 @@ def summarize_model(model_dir: Path, runs: list[dict]) -> dict:
     folds = [r["fold"] for r in runs]
     summary = {
         "model": runs[0]["model"],
+        "label": runs[0].get("label", runs[0]["model"]),
         "method": runs[0].get("method"),
         "n_runs": len(runs),
         "folds": sorted(set(folds)),
@@ -73,7 +74,8 @@ def speed_vs_fp32(rows: list[dict]) -> None:
 
 def summary_row(summary: dict, fp32_bytes: int | None) -> dict:
     """Flatten a model summary into one table row."""
-    row = {"model": summary["model"], "method": summary.get("method"), "runs": summary["n_runs"]}
+    row = {"model": summary["model"], "label": summary.get("label", summary["model"]), "method": summary.get("method"),
+           "runs": summary["n_runs"]}
     for key, stats in summary["metrics"].items():
         row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_ci95"] = stats["mean"], stats["std"], stats["ci95"]
     row["stored_bytes"] = summary["stored_bytes"]
@@ -138,7 +140,8 @@ def print_table(rows: list[dict], title: str, console: Console | None = None) ->
         ratio = resident_ratio_cell(r)
         speed = f"{r['speed_vs_fp32']:.2f}x" if r.get("speed_vs_fp32") else "-"
         table.add_row(
-            str(r["model"]), str(r["method"]), str(r["runs"]), f"{r['macro_f1_mean']:.4f}", f"{r['macro_f1_std']:.4f}",
+            str(r.get("label", r["model"])), str(r["method"]), str(r["runs"]), f"{r['macro_f1_mean']:.4f}",
+            f"{r['macro_f1_std']:.4f}",
             ci, f"{r['accuracy_mean']:.4f}", f"{r['stored_kb']:.1f}", reduction, resident, ratio,
             f"{r['train_s_mean']:.1f}", f"{r['infer_ms_per_sample']:.4f}", speed,
         )

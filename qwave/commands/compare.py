@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import qwave.nn.recurrent  # noqa: F401  (registers the sequence architecture for artifact.load)
 from qwave import artifact
 from qwave.atomic import check_writable, write_json, write_with
 from qwave.data import TableSpec, load_table
-from qwave.data.table import AUTO, METADATA_NAMES, _extension, _read_frame, model_columns, resolve_roles
+from qwave.data.source import add_table_arguments, table_spec
+from qwave.data.table import METADATA_NAMES, _extension, _read_frame, model_columns, resolve_roles
 from qwave.errors import ArtifactError, ConfigError, DataError
 from qwave.eval.compare import Comparison, Rows, compare_models
 from qwave.eval.sequence import parse_tokens
@@ -30,16 +30,6 @@ EPILOG = """examples:
 """
 
 
-def add_table_arguments(parser: argparse.ArgumentParser, data_required: bool = True) -> None:
-    """The table options shared by train, quantize, compare and study (column roles as in the benchmark)."""
-    parser.add_argument("--data", required=data_required, help="embedding table (.csv, .csv.gz, .parquet, .npz)")
-    parser.add_argument("--label", default="label", help="label column (default: label)")
-    parser.add_argument("--fold-column", default=AUTO, help="fold column (default: fold, when present)")
-    parser.add_argument("--group-column", default=AUTO,
-                        help="recording/group column kept within one split (default: group, when present)")
-    parser.add_argument("--id-column", default=AUTO, help="sample id column (default: name, when present)")
-
-
 def _columns(path: str) -> list[str] | None:
     """Column names of a table file (None for .npz, which has arrays instead)."""
     if not Path(path).is_file():
@@ -52,12 +42,6 @@ def _columns(path: str) -> list[str] | None:
 
         return list(pq.read_schema(path).names)
     return list(pd.read_csv(path, nrows=0).columns)
-
-
-def table_spec(args: argparse.Namespace) -> TableSpec:
-    """The TableSpec of the options; the default fold, group and id columns are used only when the table has them."""
-    return TableSpec(path=args.data, label=args.label, fold=args.fold_column, group=args.group_column,
-                     id=args.id_column)
 
 
 def feature_names(model: object, source: object) -> list[str] | None:

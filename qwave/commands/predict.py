@@ -12,6 +12,7 @@ import pandas as pd
 from qwave import atomic
 from qwave.commands.compare import _columns, _unlabelled, feature_names
 from qwave.data import TableSpec
+from qwave.data.source import table_file
 from qwave.errors import ConfigError, DataError
 from qwave.predict import Classifier, load
 
@@ -80,7 +81,8 @@ def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="qwave predict", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", type=Path, help="artifact directory (model.safetensors + manifest.json)")
-    parser.add_argument("--data", type=Path, required=True, help="table (.csv, .csv.gz, .parquet) or .npy rows")
+    parser.add_argument("--data", type=lambda s: Path(table_file(s)), required=True,
+                        help="table (.csv, .csv.gz, .parquet, or bundled:<name>) or .npy rows")
     parser.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
     parser.add_argument("--top-k", type=int, default=1, help="also list the next k-1 classes (default 1)")
     parser.add_argument("--id-column", default="name", help="id column of a table (default: name, when present)")

@@ -15,8 +15,9 @@ from torch import nn
 
 from qwave import artifact
 from qwave.atomic import check_writable
-from qwave.commands.compare import add_table_arguments, feature_names, table_spec
+from qwave.commands.compare import feature_names
 from qwave.data import load_table
+from qwave.data.source import add_table_arguments, table_file, table_spec
 from qwave.errors import ArtifactError, ConfigError, DataError, FormatError
 from qwave.formats import canonical_name
 from qwave.nn import PackedLinear, ptq
@@ -94,7 +95,8 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--layer-formats", default=None, help="one format per Linear layer, e.g. 1,1,8 (mixed)")
     parser.add_argument("--out", type=Path, required=True, help="directory receiving one artifact per format")
     add_table_arguments(parser, data_required=False)
-    parser.add_argument("--calib", default=None, help="calibration table (same columns options as --data)")
+    parser.add_argument("--calib", default=None, type=table_file,
+                        help="calibration table (same columns options as --data)")
     parser.add_argument("--keep-last-fp", action="store_true", help="keep the last Linear in fp32")
     parser.add_argument("--group-size", type=int, default=None, help="integer formats: scales per group of inputs")
     parser.add_argument("--min-agreement", type=float, default=0.9, help="PTQ gate threshold (default 0.9)")

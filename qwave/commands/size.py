@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
-import importlib.util
 import io
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from qwave.size import (
     resident_fields,
     size_table,
 )
+from qwave.tables import text_table
 
 EPILOG = """examples:
   qwave size --formats fp32,16,8,4,2,1,bitnet,qesc            # reference MLP 1536 -> 640 -> 320 -> 50
@@ -32,9 +31,6 @@ KB and MB are decimal (1000 and 1000000 bytes); bits/weight = all stored bytes x
 resident_bytes: what the model holds in memory once every packed layer has prepared its kernel (as after the first
 forward); resident_flag marks a model holding more than 1.1x its stored bytes.
 """
-
-# Modules that register further model families with qwave.size.register_size_model (imported when present).
-SIZE_PLUGINS = ("qwave.moe.bench",)
 
 COLUMNS = (
     "model",
@@ -97,19 +93,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}" if value < 1000 else f"{value:.1f}"
-    return str(value)
-
-
-def format_table(rows: list[dict], columns: tuple[str, ...]) -> str:
-    """Plain aligned text table of ``columns`` of ``rows``."""
-    cells = [list(columns)] + [[_fmt(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in cells)
-
-
 def _csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
@@ -119,10 +102,7 @@ def _csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from qwave.plot import plt, save_figure
 
     labels = [f"{r['model']}:{r['format']}" for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, len(rows) * 0.9), 4))
@@ -133,8 +113,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     for ax in (left, right):
         ax.tick_params(axis="x", rotation=60)
     fig.tight_layout()
-    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), suffix=".png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def _artifact_rows(paths: list[Path]) -> list[dict]:
@@ -172,9 +151,6 @@ def run(argv: list[str]) -> int:
     for option, path in (("--output", args.output), ("--plot", args.plot)):
         if path is not None:
             atomic.check_writable(path, option)
-    for module in SIZE_PLUGINS:  # also registers their architectures, so their artifacts load
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
     if args.paths:
         rows = _artifact_rows(args.paths)
         columns = tuple(rows[0]) if rows else ()
@@ -195,16 +171,16 @@ def run(argv: list[str]) -> int:
             )
         rows = size_table(spec, args.formats, models=args.models, per_layer=args.per_layer or args.debug)
         columns = COLUMNS
-    print(format_table(rows, columns))
+    print(text_table(rows, columns))
     flagged = [r.get("artifact") or f"{r['model']}:{r['format']}" for r in rows if r.get("resident_flag")]
     if flagged:
         print(f"resident over {RESIDENT_LIMIT}x stored: {', '.join(flagged)} (a kernel layout wider than the stored "
               "codes, or a float copy of the weights)")
     for row in rows if (args.per_layer or args.debug) else ():
         print(f"\n{row['model']} {row['format']}: per layer")
-        print(format_table(row["layers"], ("layer", "kind", "format", "weights", "bytes")))
+        print(text_table(row["layers"], ("layer", "kind", "format", "weights", "bytes")))
         if args.debug:
-            print(format_table(row["tensors"], ("name", "dtype", "numel", "bytes", "shared_with")))
+            print(text_table(row["tensors"], ("name", "dtype", "numel", "bytes", "shared_with")))
     if args.output:
         atomic.write_text(args.output, _csv_text(rows, columns))
     if args.plot and not args.paths:

@@ -266,10 +266,7 @@ def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes
     result = {"meta": meta, "results": rows, "audit": audits, "memory": memory}
     (out / "speed.json").write_text(json.dumps(result, indent=2))
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from qwave.plot import plt, save_figure
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for model, method in dict.fromkeys((r["model"], r["method"]) for r in rows):
@@ -278,6 +275,5 @@ def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency (ms)")
         ax.legend(fontsize=6)
         fig.tight_layout()
-        fig.savefig(out / "speed.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / "speed.png", dpi=120)
     log.info("wrote %s", out)

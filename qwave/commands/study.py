@@ -8,9 +8,9 @@ import argparse
 from pathlib import Path
 
 from qwave.atomic import check_writable
-from qwave.commands.compare import add_table_arguments, table_spec
+from qwave.bench.options import DEVICE_OPTION, MODEL_OPTIONS, TRAIN_OPTIONS, add_config_options, bench_config
+from qwave.data.source import add_table_arguments, table_spec
 from qwave.studies import StudyConfig, bit_sweep, ptq_int8, qat_vs_ptq
-from qwave.train import TrainConfig
 
 EPILOG = """examples:
   qwave study ptq-int8 --data esc50_specs.csv.gz --label class_id --tag esc50_ptq_int8
@@ -18,6 +18,8 @@ EPILOG = """examples:
   qwave study bit-sweep --bits 32 16 8 4 2 1 --data fsdd_logmel.csv.gz --epochs 30
   qwave study moe-curiosity --config docs/studies/moe_curiosity_fsdd.yaml
 """
+
+OPTIONS = (*MODEL_OPTIONS, *TRAIN_OPTIONS, DEVICE_OPTION)  # defaults: qwave bench's (BenchConfig)
 
 MOE_EPILOG = """The config is the MoECuriosityConfig dataclass (qwave/studies/moe_curiosity.py): defaults, then the
 --config YAML, then key=value overrides. Keys: tag, singles, moe_arms, alphas, measures, and bench.* (every key
@@ -60,20 +62,15 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--output-dir", default="outputs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--folds", type=int, nargs="+", default=None, help="only these folds (default: all)")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[640, 320])
-    parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--patience", type=int, default=15)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    add_config_options(parser, OPTIONS)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     check_writable(Path(args.output_dir) / (args.tag or args.name), "--output-dir", directory=True)
+    bench = bench_config(args, OPTIONS)
     cfg = StudyConfig(
-        data=table_spec(args), tag=args.tag or args.name, output_dir=args.output_dir, hidden=args.hidden,
-        dropout=args.dropout, seeds=args.seeds, folds=args.folds, device=args.device, threads=args.threads,
-        train=TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr),
+        data=table_spec(args), tag=args.tag or args.name, output_dir=args.output_dir, normalize=bench.data.normalize,
+        hidden=list(bench.model.hidden), dropout=bench.model.dropout, train=bench.train, seeds=args.seeds,
+        folds=args.folds, val_fraction=bench.cv.val_fraction, device=bench.device, threads=args.threads,
     )
     if args.name == "ptq-int8":
         ptq_int8(cfg)

@@ -1,4 +1,8 @@
-"""``qwave train``: train one deployable artifact (an MLP, FP32 or QAT in any format) on the rows of a table."""
+"""``qwave train``: train one deployable artifact (an MLP, FP32, QAT or PTQ in any format) on the rows of a table.
+
+One fold of the benchmark: the same configuration (``BenchConfig``, its defaults and ``key=value`` overrides) and
+the same fold pipeline (``qwave.bench.runner.fit_fold``), so ``qwave train --test-fold K`` writes the model
+``qwave bench`` trains and reports for fold K with the same seed."""
 
 from __future__ import annotations
 
@@ -7,48 +11,48 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from qwave import artifact
-from qwave.commands.compare import add_table_arguments, table_spec
-from qwave.data import fit_normalizer, inner_split, load_table
+from qwave.bench.config import validate
+from qwave.bench.models import resolve_kind
+from qwave.bench.options import DEVICE_OPTION, MODEL_OPTIONS, TRAIN_OPTIONS, add_config_options, bench_config
+from qwave.bench.runner import fit_fold
+from qwave.data import load_table
+from qwave.data.source import add_table_arguments, table_spec
 from qwave.errors import ConfigError, DataError
 from qwave.eval.metrics import classification_metrics
-from qwave.nn import MLPClassifier, pack_model, quantize_model
-from qwave.nn.mlp import activation_for
-from qwave.settings import SEED_MAX, need_float, need_int
-from qwave.train import TrainConfig, predict_logits, resolve_device, train_model
+from qwave.train import resolve_device
 
 EPILOG = """examples:
   qwave train --data esc50_specs.csv.gz --label class_id --format fp32 --out models/fp32 --test-fold 1
-  qwave train --data fsdd_logmel.csv.gz --format 8 --out models/qat8 --epochs 40   # QAT int8
+  qwave train --data bundled:fsdd --format 8 --out models/qat8 --epochs 40   # QAT int8
+  qwave train --data bundled:fsdd --format 4 --out models/int4 train.weight_decay=0 model.group_size=32
 """
+
+OPTIONS = (*MODEL_OPTIONS, ("--keep-last-fp", "model.keep_last_fp", "keep the last layer in fp32", None),
+           *TRAIN_OPTIONS, ("--seed", "seed", "seed of the inner split, the weights and the batches", None),
+           DEVICE_OPTION)
 
 
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="qwave train", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_table_arguments(parser)
-    parser.add_argument("--format", default="fp32", help="fp32, or a format to train with QAT (8, 4, bitnet, ...)")
+    parser.add_argument("--format", default="fp32",
+                        help="a model name of qwave bench: fp32, a format to train with QAT (8, 4, bitnet, ...), "
+                             "ptq<format>, or formats per layer (1-1-8)")
     parser.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     parser.add_argument("--test-fold", default=None, help="hold this fold out (recorded; used by compare --split test)")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[640, 320])
-    parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--normalize", default="standard", choices=["raw", "standard", "l2", "min_max"])
-    parser.add_argument("--keep-last-fp", action="store_true", help="keep the last layer in fp32")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--patience", type=int, default=15)
-    parser.add_argument("--val-fraction", type=float, default=0.15, help="inner validation split for early stopping")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_config_options(parser, OPTIONS, overrides=True)
     args = parser.parse_args(argv)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience)
-    check_options(args, cfg)
     artifact.check_target(args.out, "--out")
+    spec = table_spec(args)
+    cfg = bench_config(args, OPTIONS, models=[str(args.format)], data__path=spec.path, data__label=spec.label,
+                       data__fold=spec.fold, data__group=spec.group, data__id=spec.id)
+    validate(cfg)
+    kind = resolve_kind(args.format)
 
-    ds = load_table(table_spec(args))
+    ds = load_table(spec)
     train_idx, test_idx = np.arange(len(ds.y)), np.array([], dtype=np.int64)
     if args.test_fold is not None:
         if ds.fold is None:
@@ -58,42 +62,20 @@ def run(argv: list[str]) -> int:
         if not test.any() or test.all():
             raise ConfigError(f"--test-fold {args.test_fold}: folds in {args.data} are {sorted(set(ds.fold.tolist()))}")
         train_idx, test_idx = np.flatnonzero(~test), np.flatnonzero(test)
-    fit, val = inner_split(ds, train_idx, args.val_fraction, args.seed)
-    torch.manual_seed(args.seed)
-    model = MLPClassifier(ds.n_features, ds.n_classes, args.hidden, args.dropout,
-                          normalize=fit_normalizer(ds.X[fit], args.normalize), activation=activation_for([args.format]))
-    if str(args.format).lower() != "fp32" or args.keep_last_fp:
-        model = quantize_model(model, args.format, keep_last_fp=args.keep_last_fp)
-    result = train_model(model, ds.X[fit], ds.y[fit], ds.X[val], ds.y[val], ds.n_classes, cfg, args.seed,
-                         resolve_device(args.device))
-    packed = pack_model(model.cpu())
-    extra = {"train": {k: v for k, v in asdict(result).items() if k != "history"}, "history": result.history,
-             "test_fold": None if args.test_fold is None else str(args.test_fold), "n_fit": len(fit),
-             "n_val": len(val), "n_test": len(test_idx), "format": str(args.format), "data": args.data}
-    line = (f"trained {args.format} in {result.train_seconds:.1f} s ({result.epochs_run} epochs, best epoch "
-            f"{result.best_epoch}, inner-val macro-F1 {result.best_val_macro_f1:.4f})")
+    result = fit_fold(ds, kind, train_idx, test_idx, cfg, cfg.seed, resolve_device(cfg.device))
+    trained = result.trained
+    extra = {"train": {k: v for k, v in asdict(trained).items() if k != "history"}, "history": trained.history,
+             "test_fold": None if args.test_fold is None else str(args.test_fold), "n_fit": len(result.fit),
+             "n_val": len(result.val), "n_test": len(test_idx), "format": str(args.format), "data": args.data}
+    line = (f"trained {args.format} in {trained.train_seconds:.1f} s ({trained.epochs_run} epochs, best epoch "
+            f"{trained.best_epoch}, inner-val macro-F1 {trained.best_val_macro_f1:.4f})")
     if len(test_idx):
-        proba = torch.softmax(predict_logits(packed, torch.as_tensor(ds.X[test_idx])), 1).numpy()
-        metrics = classification_metrics(ds.y[test_idx], proba, ds.classes)
+        metrics = classification_metrics(ds.y[test_idx], result.proba, ds.classes)
         extra["test"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1", "n")}
         line += f"; fold {args.test_fold}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
-    config = {"data": vars(table_spec(args)), "train": asdict(cfg), "model": model_config(args), "seed": args.seed}
-    artifact.save(packed, args.out, classes=ds.classes, config=config, extra=extra, features=ds.feature_names)
+    if getattr(result.deployed, "ptq_report", None) is not None:
+        extra["ptq_report"] = result.deployed.ptq_report
+    artifact.save(result.deployed, args.out, classes=ds.classes, config=result.loaded.manifest["config"], extra=extra,
+                  features=ds.feature_names)
     print(f"{line}\nwrote {args.out}")
     return 0
-
-
-def check_options(args: argparse.Namespace, cfg: TrainConfig) -> None:
-    """Every numeric option in range before any work (one line naming the option)."""
-    cfg.validate()
-    for width in args.hidden:
-        need_int("--hidden", width, 1, 1 << 20, ConfigError)
-    need_float("--dropout", args.dropout, 0.0, 1.0, high_open=True, error=ConfigError)
-    need_float("--val-fraction", args.val_fraction, 0.0, 1.0, low_open=True, high_open=True, error=ConfigError)
-    need_int("--seed", args.seed, 0, SEED_MAX, ConfigError)
-
-
-def model_config(args: argparse.Namespace) -> dict:
-    """The model options of the command line, as recorded in the manifest."""
-    return {"hidden": list(args.hidden), "dropout": args.dropout, "normalize": args.normalize,
-            "format": str(args.format), "keep_last_fp": args.keep_last_fp}

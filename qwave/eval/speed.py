@@ -112,11 +112,11 @@ def latency_stats(times: np.ndarray, batch: int) -> LatencyStats:
 def reference_mlp(seed: int = 0, activation: str = "relu") -> nn.Module:
     """The reference MLP 1536 -> 640 -> 320 -> 50 with seeded random weights (the same for every ``activation``),
     in eval mode."""
-    from qwave.nn.mlp import MLPClassifier
+    from qwave.nn.mlp import build_mlp
 
     torch.manual_seed(seed)
     in_dim, hidden, classes = REFERENCE_DIMS
-    return MLPClassifier(in_dim, classes, hidden=hidden, dropout=0.0, activation=activation).eval()
+    return build_mlp(in_dim, classes, hidden=hidden, dropout=0.0, activation=activation).eval()
 
 
 def deployed_reference(seed: int, fmt: str) -> nn.Module:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from scipy.fft import dct, rfft
@@ -95,17 +94,6 @@ def _check_clip_options(crop: str, level: str, duration: float | None) -> None:
         raise ConfigError(f"--level {level!r} is not one of {', '.join(LEVELS)}.")
     if duration is not None and duration <= 0:
         raise ConfigError(f"--duration must be positive seconds, got {duration}.")
-
-
-class Frontend(Protocol):
-    """Turns one file into the array a backbone embeds."""
-
-    name: str
-    suffixes: tuple[str, ...]
-
-    def load(self, path: Path) -> np.ndarray: ...
-
-    def params(self) -> dict: ...
 
 
 @dataclass

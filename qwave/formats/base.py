@@ -288,15 +288,11 @@ def host_array(t: torch.Tensor) -> np.ndarray:
 class FormatBase:
     """Behaviour shared by the built-in formats; a subclass implements ``_quantize`` (no input checks),
     ``pack``, ``unpack``, ``dequantize`` and ``matmul``.
-
-    ``kernel`` names the implementation the last ``matmul`` call used, so ``PackedLinear`` can report it;
-    a fast kernel hooked into a format's ``matmul`` sets it to its own name.
     """
 
     name: str
     bits: float
     activations: str = "float"
-    kernel: str = "reference-torch"
 
     def _quantize(self, w: torch.Tensor) -> QuantizedTensor:
         raise NotImplementedError

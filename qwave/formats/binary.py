@@ -88,7 +88,6 @@ class Binary(FormatBase):
         return ste(x, signs * scale)
 
     def matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
-        self.kernel = "reference-torch"
         rows = as_rows(x, shape[1])
         signs, x_scale = binarize_rows(rows)
         x_bits = pack_words(signs > 0)

@@ -184,7 +184,6 @@ class IntK(FormatBase):
         return wg.reshape(out, groups * size)[:, :n]
 
     def matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
-        self.kernel = "reference-torch"
         rows = as_rows(x, shape[1])
         q = self.unpack(packed, shape)
         if self.activations != "int8":

@@ -76,7 +76,6 @@ class Qesc(FormatBase):
         return ste(x, trits * scale)
 
     def matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
-        self.kernel = "reference-torch"
         rows = as_rows(x, shape[1])
         trits, x_scale = ternarize_rows(rows)
         xp, xm = pack_words(trits > 0), pack_words(trits < 0)

@@ -87,7 +87,6 @@ class Ternary(FormatBase):
         return q.codes.float() * q.scale.float()
 
     def matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
-        self.kernel = "reference-torch"
         rows = as_rows(x, shape[1])
         q = self.unpack(packed, shape)
         if self.activations == "int8":

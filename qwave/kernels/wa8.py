@@ -47,8 +47,6 @@ from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
 TILES = {"avx2": 16, "avx512vnni": 64}  # output columns per register tile
 BLOCK = 1 << 16  # inputs per int32 accumulation before the int64 spill (see the bound above)
 CHAIN4, CHAIN2 = 8, 40  # avx2: steps of 4 inputs summed in int16 before widening (4-bit and 2-bit codes)
-STEP_BYTES = {("avx2", 8): 64, ("avx2", 4): 32, ("avx2", 2): 16,  # bytes of one column tile per step of 4 inputs
-              ("avx512vnni", 8): 256, ("avx512vnni", 4): 128, ("avx512vnni", 2): 64}
 ROW_CHUNK = 64  # batch rows per work item
 COL_BLOCK = 64  # output columns per work item
 CHAIN_LAYERS = 8  # most layers one compiled chain call runs (``chain_layers``)

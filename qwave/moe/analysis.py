@@ -16,20 +16,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-
-from qwave import atomic  # noqa: E402
-from qwave.bench.report import save_figure  # noqa: E402
-from qwave.eval.metrics import expected_calibration_error  # noqa: E402
-from qwave.moe.model import MoEClassifier, Trace  # noqa: E402
-from qwave.moe.routing import standardise, top_k_mask  # noqa: E402
-from qwave.size import report  # noqa: E402
+from qwave import atomic
+from qwave.eval.metrics import expected_calibration_error
+from qwave.moe.model import MoEClassifier, Trace
+from qwave.moe.routing import standardise, top_k_mask
+from qwave.plot import plt, save_figure
+from qwave.size import report
 
 COVERAGES = (0.8, 0.9)
 

@@ -7,6 +7,9 @@ experts learn only from the rows routed to them; the router additionally receive
 mixture ``log sum_e p_e(x) softmax(f_e(x))_y`` with the experts detached (Jacobs et al., 1991), which teaches it
 which expert classifies each row best even at ``k = 1``, where the top-k value does not depend on ``p``. The
 Switch balancing loss of the last training forward is returned by ``aux_loss`` (added by ``qwave.train``).
+
+The ``moe`` model family is registered here (artifacts, size calculator); its benchmark kind (expert selection,
+per-fold analysis) lives in ``qwave.bench.moe`` and is imported only when a benchmark names ``moe``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -38,13 +42,18 @@ from qwave.moe.routing import (
     top_k_mask,
     uncertainty,
 )
-from qwave.nn.mlp import ACTIVATIONS, MLPClassifier, activation_for, check_linear_chain
+from qwave.nn.family import register_family
+from qwave.nn.mlp import ACTIVATIONS, activation_for, build_mlp, check_linear_chain
+from qwave.nn.surgery import pack_model, quant_options, quantize_model
 from qwave.settings import need_bool, need_choice, need_float, need_int, need_keys
-from qwave.size import SizeReport
+
+if TYPE_CHECKING:
+    from qwave.size import SizeReport
 
 log = logging.getLogger(__name__)
 
 U_MOMENTUM = 0.1
+SIZE_EXPERTS = 3  # experts of the size calculator's moe row
 
 
 @dataclass
@@ -83,7 +92,7 @@ class Trace:
 class MoEClassifier(nn.Module):
     """``Normalize -> router -> top-k mixture of experts``; expert ``e`` is an MLP body in format ``formats[e]``.
 
-    Experts and router are built in FP32; ``qwave.moe.bench.quantize_moe`` quantizes each expert to its format
+    Experts and router are built in FP32; ``quantize_moe`` quantizes each expert to its format
     and the router to ``router_format`` (``quantize_model``) before training, and ``pack_model`` packs them for
     deployment. ``activation``: ``auto`` (per expert, ``activation_for`` its format), one name for every
     expert, or one per expert; ``router_activation``: ``auto`` (``activation_for`` the router format) or a name.
@@ -132,7 +141,7 @@ class MoEClassifier(nn.Module):
         else:
             self.router = Router(in_dim, num_experts, router_hidden, router_dropout, self.router_activation)
         self.experts = nn.ModuleList(
-            MLPClassifier(in_dim, num_classes, self.hidden, self.dropout, self.layer_norm, activation=act).body
+            build_mlp(in_dim, num_classes, self.hidden, self.dropout, self.layer_norm, activation=act).body
             for act in self.activations
         )
         keys = [precision_key(get_format(f)) for f in self.formats]
@@ -380,3 +389,24 @@ def warn_tied_ranks(formats: list[str], keys: list) -> None:
         every = len(group) == len(formats)
         effect = "curiosity changes no route" if every else "the rule cannot move samples between them"
         log.warning("moe.curiosity: experts %s share one precision rank; %s", names, effect)
+
+
+def quantize_moe(model: MoEClassifier, options: dict) -> MoEClassifier:
+    """Quantize expert ``e`` to ``model.formats[e]`` (with the format ``options``) and the router to
+    ``model.router_format``, in place (QAT)."""
+    for expert, fmt in zip(model.experts, model.formats, strict=True):
+        quantize_model(expert, fmt, **options)
+    quantize_model(model.router, model.router_format)
+    return model
+
+
+def size_model(spec, fmt: str) -> nn.Module:
+    """Size-calculator row: ``SIZE_EXPERTS`` experts of ``spec``'s shape (``qwave.size.SizeSpec``), all in
+    ``fmt``, an int8 router, top-1 routing (active size under uniform usage)."""
+    if fmt == "mixed":
+        raise ConfigError("the moe size row takes one format per expert set; drop --layer-formats for --models moe")
+    model = MoEClassifier(spec.in_dim, spec.num_classes, [fmt] * SIZE_EXPERTS, spec.hidden)
+    return pack_model(quantize_moe(model, quant_options(keep_last_fp=spec.keep_last_fp, group_size=spec.group_size)))
+
+
+register_family("moe", MoEClassifier, size_model=size_model, kind="qwave.bench.moe:moe_kind")

@@ -1,9 +1,9 @@
-"""Choosing ``moe.num_experts`` expert formats from ``moe.pool`` before the MoE is built.
+"""Choosing ``moe.num_experts`` expert formats from ``moe.pool`` before the MoE is built: the ranking rules.
 
-Each pool format is probed: a single classifier of the expert shape in that format (with the hidden activation
-the format needs, ``activation_for``, unless ``model.activation`` names one) is trained for
-``moe.selection_epochs`` on the fit rows, scored by its macro-F1 on the inner validation rows and sized by the
-stored bytes of its packed body. The rule (``moe.selection``) ranks the probes:
+Each pool format is probed (``qwave.bench.moe.probe_pool``): a single classifier of the expert shape in that
+format (with the hidden activation the format needs, ``activation_for``, unless ``model.activation`` names one)
+is trained for ``moe.selection_epochs`` on the fit rows, scored by its macro-F1 on the inner validation rows
+and sized by the stored bytes of its packed body. The rule (``moe.selection``) ranks the probes:
 
 * ``f1``: inner-validation macro-F1 (the most accurate formats);
 * ``f1_per_byte``: macro-F1 divided by stored bytes (accuracy bought per byte), among the *eligible* probes:
@@ -18,15 +18,7 @@ built or stored; the probes' scores are kept in the MoE's config (and so in the 
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, replace
-
-from qwave.formats import canonical_name
-from qwave.moe.config import MoEConfig
-from qwave.nn.mlp import MLPClassifier, activation_for
-from qwave.nn.surgery import pack_model, quantize_model
-from qwave.size import report
-from qwave.train import train_model
+from dataclasses import dataclass
 
 
 @dataclass
@@ -67,31 +59,3 @@ def choose(scores: list[float], n: int, ok: list[bool] | None = None, f1: list |
     first = sorted((i for i in range(len(scores)) if ok[i]), key=lambda i: (-scores[i], i))
     rest = sorted((i for i in range(len(scores)) if not ok[i]), key=lambda i: (-float(f1[i]), i))
     return sorted((first + rest)[:n])
-
-
-def probe_pool(cfg: MoEConfig, ctx, hidden: list[int], quant_options: dict) -> list[Probe]:
-    """Probe every format of ``cfg.pool`` on the fold's fit / inner-validation rows and mark the chosen ones.
-
-    ``ctx`` is the benchmark's ``BuildContext`` (fit and validation rows, normaliser, training config, seed).
-    """
-    names = [canonical_name(f) for f in cfg.pool]
-    f1: list[float | None] = [None] * len(names)
-    sizes: list[int | None] = [None] * len(names)
-    if cfg.selection != "order":
-        m = ctx.cfg.model
-        train_cfg = replace(ctx.cfg.train, epochs=cfg.selection_epochs)
-        for i, name in enumerate(names):
-            activation = activation_for([name]) if m.activation == "auto" else m.activation
-            probe = MLPClassifier(
-                ctx.in_dim, ctx.num_classes, hidden, m.dropout, m.layer_norm, copy.deepcopy(ctx.normalize), activation
-            )
-            quantize_model(probe, name, **quant_options)
-            result = train_model(
-                probe, ctx.X_fit, ctx.y_fit, ctx.X_val, ctx.y_val, ctx.num_classes, train_cfg, ctx.seed
-            )
-            f1[i] = result.best_val_macro_f1
-            sizes[i] = report(pack_model(probe.cpu())).bytes_under("body")
-    scores = rank(f1, sizes, cfg.selection)
-    ok = eligible(f1, cfg.selection, cfg.selection_floor)
-    chosen = set(choose(scores, cfg.num_experts, ok, f1))
-    return [Probe(n, f1[i], sizes[i], scores[i], ok[i], i in chosen) for i, n in enumerate(names)]

@@ -1,4 +1,8 @@
-"""The MLP classifier over a frozen embedding: normalisation stored in the model, then Linear/ReLU blocks."""
+"""The MLP classifier over a frozen embedding: normalisation stored in the model, then Linear/ReLU blocks.
+
+``build_mlp`` is the one place an MLP is made (benchmark, ``qwave train``, studies, MoE probes, size calculator,
+speed reference); the ``mlp`` model family is registered here.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from torch import nn
 
 from qwave.data.normalize import Normalize
 from qwave.errors import ConfigError
+from qwave.nn.family import register_family
+from qwave.nn.surgery import pack_model, quant_options, quantize_model
 from qwave.settings import need_bool, need_choice, need_float, need_int, need_keys
 
 ACTIVATIONS = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh}
@@ -127,3 +133,31 @@ def check_linear_chain(prefix: str, widths: list[int], layer_norm: bool, layers:
 def _few(layers: dict) -> str:
     items = [f"{k} {v}" for k, v in list(layers.items())[:4]]
     return "{" + ", ".join(items) + (f", ... {len(layers)} in all" if len(layers) > 4 else "") + "}"
+
+
+def build_mlp(
+    in_dim: int,
+    num_classes: int,
+    hidden: Sequence[int] = (640, 320),
+    dropout: float = 0.1,
+    layer_norm: bool = False,
+    normalize: Normalize | None = None,
+    activation: str = "auto",
+    formats: Sequence[str] | None = None,
+) -> MLPClassifier:
+    """A fresh FP32 MLP; ``activation="auto"`` picks the one ``formats`` (one per linear layer, or one for all;
+    default fp32) needs (``activation_for``)."""
+    if activation == "auto":
+        activation = activation_for(list(formats or ["fp32"]))
+    return MLPClassifier(in_dim, num_classes, hidden, dropout, layer_norm, normalize, activation)
+
+
+def size_model(spec, fmt: str) -> nn.Module:
+    """Size-calculator row: the packed MLP of ``spec`` (``qwave.size.SizeSpec``, random weights) in ``fmt``."""
+    model = build_mlp(spec.in_dim, spec.num_classes, spec.hidden, activation="relu")
+    layer_formats = spec.layer_formats if fmt == "mixed" else None
+    options = quant_options(keep_last_fp=spec.keep_last_fp, group_size=spec.group_size, layer_formats=layer_formats)
+    return pack_model(quantize_model(model, "fp32" if fmt == "mixed" else fmt, **options))
+
+
+register_family("mlp", MLPClassifier, size_model=size_model)

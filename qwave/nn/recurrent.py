@@ -19,10 +19,10 @@ import copy
 import torch
 from torch import nn
 
-from qwave.artifact import register_architecture
 from qwave.data.normalize import Normalize
 from qwave.errors import ConfigError, FormatError
 from qwave.formats import QuantFormat, get_format
+from qwave.nn.family import register_family
 from qwave.nn.packed_linear import PackedLinear
 from qwave.nn.quant_linear import as_format
 
@@ -225,4 +225,4 @@ class RecurrentCTC(nn.Module):
         return model
 
 
-register_architecture("recurrent_ctc", RecurrentCTC)
+register_family("recurrent_ctc", RecurrentCTC)

@@ -82,6 +82,23 @@ def layer_format_names(
     return dict(zip(paths, names, strict=True))
 
 
+def quant_options(
+    *, keep_last_fp: bool = False, group_size: int | None = None, weight_only: bool = False,
+    layer_formats: Sequence | None = None,
+) -> dict:
+    """The ``quantize_model`` / ``ptq`` keyword arguments of a model's quantization settings, assembled in one
+    place: ``layer_formats`` only when given, ``group_size`` only when set, ``weight_only`` as the formats' option
+    ``activations="float"``."""
+    options: dict = {"keep_last_fp": keep_last_fp}
+    if layer_formats is not None:
+        options["layer_formats"] = list(layer_formats)
+    if group_size:
+        options["group_size"] = group_size
+    if weight_only:
+        options["activations"] = "float"
+    return options
+
+
 def quantize_model(
     model: nn.Module,
     fmt: str | int,

@@ -3,14 +3,12 @@ accuracy / macro-F1 of the saved artifacts and the overfitting gap (train - test
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
-
 from qwave.errors import ConfigError
+from qwave.plot import plt
 from qwave.studies.common import (
     StudyConfig,
     fmt_ci,
     load,
-    markdown_table,
     saved,
     scores,
     splits,
@@ -18,6 +16,7 @@ from qwave.studies.common import (
     train_fold,
     write_outputs,
 )
+from qwave.tables import markdown_table
 
 BIT_FORMATS = {32: "fp32", 16: "fp16", 1: "binary", **{k: f"int{k}" for k in range(2, 9)}}
 

@@ -8,42 +8,43 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 from torch import nn
 
 from qwave import artifact
-from qwave.atomic import write_json, write_text, write_with
+from qwave.atomic import write_json, write_text
+from qwave.bench.config import BenchConfig, CVConfig, DataConfig, ModelConfig
 from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
 from qwave.errors import ConfigError
 from qwave.eval.metrics import aggregate_over_folds
 from qwave.eval.speed import set_threads
-from qwave.nn import MLPClassifier, pack_model, quantize_model
-from qwave.nn.mlp import activation_for
+from qwave.nn import pack_model, quantize_model
+from qwave.nn.mlp import build_mlp
+from qwave.plot import save_figure
 from qwave.size import artifact_report
 from qwave.train import TrainConfig, predict_logits, resolve_device, train_model
 
-matplotlib.use("Agg")
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class StudyConfig:
-    """Data, model, training budget and seeds shared by every arm of a study (so arms differ only in format)."""
+    """Data, model, training budget and seeds shared by every arm of a study (so arms differ only in format);
+    defaults are the benchmark's (``BenchConfig``)."""
 
     data: TableSpec
     tag: str = "study"
     output_dir: str = "outputs"
-    normalize: str = "standard"
-    hidden: list[int] = field(default_factory=lambda: [640, 320])
-    dropout: float = 0.2
+    normalize: str = DataConfig.normalize
+    hidden: list[int] = field(default_factory=lambda: list(ModelConfig().hidden))
+    dropout: float = ModelConfig.dropout
     train: TrainConfig = field(default_factory=TrainConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     folds: list[int] | None = None  # None: every fold of the table
-    n_folds: int = 5
-    val_fraction: float = 0.15
-    device: str = "cpu"
+    n_folds: int = CVConfig.n_folds
+    val_fraction: float = CVConfig.val_fraction
+    device: str = BenchConfig.device
     threads: int | None = None
 
     @property
@@ -81,18 +82,14 @@ def splits(ds: Dataset, cfg: StudyConfig, seed: int) -> Iterator[FoldSplit]:
         yield FoldSplit(fold.k, fit, val, fold.test)
 
 
-def build_mlp(ds: Dataset, split: FoldSplit, cfg: StudyConfig, seed: int, fmt: str = "fp32") -> MLPClassifier:
-    """A fresh seeded FP32 MLP (activation suited to ``fmt``) with the normaliser fitted on the fold's fit rows."""
-    torch.manual_seed(seed)
-    return MLPClassifier(ds.n_features, ds.n_classes, cfg.hidden, cfg.dropout,
-                         normalize=fit_normalizer(ds.X[split.fit], cfg.normalize), activation=activation_for([fmt]))
-
-
 def train_fold(
     ds: Dataset, split: FoldSplit, cfg: StudyConfig, seed: int, fmt: str = "fp32"
 ) -> tuple[nn.Module, float]:
-    """Train an MLP (FP32, or QAT in ``fmt``) on the fit rows; returns the trained module and its training seconds."""
-    model = build_mlp(ds, split, cfg, seed, fmt)
+    """Train a fresh seeded MLP (FP32, or QAT in ``fmt``; activation suited to ``fmt``, normaliser fitted on the
+    fit rows) on the fit rows; returns the trained module and its training seconds."""
+    torch.manual_seed(seed)
+    model = build_mlp(ds.n_features, ds.n_classes, cfg.hidden, cfg.dropout,
+                      normalize=fit_normalizer(ds.X[split.fit], cfg.normalize), formats=[fmt])
     if fmt != "fp32":
         model = quantize_model(model, fmt)
     result = train_model(model, ds.X[split.fit], ds.y[split.fit], ds.X[split.val], ds.y[split.val], ds.n_classes,
@@ -134,21 +131,11 @@ def fmt_ci(stats: dict, digits: int = 4) -> str:
     return f"{stats['mean']:.{digits}f}{ci}"
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A GitHub markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def write_outputs(cfg: StudyConfig, name: str, results: dict, table: str, figure) -> Path:
     """``results.json`` (with the config), ``table.md`` and ``plot.png`` under ``<output_dir>/<tag>/``."""
     out = cfg.out
     config = asdict(cfg)
     write_json(out / "results.json", {"study": name, "config": config, **results})
     write_text(out / "table.md", f"### {name} ({cfg.data.path})\n\n{table}")
-    write_with(out / "plot.png", lambda tmp: figure.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
+    save_figure(figure, out / "plot.png", dpi=120, bbox_inches="tight")
     return out

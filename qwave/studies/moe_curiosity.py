@@ -29,24 +29,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
-
-from qwave.atomic import write_json, write_text, write_with  # noqa: E402
-from qwave.bench.config import BenchConfig  # noqa: E402
-from qwave.bench.runner import fold_dir, load_dataset, run_benchmark  # noqa: E402
-from qwave.data import make_folds  # noqa: E402
-from qwave.errors import ConfigError  # noqa: E402
-from qwave.eval.metrics import aggregate  # noqa: E402
-from qwave.eval.speed import set_threads  # noqa: E402
-from qwave.formats import canonical_name  # noqa: E402
-from qwave.moe.config import MEASURES  # noqa: E402
-from qwave.studies.common import fmt_ci, markdown_table  # noqa: E402
+from qwave.atomic import write_json, write_text
+from qwave.bench.config import BenchConfig
+from qwave.bench.runner import fold_dir, load_dataset, run_benchmark
+from qwave.data import make_folds
+from qwave.errors import ConfigError
+from qwave.eval.metrics import aggregate
+from qwave.eval.speed import set_threads
+from qwave.formats import canonical_name
+from qwave.moe.config import MEASURES
+from qwave.plot import plt, save_figure
+from qwave.studies.common import fmt_ci
+from qwave.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +381,5 @@ def moe_curiosity(cfg: MoECuriosityConfig) -> dict:
     out = cfg.out
     write_json(out / "results.json", results)
     write_text(out / "table.md", table)
-    figure = plot(summary, title)
-    write_with(out / "plot.png", lambda tmp: figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-    plt.close(figure)
+    save_figure(plot(summary, title), out / "plot.png", dpi=110, bbox_inches="tight")
     return results

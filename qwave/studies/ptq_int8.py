@@ -3,16 +3,15 @@ accuracy / macro-F1 of both saved artifacts, and the CPU speed-up of the int8 ke
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import torch
 
 from qwave.eval.compare import time_pair
 from qwave.nn import ptq
+from qwave.plot import plt
 from qwave.studies.common import (
     StudyConfig,
     fmt_ci,
     load,
-    markdown_table,
     saved,
     scores,
     splits,
@@ -20,6 +19,7 @@ from qwave.studies.common import (
     train_fold,
     write_outputs,
 )
+from qwave.tables import markdown_table
 
 KEYS = ("accuracy", "macro_f1", "file_bytes", "us_per_sample", "train_seconds")
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import time
 
-import matplotlib.pyplot as plt
-
 from qwave.eval.metrics import aggregate_over_folds
 from qwave.formats import canonical_name
 from qwave.nn import ptq
+from qwave.plot import plt
 from qwave.studies.common import (
     StudyConfig,
     fmt_ci,
     load,
-    markdown_table,
     saved,
     scores,
     splits,
@@ -25,6 +23,7 @@ from qwave.studies.common import (
     train_fold,
     write_outputs,
 )
+from qwave.tables import markdown_table
 
 
 def qat_vs_ptq(cfg: StudyConfig, bits: str = "8") -> dict:

@@ -8,9 +8,11 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from qwave.bench.config import BUNDLED_TABLES, BenchConfig, bundled_table, table_path
-from qwave.bench.overview import pareto_front
+from qwave.bench.config import BenchConfig
+from qwave.bench.models import model_label
+from qwave.bench.overview import pareto_front, plot_pareto
 from qwave.bench.runner import load_dataset, run_benchmark
+from qwave.data.source import BUNDLED_TABLES, bundled_table, table_path
 
 
 def test_pareto_front_keeps_the_points_no_other_beats_on_both_axes() -> None:
@@ -23,10 +25,11 @@ def test_run_writes_a_report_row_per_model_and_the_pareto_picture(fast_config) -
     fast_config.models = ["fp32", "8", "1"]
     run_benchmark(fast_config)
     root = Path(fast_config.output_dir) / "t"
-    summary = pd.read_csv(root / "summary.csv").set_index("model")
+    summary = pd.read_csv(root / "summary.csv").set_index("label")
     lines = (root / "report.md").read_text().splitlines()
     table = [line for line in lines if line.startswith("| ") and not line.startswith("| model")]
     assert len(table) == 3 and "pareto.png" in "\n".join(lines)
+    assert sorted(line.split("|")[1].strip() for line in table) == ["binary", "fp32", "int8"]  # as people say them
     for line in table:
         cells = [c.strip() for c in line.strip("|").split("|")]
         row = summary.loc[cells[0]]
@@ -50,3 +53,27 @@ def test_the_default_table_is_the_bundled_esc50_one_and_the_default_models_span_
     cfg.data.path, cfg.data.label = "bundled:fsdd", "label"
     fsdd = load_dataset(cfg)
     assert fsdd.X.shape == (3000, 288) and fsdd.n_classes == 10 and sorted(set(fsdd.fold)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_models_are_named_as_people_say_them() -> None:
+    expected = {"fp32": "fp32", "16": "fp16", "8": "int8", "4": "int4 (W4A8)", "2": "int2 (W2A8)",
+                "bitnet": "ternary (W1.58A8)", "1": "binary", "qesc": "qesc", "ptq8": "int8 PTQ",
+                "1-1-8": "binary-binary-int8", "moe": "moe"}
+    assert {key: model_label(key) for key in expected} == expected
+    assert model_label("4", weight_only=True) == "int4 (W4, float activations)"
+    assert model_label("8", weight_only=True) == "int8 (W8, float activations)"
+
+
+def test_the_pareto_plot_labels_every_point_and_only_the_decades_of_its_log_axis() -> None:
+    rows = [{"model": m, "label": model_label(m), "stored_bytes": b, "macro_f1_mean": f, "macro_f1_ci95": 0.01,
+             "infer_ms_per_sample": 0.01 * (i + 1), "infer_ms_std": 0.001}
+            for i, (m, b, f) in enumerate([("fp32", 2_000_000, 0.6), ("8", 500_000, 0.6), ("4", 260_000, 0.59),
+                                           ("bitnet", 110_000, 0.58), ("1", 70_000, 0.55)])]
+    fig = plot_pareto(rows, "t")
+    fig.canvas.draw()
+    size_axis = fig.axes[0]
+    labels = sorted(t.get_text() for t in size_axis.texts)
+    assert labels == sorted(model_label(m) for m in ("fp32", "8", "4", "bitnet", "1"))
+    assert all(t.get_text() == "" for t in size_axis.get_xticklabels(minor=True))
+    shown = [t.get_text() for t in size_axis.get_xticklabels() if t.get_text()]
+    assert shown and all(text.endswith("B") for text in shown)  # 100 kB, 1 MB: one label per decade

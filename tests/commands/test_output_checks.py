@@ -34,7 +34,7 @@ def test_train_checks_out_before_training(tiny_table, blocked, capsys):
 def test_train_refuses_a_foreign_out_folder_before_training(tiny_table, tmp_path, capsys, monkeypatch):
     import qwave.commands.train
 
-    monkeypatch.setattr(qwave.commands.train, "train_model", lambda *a, **k: pytest.fail("trained before checking"))
+    monkeypatch.setattr(qwave.commands.train, "fit_fold", lambda *a, **k: pytest.fail("trained before checking"))
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     code = main(["train", "--data", str(tiny_table), "--out", str(tmp_path / "mine"), *TRAIN_FAST])

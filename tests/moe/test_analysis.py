@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from qwave.moe.analysis import error_detection_auroc, evaluate_moe, selective_accuracy, switch_points
-from qwave.moe.bench import quantize_moe
 from qwave.moe.config import CuriosityConfig
-from qwave.moe.model import MoEClassifier
+from qwave.moe.model import MoEClassifier, quantize_moe
 from qwave.nn.surgery import pack_model
 
 

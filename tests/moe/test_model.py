@@ -10,9 +10,8 @@ import torch
 
 from qwave import artifact
 from qwave.errors import ArtifactError, ConfigError
-from qwave.moe.bench import quantize_moe
 from qwave.moe.config import CuriosityConfig
-from qwave.moe.model import MoEClassifier
+from qwave.moe.model import MoEClassifier, quantize_moe
 from qwave.moe.routing import balance_loss, mutual_information, top_k_mask
 from qwave.nn.surgery import pack_model
 from qwave.size import report

@@ -10,9 +10,8 @@ import torch
 from qwave import artifact
 from qwave.data import fit_normalizer
 from qwave.moe.analysis import route_ablation
-from qwave.moe.bench import quantize_moe
 from qwave.moe.config import CuriosityConfig
-from qwave.moe.model import MoEClassifier
+from qwave.moe.model import MoEClassifier, quantize_moe
 from qwave.moe.routing import top_k_mask
 from qwave.nn.surgery import pack_model
 from qwave.train import TrainConfig, train_model

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from qwave import atomic  # noqa: E402
+from qwave import atomic
+from qwave.plot import plt, save_figure
 
 
 def predictions_frame(ids: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -56,12 +53,6 @@ def plot_curves(history: list[dict], best_epoch: int, title: str):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def save_figure(fig, path: Path) -> None:
-    """Write a matplotlib figure atomically and release it."""
-    atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
 
 
 def write_fold(

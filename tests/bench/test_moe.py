@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from qwave.bench import moe as moe_kind
 from qwave.bench.config import BenchConfig, CVConfig, DataConfig, ModelConfig
 from qwave.bench.runner import run_benchmark
 from qwave.errors import ConfigError
-from qwave.moe import selection
 from qwave.moe.config import CuriosityConfig, MoEConfig
 from qwave.moe.selection import choose, eligible, rank
 from qwave.train import TrainConfig
@@ -67,13 +67,13 @@ def test_moe_with_selection_and_curiosity_runs_end_to_end(table, tmp_path):
 
 def test_probes_train_and_validate_on_training_fold_rows_only(table, tmp_path, monkeypatch):
     seen = []
-    real = selection.train_model
+    real = moe_kind.train_model
 
     def spy(model, X_fit, y_fit, X_val, y_val, *args, **kwargs):
         seen.append((X_fit.copy(), X_val.copy()))
         return real(model, X_fit, y_fit, X_val, y_val, *args, **kwargs)
 
-    monkeypatch.setattr(selection, "train_model", spy)
+    monkeypatch.setattr(moe_kind, "train_model", spy)
     moe = MoEConfig(pool=["bitnet", "4", "8"], num_experts=2, selection="f1", selection_epochs=1)
     run_benchmark(config(table, tmp_path, moe))
     frame = pd.read_csv(table)

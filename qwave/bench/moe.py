@@ -1,0 +1,89 @@
+"""The ``moe`` model kind of ``qwave bench``: build (probe the pool, select experts, quantize each), deploy
+(pack), evaluate (per-fold routing analysis). The ``moe`` model family (``qwave.moe.model``) names ``moe_kind``
+as its benchmark kind; loading an MoE artifact never imports this module.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from torch import nn
+
+from qwave.bench.models import BuildContext, FoldData, ModelKind
+from qwave.errors import ConfigError
+from qwave.formats import canonical_name
+from qwave.moe.analysis import evaluate_moe
+from qwave.moe.config import MoEConfig
+from qwave.moe.model import MoEClassifier, quantize_moe
+from qwave.moe.selection import Probe, choose, eligible, rank
+from qwave.nn.mlp import build_mlp
+from qwave.nn.surgery import pack_model, quant_options, quantize_model
+from qwave.size import report
+from qwave.train import train_model
+
+
+def _quant_options(ctx: BuildContext) -> dict:
+    m = ctx.cfg.model
+    if m.layer_formats:
+        raise ConfigError(
+            f"model.layer_formats={list(m.layer_formats)} does not apply to moe: each expert's format comes from "
+            "moe.experts (or moe.pool)"
+        )
+    return quant_options(keep_last_fp=m.keep_last_fp, group_size=m.group_size)
+
+
+def build(ctx: BuildContext) -> MoEClassifier:
+    """Select the experts (from ``moe.pool`` if set), build the MoE with the fold's normaliser (expert activations
+    from ``model.activation``), quantize experts and router."""
+    cfg: MoEConfig = ctx.cfg.moe
+    cfg.validate()
+    options = _quant_options(ctx)
+    m = ctx.cfg.model
+    hidden = list(cfg.expert_hidden or m.hidden)
+    probes = probe_pool(cfg, ctx, hidden, options) if cfg.pool else []
+    formats = [p.format for p in probes if p.selected] if cfg.pool else list(cfg.experts)
+    model = MoEClassifier(
+        ctx.in_dim, ctx.num_classes, formats, hidden, m.dropout, m.layer_norm, cfg.top_k, cfg.router_hidden,
+        cfg.router_dropout, cfg.balance_weight, cfg.curiosity, mask_seed=ctx.seed, normalize=ctx.normalize,
+        selection=[asdict(p) for p in probes], activation=m.activation, router_format=cfg.router_format,
+    )
+    return quantize_moe(model, options)
+
+
+def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
+    return pack_model(model)
+
+
+def evaluate(loaded: nn.Module, fold: FoldData, out_dir: Path) -> dict:
+    return evaluate_moe(loaded, fold.X, fold.y, fold.ids, fold.classes, out_dir, plots=fold.ctx.cfg.plots)
+
+
+def moe_kind(name: str) -> ModelKind:
+    """The ``moe`` kind: MoE of quantized experts (QAT), configured by the ``moe.*`` keys."""
+    return ModelKind(name, build, deploy, "moe", evaluate=evaluate)
+
+
+def probe_pool(cfg: MoEConfig, ctx: BuildContext, hidden: list[int], options: dict) -> list[Probe]:
+    """Probe every format of ``cfg.pool`` on the fold's fit / inner-validation rows and mark the chosen ones
+    (the rules: ``qwave.moe.selection``); ``options``: the experts' ``quantize_model`` options."""
+    names = [canonical_name(f) for f in cfg.pool]
+    f1: list[float | None] = [None] * len(names)
+    sizes: list[int | None] = [None] * len(names)
+    if cfg.selection != "order":
+        m = ctx.cfg.model
+        train_cfg = replace(ctx.cfg.train, epochs=cfg.selection_epochs)
+        for i, name in enumerate(names):
+            probe = build_mlp(ctx.in_dim, ctx.num_classes, hidden, m.dropout, m.layer_norm,
+                              copy.deepcopy(ctx.normalize), m.activation, [name])
+            quantize_model(probe, name, **options)
+            result = train_model(
+                probe, ctx.X_fit, ctx.y_fit, ctx.X_val, ctx.y_val, ctx.num_classes, train_cfg, ctx.seed
+            )
+            f1[i] = result.best_val_macro_f1
+            sizes[i] = report(pack_model(probe.cpu())).bytes_under("body")
+    scores = rank(f1, sizes, cfg.selection)
+    ok = eligible(f1, cfg.selection, cfg.selection_floor)
+    chosen = set(choose(scores, cfg.num_experts, ok, f1))
+    return [Probe(n, f1[i], sizes[i], scores[i], ok[i], i in chosen) for i, n in enumerate(names)]
