@@ -184,6 +184,7 @@ def run(argv: list[str]) -> int:
 
             found, export_notes = exported_methods(exported[label], args.threads)
             methods.update(found)
+            activations.update({name: speed.hidden_activation(packed["artifact"]) for name in found})
             notes += export_notes
         for batch in args.batch_sizes:
             x = torch.randn(batch, in_dim, generator=torch.Generator().manual_seed(args.seed))
