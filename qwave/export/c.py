@@ -180,7 +180,7 @@ def model_c(model: ExportModel) -> str:
             src.calls.append(f"width = {step.out_features};")
     if src.decodes:
         src.kernels["decode"] = "".join(
-            [k.DECODE_BITS if "bits" in src.decodes else "", k.DECODE_TRITS if "trits" in src.decodes else "",
+            [k.DECODE_BITS if "bits" in src.decodes else "", k.decode_trits() if "trits" in src.decodes else "",
              k.decode_row(src.decodes)])
     order = ["half", "bf16", "popcount", "act8", "dot", "decode", "wa8", "dequant", "binary", "qesc", "layer_norm"]
     kernels = [src.kernels[name] for name in order if name in src.kernels]

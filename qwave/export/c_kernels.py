@@ -120,6 +120,13 @@ DECODE_BITS = r"""
 static void decode_bits(const uint8_t *row, int n, int k, int qmax, int8_t *out)
 {
     int i;
+    if (k == 4 && !qmax) { /* nibbles, low first: sign-extend each */
+        for (i = 0; i < n; ++i) {
+            int v = (row[i >> 1] >> ((i & 1) * 4)) & 15;
+            out[i] = (int8_t)(v >= 8 ? v - 16 : v);
+        }
+        return;
+    }
     for (i = 0; i < n; ++i) {
         long bit = (long)i * k;
         int at = (int)(bit >> 3), shift = (int)(bit & 7);
@@ -132,18 +139,26 @@ static void decode_bits(const uint8_t *row, int n, int k, int qmax, int8_t *out)
 }
 """
 
-DECODE_TRITS = r"""
-/* Five trits per byte, byte = sum_i (t_i + 1) 3^i (qwave's ternary rows). */
+def decode_trits() -> str:
+    """``decode_trits`` with its table: the five trits of every byte value below 3^5 (1,215 bytes of rodata)."""
+    rows = []
+    for byte in range(243):
+        trits = [(byte // 3**i) % 3 - 1 for i in range(5)]
+        rows.append("{" + ", ".join(map(str, trits)) + "}")
+    table = ",\n    ".join(", ".join(rows[i : i + 8]) for i in range(0, 243, 8))
+    return (f"""
+/* Five trits per byte, byte = sum_i (t_i + 1) 3^i (qwave's ternary rows), decoded by a table. */
+static const int8_t trit_table[243][5] = {{
+    {table}
+}};
+
 static void decode_trits(const uint8_t *row, int n, int8_t *out)
-{
-    int i;
-    for (i = 0; i < n; ++i) {
-        int byte = row[i / 5], digit = i % 5;
-        while (digit--) byte /= 3;
-        out[i] = (int8_t)(byte % 3 - 1);
-    }
-}
-"""
+{{
+    int i = 0, t;
+    for (; i + 5 <= n; i += 5) memcpy(out + i, trit_table[row[i / 5]], 5);
+    for (t = 0; i < n; ++i, ++t) out[i] = trit_table[row[i / 5]][t];
+}}
+""")
 
 
 def decode_row(kinds: set[str]) -> str:
