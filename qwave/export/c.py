@@ -5,9 +5,10 @@ The stored tensors go into ``model.c`` as ``const`` arrays in qwave's own layout
 binary / qesc as 64-bit words, fp16 scales and fp16 / bf16 weights as their 16-bit patterns, converted in the loop;
 floats as exact hexadecimal literals). Each layer calls the kernel of its format (``c_kernels``): integer dot products
 for int8 and the W·A8 formats (an AVX2 or NEON dot product beside the portable loop, chosen at compile time by
-``__AVX2__`` / ``__ARM_NEON``), XNOR / AND-popcount for binary and qesc. ``int qwave_predict(const float *x, float
-*logits)`` writes the logits of one row and returns the predicted class index (the first largest logit); it keeps its
-buffers on the stack (about 10 bytes per unit of the widest layer), so it is re-entrant.
+``__AVX2__`` / ``__ARM_NEON``; ternary by lookup tables built per call over its packed bytes), XNOR / AND-popcount
+for binary and qesc. ``int qwave_predict(const float *x, float *logits)`` writes the logits of one row and returns
+the predicted class index (the first largest logit); it keeps its buffers on the stack (about 12 bytes per unit of
+the widest layer, plus 15.5 KB of tables for ternary), so it is re-entrant.
 """
 
 from __future__ import annotations
@@ -117,10 +118,14 @@ def _layer(src: Source, i: int, layer: Linear, x: str, y: str, act: str) -> None
             src.arrays.append(c_array("uint64_t", f"L{i}_minus", p["minus"]))
             src.calls.append(f"qesc_layer({x}, {y}, {n}, {out}, L{i}_plus, L{i}_minus, L{i}_scale, {bias}, {act});")
         return
-    layout, kind, qmax = _decode(layer)
-    src.decodes.add(layout)
     codes = p["codes"]
     src.arrays.append(c_array("uint8_t", f"L{i}_codes", codes.view(np.uint8)))
+    if fmt.name == "ternary" and fmt.activations == "int8":
+        src.kernels.update({"act8": k.ACT8, "ternary_a8": k.TERNARY_A8})
+        src.calls.append(f"ternary_a8({x}, {y}, {n}, {out}, L{i}_codes, {codes.shape[1]}, L{i}_scale, {bias}, {act});")
+        return
+    layout, kind, qmax = _decode(layer)
+    src.decodes.add(layout)
     size, groups = _group(layer)
     args = f"L{i}_codes, {codes.shape[1]}, {kind}, {qmax}, L{i}_scale, {groups}, {size}, {bias}, {act}"
     if fmt.activations == "int8":
@@ -182,7 +187,8 @@ def model_c(model: ExportModel) -> str:
         src.kernels["decode"] = "".join(
             [k.DECODE_BITS if "bits" in src.decodes else "", k.decode_trits() if "trits" in src.decodes else "",
              k.decode_row(src.decodes)])
-    order = ["half", "bf16", "popcount", "act8", "dot", "decode", "wa8", "dequant", "binary", "qesc", "layer_norm"]
+    order = ["half", "bf16", "popcount", "act8", "dot", "decode", "wa8", "ternary_a8", "dequant", "binary", "qesc",
+             "layer_norm"]
     kernels = [src.kernels[name] for name in order if name in src.kernels]
     kernels += [v for name, v in src.kernels.items() if name.startswith("dense_")]
     widest = max([model.in_features] + [s.out_features for s in model.linears])

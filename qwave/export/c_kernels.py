@@ -198,6 +198,58 @@ static void wa8(const float *x, float *y, int n, int out, const uint8_t *codes, 
 }
 """
 
+TERNARY_A8 = r"""
+/* ternary W1.58A8 read from its five-trits-per-byte rows without decoding them: for each 5 activation codes, a table
+   of the 243 sums sum_i t_i q_i (one per byte value) is built once per call, then a row's dot product is one table
+   look-up per byte (the lookup-table idea of T-MAC / bitnet.cpp). Exact: the same integer dots as wa8. Tables are
+   built TRIT_CHUNK byte columns at a time (TRIT_CHUNK * 243 * 2 bytes of stack). */
+#define TRIT_CHUNK 32
+
+static void trit_sums(const int8_t *q, int16_t *table)
+{
+    int16_t low[27], high;
+    int a, b, c, i = 0;
+    for (c = -1; c <= 1; ++c)
+        for (b = -1; b <= 1; ++b)
+            for (a = -1; a <= 1; ++a) low[i++] = (int16_t)(a * q[0] + b * q[1] + c * q[2]);
+    i = 0;
+    for (c = -1; c <= 1; ++c)
+        for (b = -1; b <= 1; ++b) {
+            high = (int16_t)(b * q[3] + c * q[4]);
+            for (a = 0; a < 27; ++a) table[i++] = (int16_t)(low[a] + high);
+        }
+}
+
+static void ternary_a8(const float *x, float *y, int n, int out, const uint8_t *codes, int row_bytes,
+                       const uint16_t *scale, const float *bias, int act)
+{
+    int8_t q[QWAVE_MAX_WIDTH + 5];
+    int16_t table[TRIT_CHUNK][243];
+    int32_t dots[QWAVE_MAX_WIDTH];
+    float s = quantize_row(x, n, q);
+    int o, j, c0;
+    memset(q + n, 0, 5); /* a row's padding trits are 0; their codes only need to be finite */
+    memset(dots, 0, sizeof(int32_t) * (size_t)out);
+    for (c0 = 0; c0 < row_bytes; c0 += TRIT_CHUNK) {
+        int cols = row_bytes - c0 < TRIT_CHUNK ? row_bytes - c0 : TRIT_CHUNK;
+        for (j = 0; j < cols; ++j) trit_sums(q + 5 * (c0 + j), table[j]);
+        for (o = 0; o < out; ++o) {
+            const uint8_t *row = codes + (long)o * row_bytes + c0;
+            int32_t total = 0;
+            for (j = 0; j < cols; ++j) total += table[j][row[j]];
+            dots[o] += total;
+        }
+    }
+    for (o = 0; o < out; ++o) {
+        float f = 0.0f, v;
+        f += (float)dots[o] * half_to_float(scale[o]);
+        v = f * s;
+        if (bias) v += bias[o];
+        y[o] = activate(v, act);
+    }
+}
+"""
+
 DEQUANT = r"""
 /* Weight-only integer formats (activations="float"): y = x . (code * s_w[o, g]) + b in float32. */
 static void dense_dequant(const float *x, float *y, int n, int out, const uint8_t *codes, int row_bytes, int kind,
