@@ -118,3 +118,13 @@ def test_a_moe_artifact_is_refused_naming_what_is_missing(tmp_path, capsys):
     assert main(["export", str(tmp_path / "moe"), "--to", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "'moe' architecture does not export yet" in err and "router" in err
+
+
+def test_export_command_prints_the_file_bytes_beside_the_stored_bytes(trained, tmp_path, capsys):
+    from qwave.size import artifact_report
+
+    path = trained["fsdd"].artifact("ternary")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(path), "--to", "onnx", "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert f"{out.stat().st_size:,} bytes" in line and f"{artifact_report(path).stored_bytes:,} stored" in line
