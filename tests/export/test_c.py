@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from export_models import INTEGER, matrix
 
 import qwave
 from qwave.cli import main
 from qwave.export.c import compiler, export_c
-from tests.export.conftest import INTEGER, matrix
 
 CC = compiler()
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc or $CC) on this machine")

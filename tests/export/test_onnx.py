@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from export_models import INTEGER, matrix
 
 import qwave
 from qwave.cli import main
 from qwave.errors import ArtifactError
-from tests.export.conftest import INTEGER, matrix
 
 pytest.importorskip("onnx", reason="the onnx extra is not installed")
 pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not installed")
