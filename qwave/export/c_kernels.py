@@ -91,6 +91,13 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int n)
     }
     total = vgetq_lane_s32(acc, 0) + vgetq_lane_s32(acc, 1) + vgetq_lane_s32(acc, 2) + vgetq_lane_s32(acc, 3);
 #endif
+    { /* portable: 16 independent lanes, which compilers vectorize at -O2; a product fits int16 (|code| <= 127) */
+        int32_t lanes[16] = {0};
+        int j;
+        for (; k + 16 <= n; k += 16)
+            for (j = 0; j < 16; ++j) lanes[j] += (int16_t)((int16_t)a[k + j] * (int16_t)b[k + j]);
+        for (j = 0; j < 16; ++j) total += lanes[j];
+    }
     for (; k < n; ++k) total += (int32_t)a[k] * (int32_t)b[k];
     return total;
 }
@@ -186,10 +193,12 @@ static void wa8(const float *x, float *y, int n, int out, const uint8_t *codes, 
     int o, g;
     for (o = 0; o < out; ++o) {
         float f = 0.0f, v;
-        decode_row(codes + (long)o * row_bytes, n, kind, qmax, w);
+        const int8_t *row = w;
+        if (kind == 8) row = (const int8_t *)(const void *)(codes + (long)o * row_bytes); /* int8: read in place */
+        else decode_row(codes + (long)o * row_bytes, n, kind, qmax, w);
         for (g = 0; g < groups; ++g) {
             int start = g * size, len = n - start < size ? n - start : size;
-            f += (float)dot_i8(q + start, w + start, len) * half_to_float(scale[o * groups + g]);
+            f += (float)dot_i8(q + start, row + start, len) * half_to_float(scale[o * groups + g]);
         }
         v = f * s;
         if (bias) v += bias[o];
