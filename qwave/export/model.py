@@ -50,11 +50,6 @@ class Linear:
     def in_features(self) -> int:
         return self.shape[1]
 
-    def codes(self) -> np.ndarray:
-        """The integer weight codes ``[out, in]`` as int8 (integer formats only), unpacked by the format itself."""
-        packed = {name: torch.from_numpy(np.array(a)) for name, a in self.packed.items()}
-        return self.fmt.unpack(packed, self.shape).codes.to(torch.int8).numpy()
-
 
 @dataclass
 class Activation:
