@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, str] = {
     "size": "stored and active bytes per model and format, from packed tensors (no training needed)",
     "speed": "latency and throughput of packed kernels against FP32 and peer int8 backends",
     "train": "train one deployable artifact on a table",
+    "export": "a saved artifact -> ONNX file or dependency-free C99 sources (same logits)",
     "predict": "run a saved artifact on a table or .npy rows -> predictions.csv (ids, classes, probabilities)",
     "quantize": "turn an FP32 artifact into packed PTQ artifacts",
     "compare": "compare a quantized artifact with its original (logits, predictions, speed, size)",
@@ -31,6 +32,7 @@ EXAMPLES = """examples:
   qwave bench data.path=esc50.csv data.label=class_id data.fold=folder models=[fp32] cv.folds=official tag=my_run
   qwave bench -m seed=0,1,2 models=[fp32],[4]   # Hydra multirun sweep, then: qwave gather outputs/multirun
   qwave size --formats fp32,16,8,4,2,1,bitnet,qesc
+  qwave export models/int8 --to c --out int8_c   # deploy without qwave: ONNX (--to onnx) or C99
   qwave <command> --help                        # each command's own options and examples
 """
 

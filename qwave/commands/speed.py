@@ -53,6 +53,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=3.0, help="time budget per method and batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-fused", action="store_true", help="skip the fused whole-model rows")
+    p.add_argument("--exported", action="store_true",
+                   help="also time each --artifact's ONNX export (ONNX Runtime) and C export (cc, ctypes)")
     p.add_argument("--output-dir", type=Path, default=None, help="write speed.csv, speed.json (and speed.png)")
     p.add_argument("--plot", action="store_true", help="draw p50 latency vs batch size (needs --output-dir)")
     args = p.parse_args(argv)
@@ -164,6 +166,7 @@ def run(argv: list[str]) -> int:
     memory: list[dict] = []
     from qwave.nn.fused import compile_model
 
+    exported = {Path(folder).name: folder for folder in args.artifact} if args.exported else {}
     for label, ref, packed, in_dim in _models(args, notes):
         methods: dict[str, Callable] = {}
         activations: dict[str, str] = {}  # hidden activation per method; FP32 and peers: the ReLU reference
@@ -176,6 +179,13 @@ def run(argv: list[str]) -> int:
             fused = None if args.no_fused else compile_model(model)
             if fused is not None:
                 methods[f"qwave-{fmt}-fused"] = fused
+        if ref is None and label in exported:
+            from qwave.export.speed import exported_methods
+
+            found, export_notes = exported_methods(exported[label], args.threads)
+            methods.update(found)
+            activations.update({name: speed.hidden_activation(packed["artifact"]) for name in found})
+            notes += export_notes
         for batch in args.batch_sizes:
             x = torch.randn(batch, in_dim, generator=torch.Generator().manual_seed(args.seed))
             with torch.inference_mode():
