@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from qwave import artifact
-from qwave.bench.config import table_path
 from qwave.data import TableSpec, fit_normalizer, load_table
+from qwave.data.source import table_path
 from qwave.nn import MLPClassifier, pack_model, quantize_model
 from qwave.nn.mlp import activation_for
 from qwave.train import TrainConfig, train_model

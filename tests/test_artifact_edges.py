@@ -28,9 +28,7 @@ def mlp(fmt: str = "int8", hidden=(10,), layer_norm: bool = False) -> torch.nn.M
 
 
 def moe() -> torch.nn.Module:
-    import qwave.moe.bench  # noqa: F401  (registers the architecture)
-    from qwave.moe.bench import quantize_moe
-    from qwave.moe.model import MoEClassifier
+    from qwave.moe.model import MoEClassifier, quantize_moe
 
     torch.manual_seed(0)
     model = MoEClassifier(12, 4, ["bitnet", "4", "8"], (8,), curiosity={"enabled": True, "mc_samples": 3})

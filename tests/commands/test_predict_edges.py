@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 import qwave
-from qwave.bench.config import BUNDLED_TABLES, bundled_table
 from qwave.cli import main
+from qwave.data.source import BUNDLED_TABLES, bundled_table
 
 TRAIN_FAST = ["--hidden", "16", "--epochs", "2", "--patience", "2", "--batch-size", "256"]
 

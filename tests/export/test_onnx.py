@@ -108,8 +108,7 @@ def test_a_moe_artifact_is_refused_naming_what_is_missing(tmp_path, capsys):
     import torch
 
     from qwave import artifact
-    from qwave.moe.bench import quantize_moe
-    from qwave.moe.model import MoEClassifier
+    from qwave.moe.model import MoEClassifier, quantize_moe
     from qwave.nn.surgery import pack_model
 
     torch.manual_seed(0)
