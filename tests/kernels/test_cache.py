@@ -1,5 +1,5 @@
-"""Where numba's compiled kernels are cached: numba's own ``__pycache__`` when the package folder is writable, a
-per-user cache folder when it is not, and ``NUMBA_CACHE_DIR`` whenever the user sets it."""
+"""Where numba's compiled kernels are cached: a folder per kernel-source digest in the package's ``__pycache__`` when
+it is writable, in a per-user cache folder when it is not, and ``NUMBA_CACHE_DIR`` whenever the user sets it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qwave.kernels.cache import choose_cache_dir, user_cache_dir
+from qwave.kernels.cache import PACKAGE_DIR, choose_cache_dir, source_digest, user_cache_dir
 
 
 def _unwritable_package(tmp_path: Path) -> Path:
@@ -20,20 +20,41 @@ def _unwritable_package(tmp_path: Path) -> Path:
     return blocker / "qwave" / "kernels"
 
 
-def test_a_writable_package_keeps_numbas_in_tree_cache(tmp_path):
+def test_a_writable_package_caches_in_tree_in_a_folder_of_its_source_digest(tmp_path):
     package = tmp_path / "qwave" / "kernels"
-    assert choose_cache_dir({"HOME": str(tmp_path / "home")}, package) is None
+    package.mkdir(parents=True)
+    (package / "int8.py").write_text("x = 1\n")
+    folder = choose_cache_dir({"HOME": str(tmp_path / "home")}, package)
+    assert folder.parent == package / "__pycache__" and folder.name.startswith("numba-")
     assert (package / "__pycache__").is_dir()
+
+
+def test_any_change_of_a_kernel_source_moves_the_cache_to_a_new_folder(tmp_path):
+    """numba does not invalidate a caller when a jitted callee in another file changes: a new folder must."""
+    package = tmp_path / "qwave" / "kernels"
+    package.mkdir(parents=True)
+    (package / "int8.py").write_text("x = 1\n")
+    (package / "_simd.py").write_text("y = 2\n")
+    env = {"HOME": str(tmp_path / "home")}
+    before = choose_cache_dir(env, package)
+    assert choose_cache_dir(env, package) == before
+    (package / "_simd.py").write_text("y = 3\n")
+    after = choose_cache_dir(env, package)
+    (package / "new.py").write_text("")
+    assert len({before, after, choose_cache_dir(env, package)}) == 3
 
 
 def test_an_unwritable_package_caches_under_xdg_cache_home(tmp_path):
     env = {"HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    assert choose_cache_dir(env, _unwritable_package(tmp_path)) == tmp_path / "xdg" / "qwave" / "numba"
+    package = _unwritable_package(tmp_path)
+    assert choose_cache_dir(env, package) == tmp_path / "xdg" / "qwave" / "numba" / source_digest(package)
 
 
 def test_without_xdg_cache_home_the_user_cache_is_under_home(tmp_path):
     env = {"HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": ""}
-    assert choose_cache_dir(env, _unwritable_package(tmp_path)) == tmp_path / "home" / ".cache" / "qwave" / "numba"
+    package = _unwritable_package(tmp_path)
+    expected = tmp_path / "home" / ".cache" / "qwave" / "numba" / source_digest(package)
+    assert choose_cache_dir(env, package) == expected
     assert user_cache_dir({"HOME": "/somewhere"}) == Path("/somewhere/.cache/qwave/numba")
 
 
@@ -55,3 +76,15 @@ def test_the_choice_reaches_numba_before_the_kernels_are_defined(tmp_path):
                            check=True).stdout.split()
     assert lines[0] == lines[1] == str(tmp_path / "mine")
     assert lines[2].startswith(str(tmp_path / "mine"))
+
+
+def test_by_default_the_kernels_cache_in_their_source_digest_folder(tmp_path):
+    """In a fresh process without NUMBA_CACHE_DIR (package writable): the kernels' cache locator is in-tree, in the
+    folder of the current sources' digest, and child processes inherit it."""
+    code = ("import os; from qwave.kernels import act8; print(act8.quantize_rows._cache._cache_path); "
+            "print(os.environ['NUMBA_CACHE_DIR'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "QWAVE_DISABLE_FAST_KERNELS")}
+    lines = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           check=True).stdout.split()
+    folder = PACKAGE_DIR / "__pycache__" / f"numba-{source_digest()}"
+    assert lines[0].startswith(str(folder)) and lines[1] == str(folder)
