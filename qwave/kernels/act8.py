@@ -16,10 +16,13 @@ import numpy as np
 
 from qwave.kernels import FAST_KERNELS
 
+ROWS = 8  # rows per work item of a parallel quantization
+
 if FAST_KERNELS:
     from numba import njit, prange
 
     from qwave.kernels._simd import activate
+    from qwave.kernels.work import MAX_THREADS, take
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _row_range(bits):
@@ -79,9 +82,14 @@ if FAST_KERNELS:
         zero = np.empty(m, dtype=np.int32)
         sums = np.empty((m, groups), dtype=np.int32)
         ranges = np.empty((m, 2), dtype=np.int32)
-        if parallel:
-            for i in prange(m):
-                _quantize_row(x, i, a, scale, zero, sums, group_size, padded, ranges)
+        if parallel:  # chunks of ROWS rows handed out one at a time (``qwave.kernels.work``)
+            n_items, counter = (m + ROWS - 1) // ROWS, np.zeros(1, np.int64)
+            for _ in prange(min(n_items, MAX_THREADS)):
+                item = take(counter)
+                while item < n_items:
+                    for i in range(item * ROWS, min(m, item * ROWS + ROWS)):
+                        _quantize_row(x, i, a, scale, zero, sums, group_size, padded, ranges)
+                    item = take(counter)
         else:
             for i in range(m):
                 _quantize_row(x, i, a, scale, zero, sums, group_size, padded, ranges)

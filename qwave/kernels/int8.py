@@ -8,7 +8,6 @@ AVX2 CPU); see ``wa8``.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from qwave.formats.base import QuantizedTensor

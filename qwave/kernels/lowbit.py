@@ -76,8 +76,9 @@ def prepare_unsigned(
     codes = pack_fields(tiled, bits, isa)
     signed = int(alpha) * np.asarray(u, dtype=np.int64) - int(beta)  # the codes, for their column sums
     return IntWeights(isa, bits, np.ascontiguousarray(codes.reshape(codes.shape[0], -1)),
-                      tile_scales(scale, out_features, groups, TILES[isa]), column_sums(signed, groups, size, TILES[isa]),
-                      int(alpha), int(beta), out_features, in_features, size, padded)
+                      tile_scales(scale, out_features, groups, TILES[isa]),
+                      column_sums(signed, groups, size, TILES[isa]), int(alpha), int(beta), out_features, in_features,
+                      size, padded)
 
 
 def unprepare(fmt, weights: IntWeights) -> dict[str, torch.Tensor]:

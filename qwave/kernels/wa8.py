@@ -26,10 +26,11 @@ vector load feeds a vector of columns and each row's activation codes are broadc
   0..3 = columns 0-15, 16-31, 32-47, 48-63.
 
 Bound: int32 accumulators see at most ``BLOCK`` inputs before they are added into int64 (``|q w| <= 127 * 128`` per
-product: ``65536 * 127 * 128 < 2^31``), so a group of any length is exact. Small batches run on one core (no thread wake-up cost); larger ones split row chunks x column blocks over
-the numba threads. Each kernel layout is a permutation of the codes, so the stored tensors are re-derived from it
-bit for bit (``untile_rows``, ``untile_scales``: the kernels' ``unprepare``) and the layer keeps no other copy;
-``cached_bytes`` is what it holds.
+product: ``65536 * 127 * 128 < 2^31``), so a group of any length is exact. Calls below ``PARALLEL_MACS`` run on the
+calling thread; larger ones cut row chunks x column blocks that the numba threads take one at a time
+(``qwave.kernels.work``). Each kernel layout is a permutation of the codes, so the stored tensors are re-derived
+from it bit for bit (``untile_rows``, ``untile_scales``: the kernels' ``unprepare``) and the layer keeps no other
+copy; ``cached_bytes`` is what it holds.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ STEP_BYTES = {("avx2", 8): 64, ("avx2", 4): 32, ("avx2", 2): 16,  # bytes of one
 ROW_CHUNK = 64  # batch rows per work item
 COL_BLOCK = 64  # output columns per work item
 CHAIN_LAYERS = 8  # most layers one compiled chain call runs (``chain_layers``)
-PARALLEL_MACS = 1 << 18  # below this many multiply-adds a call stays on one thread (measured: 2 threads pay off
-# from a 640 x 320 layer at batch 1 up)
+PARALLEL_MACS = 1 << 21  # below this many multiply-adds a call stays on the calling thread (``qwave.kernels.work``;
+# measured on 2 threads, forced AVX2: batch 1 and 2 of the reference MLP gain nothing from a second thread, batch 4
+# of its 1536 x 640 layer does)
 
 
 @dataclass
@@ -143,6 +145,7 @@ if FAST_KERNELS:
         zero_i32x16,
     )
     from qwave.kernels.act8 import emit, quantize_rows
+    from qwave.kernels.work import MAX_THREADS, take
 
     # ---- avx2 register tiles: 4 rows x 16 columns (8 int32x8 accumulators), and 1 row x 16 columns --------------
 
@@ -455,16 +458,20 @@ if FAST_KERNELS:
             per_block = max(1, COL_BLOCK // tile)
             n_blocks = (n_tiles + per_block - 1) // per_block
             chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
-            n_chunks = (m + chunk - 1) // chunk
-            for item in prange(n_chunks * n_blocks):
-                r0, t0 = (item // n_blocks) * chunk, (item % n_blocks) * per_block
-                r1, t1 = min(m, r0 + chunk), min(n_tiles, t0 + per_block)
-                if wide:
-                    _block_512(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out, groups,
-                               padded, r0, r1, t0, t1, bias, act, out)
-                else:
-                    _block_avx2(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out, groups,
-                                padded, r0, r1, t0, t1, bias, act, out)
+            n_items = ((m + chunk - 1) // chunk) * n_blocks
+            counter = np.zeros(1, np.int64)
+            for _ in prange(min(n_items, MAX_THREADS)):  # items handed out one at a time (``qwave.kernels.work``)
+                item = take(counter)
+                while item < n_items:
+                    r0, t0 = (item // n_blocks) * chunk, (item % n_blocks) * per_block
+                    r1, t1 = min(m, r0 + chunk), min(n_tiles, t0 + per_block)
+                    if wide:
+                        _block_512(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out,
+                                   groups, padded, r0, r1, t0, t1, bias, act, out)
+                    else:
+                        _block_avx2(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out,
+                                    groups, padded, r0, r1, t0, t1, bias, act, out)
+                    item = take(counter)
 
         return gemm
 
@@ -473,8 +480,8 @@ if FAST_KERNELS:
 
     def _chain(wide: bool):
         """Consecutive W·A8 layers in one compiled call (the fused path's batch-1 case: no Python between layers).
-        ``layers`` is a tuple of ``CHAIN_LAYERS`` entries ``(codes as uint8, scale, column sums, bias, meta)``, the first
-        ``count`` real (the rest empty, so every depth shares one compiled signature), ``meta`` int64 ``[bits,
+        ``layers`` is a tuple of ``CHAIN_LAYERS`` entries ``(codes as uint8, scale, column sums, bias, meta)``, the
+        first ``count`` real (the rest empty, so every depth shares one compiled signature), ``meta`` int64 ``[bits,
         alpha, beta, chain, out, in, group size, groups, padded group, act]``; each layer is what ``linear_np``
         computes."""
 
