@@ -148,6 +148,20 @@ def _bcast_scalar(vt: Vec, doc: str):
 
 
 splat_f32x8 = _bcast_scalar(F32x8, "A number, as float32, in all 8 lanes.")
+
+
+@intrinsic
+def splat_i32x8(typingctx, value):
+    """An integer, truncated to int32 (callers pass values inside its range), in all 8 lanes."""
+    if not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[0], sig.args[0], types.int32)
+        one = builder.insert_element(ir.Constant(_ll(I32x8), None), v, ir.Constant(I32, 0))
+        return builder.shuffle_vector(one, ir.Constant(_ll(I32x8), None), ir.Constant(ir.VectorType(I32, 8), [0] * 8))
+
+    return I32x8(value), codegen
 splat_f32x16 = _bcast_scalar(F32x16, "A number, as float32, in all 16 lanes.")
 
 

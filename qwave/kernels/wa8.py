@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from qwave.errors import FormatError
 from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
 
 TILES = {"avx2": 16, "avx512vnni": 64}  # output columns per register tile
@@ -64,7 +65,7 @@ class IntWeights:
     bits: int  # 8: signed codes; 4 or 2: unsigned codes u with code = alpha * u - beta
     codes: np.ndarray  # [tiles, bytes per tile] (see the module docstring)
     scale: np.ndarray  # float32 [groups, tiles * tile] (0 on padded columns)
-    column_sums: np.ndarray  # int64 [groups, tiles * tile]: sum of the (signed) codes per group and column
+    column_sums: np.ndarray  # int32 [groups, tiles * tile]: sum of the (signed) codes per group and column
     alpha: int
     beta: int
     out_features: int
@@ -103,12 +104,15 @@ def tile_scales(scale: torch.Tensor, out_features: int, groups: int, tile: int) 
 
 
 def column_sums(codes: np.ndarray, groups: int, size: int, tile: int) -> np.ndarray:
-    """Signed integer codes ``[out, in]`` -> int64 ``[groups, tiles * tile]``: the sum of each column's codes over
-    each group of ``size`` inputs (0 on padded columns), which the kernels multiply by a row's zero point."""
+    """Signed integer codes ``[out, in]`` -> int32 ``[groups, tiles * tile]``: the sum of each column's codes over
+    each group of ``size`` inputs (0 on padded columns), which the kernels multiply by a row's zero point (int32:
+    ``|sum| <= 128 * size`` holds for groups below 2^24 inputs; longer ones are refused)."""
     out, n = codes.shape
+    if size >= 1 << 24:
+        raise FormatError(f"a weight group of {size} inputs is too long for the W·A8 kernels (at most {(1 << 24) - 1})")
     full = np.zeros((math.ceil(out / tile) * tile, groups * size), np.int64)
     full[:out, :n] = codes
-    return np.ascontiguousarray(full.reshape(full.shape[0], groups, size).sum(axis=2).T)
+    return np.ascontiguousarray(full.reshape(full.shape[0], groups, size).sum(axis=2).T.astype(np.int32))
 
 
 def untile_rows(tiled: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
@@ -129,16 +133,23 @@ if FAST_KERNELS:
     from numba import njit, prange
 
     from qwave.kernels._simd import (
+        activate,
         bcast4_i8x32,
         bcast4_i32x16,
         dpbusd,
+        load_f32x8,
         load_i8x32,
         load_i32x8,
         load_i32x16,
         maddubs,
         shr_mask,
+        splat_f32x8,
+        splat_i32x8,
         store,
+        to_f32,
         vadd,
+        vmul,
+        vsub,
         widen_pairs,
         zero_i16x16,
         zero_i32x8,
@@ -352,6 +363,45 @@ if FAST_KERNELS:
                 f[i, c] += np.float32(alpha * total[i, c] - correction - z * cs[c]) * sc[c]
 
     @njit(cache=True, boundscheck=False, nogil=True)
+    def _tile4_avx2(qs, wf, r, c0, a_width, w_step, sums, zero, x_scale, w_scale, colsum, bits, alpha, beta, chain,
+                    n_out, groups, padded, bias, act, outf, acc, fv):
+        """Four rows x one full tile of 16 columns when every group fits one int32 pass (at most ``BLOCK``
+        inputs), with the epilogue in vectors: ``dot = alpha * acc - beta * sum(q) - z * colsum`` in wrapping int32
+        (exact: ``|dot| <= 127 * 128 * BLOCK < 2^31``), ``f += float32(dot) * s_w`` per group, then ``act(f * s_x
+        + bias)``: the float32 operations of ``_epilogue`` and ``emit`` in the same order."""
+        steps_g = padded // 4
+        fv[:] = 0.0
+        for g in range(groups):
+            x0, w0 = r * a_width + g * padded, g * steps_g * w_step
+            if bits == 8:
+                v = _int8_4x16(qs, wf, x0, a_width, w0, steps_g)
+                for j in range(8):
+                    store(acc, 8 * j, v[j])
+            else:
+                acc[:] = 0
+                if bits == 4:
+                    _low_4x16(qs, wf, x0, a_width, w0, steps_g, 4, chain, acc)
+                else:
+                    _low_4x16(qs, wf, x0, a_width, w0, steps_g, 2, chain, acc)
+            cs, sc = colsum[g], w_scale[g]
+            for i in range(4):
+                z, correction = splat_i32x8(zero[r + i]), splat_i32x8(beta * sums[r + i, g])
+                for h in range(2):
+                    d = load_i32x8(acc, 16 * i + 8 * h)
+                    if alpha != 1:
+                        d = vmul(d, splat_i32x8(alpha))
+                    d = vsub(vsub(d, correction), vmul(z, load_i32x8(cs, c0 + 8 * h)))
+                    k = 16 * i + 8 * h
+                    store(fv, k, vadd(load_f32x8(fv, k), vmul(to_f32(d), load_f32x8(sc, c0 + 8 * h))))
+        for i in range(4):
+            xs = splat_f32x8(x_scale[r + i])
+            for h in range(2):
+                y = vmul(load_f32x8(fv, 16 * i + 8 * h), xs)
+                if bias.shape[0] > 0:
+                    y = vadd(y, load_f32x8(bias, c0 + 8 * h))
+                store(outf, (r + i) * n_out + c0 + 8 * h, activate(y, act))
+
+    @njit(cache=True, boundscheck=False, nogil=True)
     def _block_avx2(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out, groups, padded, r0,
                     r1, t0, t1, bias, act, out):
         """Output rows ``r0:r1`` x column tiles ``t0:t1`` (16 outputs each) of the ``avx2`` variant."""
@@ -361,10 +411,15 @@ if FAST_KERNELS:
         acc = np.empty(64, dtype=np.int32)
         total = np.empty((4, 16), dtype=np.int64)
         f = np.empty((4, 16), dtype=np.float32)
+        fv, outf = f.reshape(-1), out.reshape(-1)
         for t in range(t0, t1):
             wf, c0 = w[t], t * 16
             for r in range(r0, r1, 4):
                 rows = min(4, r1 - r)
+                if rows == 4 and steps_g <= block and c0 + 16 <= n_out:
+                    _tile4_avx2(qs, wf, r, c0, width, step_bytes, sums, zero, x_scale, w_scale, colsum, bits, alpha,
+                                beta, chain, n_out, groups, padded, bias, act, outf, acc, fv)
+                    continue
                 f[:] = 0.0
                 for g in range(groups):
                     total[:] = 0
@@ -508,7 +563,7 @@ if FAST_KERNELS:
         return chain
 
     CHAIN = {"avx2": _chain(False), "avx512vnni": _chain(True)}
-    _EMPTY_LAYER = (np.empty((0, 0), np.uint8), np.empty((0, 0), np.float32), np.empty((0, 0), np.int64),
+    _EMPTY_LAYER = (np.empty((0, 0), np.uint8), np.empty((0, 0), np.float32), np.empty((0, 0), np.int32),
                     np.empty(0, np.float32), np.zeros(10, np.int64))
 
     def chain_layers(layers: list[tuple[IntWeights, np.ndarray, int]]):
