@@ -375,30 +375,6 @@ def widen_pairs(typingctx, v):
 
 
 @intrinsic
-def sign_i8(typingctx, b, a):
-    """``vpsignb``: each byte of ``b`` negated where ``a < 0``, zeroed where ``a == 0``."""
-    if b != I8x32 or a != I8x32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _call(builder, "llvm.x86.avx2.psign.b", _ll(I8x32), *args)
-
-    return I8x32(I8x32, I8x32), codegen
-
-
-@intrinsic
-def abs_i8(typingctx, v):
-    """``vpabsb``: the magnitude of each signed byte (as an unsigned byte: ``|-128|`` is 128)."""
-    if v != I8x32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _call(builder, "llvm.abs.v32i8", _ll(I8x32), args[0], ir.Constant(ir.IntType(1), 0))
-
-    return I8x32(I8x32), codegen
-
-
-@intrinsic
 def dpbusd(typingctx, acc, u, b):
     """``vpdpbusd`` on 512 bits: ``acc + sum of 4 neighbouring products u*b`` per int32 lane, ``u`` unsigned
     bytes, ``b`` signed bytes, exact (no intermediate saturation; the int32 sum wraps)."""

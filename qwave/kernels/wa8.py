@@ -17,7 +17,7 @@ vector load feeds a vector of columns and each row's activation codes are broadc
 * 4 or 2 (int2..int4, ternary): unsigned codes ``u`` in ``[0, 2^bits)`` with ``code = alpha * u - beta`` (int4:
   ``u = code + 8``; half-step int2: ``code = 2u - 3``; ternary: ``u = t + 1``), so
   ``dot_g = alpha * sum(u * q_x) - beta * sum(q_x)``: ``u`` is the *unsigned* operand of ``vpmaddubsw`` /
-  ``vpdpbusd`` against the signed activation codes (no sign trick), and the narrow ``u`` keeps products small
+  ``vpdpbusd`` against the activation codes (0..127, the signed operand), and the narrow ``u`` keeps products small
   enough to add several ``vpmaddubsw`` results in int16 before one ``vpmaddwd`` widens them (``avx2``: 8 steps of
   4 inputs for 4-bit codes, ``8 * 2 * 15 * 127 < 2^15``; 40 for 2-bit ones). The codes are unpacked in registers
   (shift and mask): ``avx2`` 4-bit, 32 bytes per step, low nibbles columns 0-7, high nibbles 8-15; 2-bit, 32 bytes
