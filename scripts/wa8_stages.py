@@ -5,7 +5,8 @@ without ``perf``).
 Usage: ``python scripts/wa8_stages.py [--formats int8,int4,ternary] [--batch 256] [--calls 100]``. Reference MLP
 1536 -> 640 -> 320 -> 50 (random weights, seed 0), the threads numba and torch are given (``NUMBA_NUM_THREADS``,
 ``torch.set_num_threads`` from ``--threads``); run it under ``qwave.kernels.avx2_environment()`` to time the AVX2
-variants. Median wall clock of ``--calls`` calls after 10 warm-up calls.
+variants. Median of ``--calls`` calls after 10 warm-up calls, wall clock or (``--clock cpu``, one thread only) the
+calling thread's CPU time, which a loaded machine's preemptions do not inflate.
 """
 
 from __future__ import annotations
@@ -21,15 +22,18 @@ from qwave.kernels.act8 import quantize_rows
 from qwave.nn import MLPClassifier, pack_model, quantize_model
 from qwave.nn.fused import compile_model
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.thread_time}
+clock = CLOCK["wall"]
+
 
 def median_us(fn, calls: int) -> float:
     for _ in range(10):
         fn()
     times = []
     for _ in range(calls):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return float(np.median(times)) * 1e6
 
 
@@ -62,7 +66,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=sorted(CLOCK), default="wall")
     args = parser.parse_args()
+    global clock
+    clock = CLOCK[args.clock]
     torch.set_num_threads(args.threads)
     print("format,batch,layer,variant,fp32_us,quantize_us,gemm_epilogue_us,layer_us,fp32_over_layer")
     for fmt in args.formats.split(","):
