@@ -162,9 +162,9 @@ def kernel_layout_bytes(fmt: str, out: int, n: int) -> int:
         planes = 1 if fmt == "binary" else 2
         return 8 * planes * math.ceil(n / 64) * math.ceil(out / 16) * 16 + 4 * out  # uint64 planes, float32 scales
     columns = math.ceil(out / int8.TILES[int8.ISA]) * int8.TILES[int8.ISA]
-    scales = 4 * columns  # float32 per padded column
-    if fmt in ("int8", "int7", "int6", "int5"):  # one byte per code, inputs padded to 4; VNNI: int64 offsets
-        return columns * math.ceil(n / 4) * 4 + scales + (8 * columns if int8.ISA == "avx512vnni" else 0)
+    scales = 4 * columns + 4 * columns  # float32 scale and int32 column sum of the codes per padded column
+    if fmt in ("int8", "int7", "int6", "int5"):  # one byte per code, inputs padded to 4
+        return columns * math.ceil(n / 4) * 4 + scales
     if fmt in ("int4", "int3"):  # 4-bit fields, inputs padded to 4
         return columns * math.ceil(n / 4) * 4 // 2 + scales
     step = 8 if int8.ISA == "avx2" else 4  # 2-bit fields (int2, ternary), inputs padded to the step

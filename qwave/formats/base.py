@@ -25,7 +25,8 @@ Packed layouts (row-major, one row per output channel, rows padded independently
   -1, same bit order as binary); ``scale`` float16 ``[out, 1]``.
 
 Activations (``activations``): ``int8`` formats (int8 always; int2..int7 and ternary by default: W4A8, W2A8,
-W1.58A8) quantize each input row dynamically to int8 and compute exact integer dots (``int8_activation_matmul``);
+W1.58A8) quantize each input row dynamically to 128 levels with a zero point (``quantize_rows_int8``: codes 0..127,
+exact in every kernel variant) and compute exact integer dots (``int8_activation_matmul``);
 ``float`` (fp formats, and the explicit weight-only option ``activations="float"`` of int2..int7 and ternary)
 multiply float inputs by the dequantized weight; binary / qesc binarise / ternarise them.
 
@@ -221,18 +222,31 @@ def scaled_codes(x: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tenso
     return torch.where(scale > 0, (x / divisor).round().clamp(-qmax, qmax), torch.zeros_like(x))
 
 
-def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dynamic symmetric int8 activations: codes (float tensor of integers) and per-row float32 scales
-    ``max|x_row| / 127``."""
-    scale = x.abs().amax(dim=-1, keepdim=True) / 127
-    return scaled_codes(x, scale, 127), scale
+def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dynamic per-row activations on 128 levels (fbgemm's ``reduce_range``): ``lo = min(x_row, 0)``, ``hi =
+    max(x_row, 0)``, float32 scale ``s = (hi - lo) / 127``, zero point ``z = clamp(rint(-lo / s), 0, 127)``, codes
+    ``q = clamp(rint(x / s) + z, 0, 127)`` (round half to even; all 0 where ``s == 0``); the value is ``(q - z) * s``.
+
+    Codes below 128 keep AVX2's ``vpmaddubsw`` (unsigned x signed bytes, int16 pairs) exact without a sign step on
+    every CPU. A row with no negative value (after a ReLU) gets ``z = 0`` and ``s = max|x_row| / 127``: the same
+    codes as symmetric int8. Returns ``(codes, zero points, scales)`` as float tensors ``[rows, in]``, ``[rows, 1]``,
+    ``[rows, 1]``."""
+    lo = x.amin(dim=-1, keepdim=True).clamp(max=0)
+    hi = x.amax(dim=-1, keepdim=True).clamp(min=0)
+    scale = (hi - lo) / 127
+    live = scale > 0
+    divisor = torch.where(live, scale, torch.ones_like(scale))
+    zero = torch.where(live, (-lo / divisor).round().clamp(0, 127), torch.zeros_like(scale))
+    codes = torch.where(live, ((x / divisor).round() + zero).clamp(0, 127), torch.zeros_like(x))
+    return codes, zero, scale
 
 
 def int8_activation_matmul(rows: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, size: int) -> torch.Tensor:
-    """The W·A8 recipe: int8 activation codes times integer weight ``codes [out, in]`` exactly per group of
-    ``size`` inputs (float64 holds every int32 sum), ``y = s_x * sum_g(float(acc_g) * s_w[:, g])``."""
-    x_codes, x_scale = quantize_rows_int8(rows)
-    x_codes, w_codes = x_codes.double(), codes.double()
+    """The W·A8 recipe: the activation codes less their zero point (``quantize_rows_int8``) times integer weight
+    ``codes [out, in]``, exactly per group of ``size`` inputs (float64 holds every int32 sum), ``y = s_x *
+    sum_g(float(acc_g) * s_w[:, g])``."""
+    x_codes, x_zero, x_scale = quantize_rows_int8(rows)
+    x_codes, w_codes = (x_codes - x_zero).double(), codes.double()
     w_scale = scale.float()
     y = torch.zeros(rows.shape[0], codes.shape[0], device=rows.device)
     for g in range(w_scale.shape[1]):
@@ -316,8 +330,8 @@ class FormatBase:
         ``activations == "int8"``, identity for float input (binary / qesc override it)."""
         if self.activations != "int8":
             return x
-        codes, scale = quantize_rows_int8(x.detach().float())
-        return ste(x, codes * scale)
+        codes, zero, scale = quantize_rows_int8(x.detach().float())
+        return ste(x, (codes - zero) * scale)
 
     def options(self) -> dict:
         """Constructor options: ``get_format(self.name, **self.options())`` rebuilds this format."""

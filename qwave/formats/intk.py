@@ -16,9 +16,9 @@ A group whose fp16 scale is 0 (all zeros, or below fp16's smallest subnormal) st
 the half-step grid), i.e. exact zeros.
 
 Inference (option ``activations``): ``int8`` (default; W8A8, W4A8, W2A8, ...) quantizes each activation row
-dynamically (``s_x = max|x_row| / 127`` in float32, not stored), accumulates the integer products exactly (int32
-semantics) per group and scales: ``y = s_x * sum_g(float(acc_g) * s_w[:, g])``; QAT simulates the same activation
-rounding. ``float`` is the weight-only variant: ``y = x @ dequantize(q).T``.
+dynamically (128 levels with a zero point per row, ``base.quantize_rows_int8``; not stored), accumulates the
+integer products exactly (int32 semantics) per group and scales: ``y = s_x * sum_g(float(acc_g) * s_w[:, g])``;
+QAT simulates the same activation rounding. ``float`` is the weight-only variant: ``y = x @ dequantize(q).T``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 
 BitNet b1.58 uses one weight scale per tensor; qwave keeps one per output channel (a refinement that costs 2 bytes
 per row; the integer dot products are the same). Inference (option ``activations``): ``int8`` (default, W1.58A8 as
-BitNet b1.58 publishes it: 8-bit absmax activations per row, exact integer dots,
+BitNet b1.58 publishes it, with the activations per row on 128 levels with a zero point
+(``base.quantize_rows_int8``), exact integer dots,
 ``y = s_x * float(dot) * s_w``; QAT simulates the same activation rounding) or ``float`` (weight-only:
 ``y = x @ dequantize(q).T``).
 """

@@ -148,6 +148,20 @@ def _bcast_scalar(vt: Vec, doc: str):
 
 
 splat_f32x8 = _bcast_scalar(F32x8, "A number, as float32, in all 8 lanes.")
+
+
+@intrinsic
+def splat_i32x8(typingctx, value):
+    """An integer, truncated to int32 (callers pass values inside its range), in all 8 lanes."""
+    if not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[0], sig.args[0], types.int32)
+        one = builder.insert_element(ir.Constant(_ll(I32x8), None), v, ir.Constant(I32, 0))
+        return builder.shuffle_vector(one, ir.Constant(_ll(I32x8), None), ir.Constant(ir.VectorType(I32, 8), [0] * 8))
+
+    return I32x8(value), codegen
 splat_f32x16 = _bcast_scalar(F32x16, "A number, as float32, in all 16 lanes.")
 
 
@@ -345,30 +359,6 @@ def widen_pairs(typingctx, v):
         return _call(builder, "llvm.x86.avx2.pmadd.wd", _ll(I32x8), args[0], _splat(_ll(I16x16), 1))
 
     return I32x8(I16x16), codegen
-
-
-@intrinsic
-def sign_i8(typingctx, b, a):
-    """``vpsignb``: each byte of ``b`` negated where ``a < 0``, zeroed where ``a == 0``."""
-    if b != I8x32 or a != I8x32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _call(builder, "llvm.x86.avx2.psign.b", _ll(I8x32), *args)
-
-    return I8x32(I8x32, I8x32), codegen
-
-
-@intrinsic
-def abs_i8(typingctx, v):
-    """``vpabsb``: the magnitude of each signed byte (as an unsigned byte: ``|-128|`` is 128)."""
-    if v != I8x32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _call(builder, "llvm.abs.v32i8", _ll(I8x32), args[0], ir.Constant(ir.IntType(1), 0))
-
-    return I8x32(I8x32), codegen
 
 
 @intrinsic

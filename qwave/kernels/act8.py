@@ -1,13 +1,13 @@
-"""Dynamic per-row int8 activations: the input side of every W·A8 kernel (int8, W4A8, W2A8, W1.58A8).
+"""Dynamic per-row activations on 128 levels with a zero point: the input side of every W·A8 kernel (int8, W4A8, W2A8,
+W1.58A8).
 
-Recipe (``qwave.formats.base.int8_rows``): ``s_x = max|x_row| / 127`` in float32, ``q = clamp(rint(x / s_x), -127,
-127)`` (round half to even), all codes 0 where ``s_x == 0``. ``quantize_rows`` writes the codes in the layout a
-kernel reads, each weight group's codes zero-padded to ``padded`` bytes:
-
-* ``SIGNED``: ``q`` as int8 (the signed operand of ``vpmaddubsw`` / ``vpdpbusd`` against unsigned weight codes),
-  with ``sum(q)`` per row and group (int32: ``|sum| <= 127 * group size``), which the W·A8 kernels subtract.
-  A flag per row tells whether any code is negative (the AVX2 int8 kernel skips its sign step on rows without).
-* ``OFFSET``: ``q + 128`` as uint8 (padding 128) for the AVX-512 VNNI int8 kernel.
+Recipe (``qwave.formats.base.quantize_rows_int8``): ``lo = min(x_row, 0)``, ``hi = max(x_row, 0)``, float32 scale
+``s = (hi - lo) / 127``, zero point ``z = clamp(rint(-lo / s), 0, 127)``, codes ``q = clamp(rint(x / s) + z, 0,
+127)`` (round half to even), all 0 where ``s == 0``. ``quantize_rows`` writes the codes as bytes below 128, each
+weight group's codes zero-padded to ``padded`` bytes: the unsigned operand of ``vpmaddubsw`` / ``vpdpbusd`` against
+signed int8 weights (a pair ``2 * 127 * 128 < 2^15`` never saturates), and equally a non-negative signed operand
+against unsigned low-bit weight codes. With them come ``sum(q)`` per row and group (int32), which the low-bit
+kernels subtract ``beta`` times, and ``z`` per row, which every kernel subtracts times its weights' column sums.
 """
 
 from __future__ import annotations
@@ -16,78 +16,84 @@ import numpy as np
 
 from qwave.kernels import FAST_KERNELS
 
-SIGNED, OFFSET = 0, 1
+ROWS = 8  # rows per work item of a parallel quantization
 
 if FAST_KERNELS:
     from numba import njit, prange
 
     from qwave.kernels._simd import activate
+    from qwave.kernels.work import MAX_THREADS, take
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def abs_max_rows(x):
-        """``max|x_row|`` per row, exactly (a max over the bit patterns of ``|x|``, which vectorizes)."""
-        bits = x.view(np.int32)
-        out = np.empty(x.shape[0], dtype=np.int32)
-        for i in range(x.shape[0]):
-            row = bits[i]
-            top = np.int32(0)
-            for k in range(row.shape[0]):
-                top = max(top, row[k] & np.int32(0x7FFFFFFF))
-            out[i] = top
-        return out.view(np.float32)
+    def _row_range(bits):
+        """``(max(x_row, 0), -min(x_row, 0))`` exactly, from the float32 bit patterns as int32: non-negative floats
+        order like their patterns, and flipping the sign bit maps ``-v`` to ``v``'s pattern; two integer maxima
+        (which vectorize, unlike float ones)."""
+        top, bottom = np.int32(0), np.int32(0)
+        flip = np.int32(-0x80000000)
+        for k in range(bits.shape[0]):
+            b = bits[k]
+            top = max(top, b)
+            bottom = max(bottom, b ^ flip)
+        return top, bottom
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
     def _round(v):
-        """``rint(v)`` (half to even) for float32 ``|v| <= 127``: adding and removing 1.5 * 2^23 rounds to an
-        integer in float32 arithmetic, and unlike ``rint`` it vectorizes. Clamping before rounding is the same as
-        clamping after it on [-127, 127]."""
+        """``rint(v)`` (half to even) for float32 ``|v| <= 255``: adding and removing 1.5 * 2^23 rounds to an
+        integer in float32 arithmetic, and unlike ``rint`` it vectorizes. Clamping to integer bounds before rounding
+        is the same as clamping after it."""
         magic = np.float32(12582912.0)
         return (v + magic) - magic
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _quantize_row(x, i, amax, a, scale, sums, neg, group_size, padded, layout):
+    def _quantize_row(x, i, a, scale, zero, sums, group_size, padded, ranges):
         n = x.shape[1]
         row, arow = x[i], a[i]
-        s = np.float32(amax[i] / np.float32(127.0))
+        top, bottom = _row_range(row.view(np.int32))
+        ranges[i, 0], ranges[i, 1] = top, bottom
+        hi = ranges[i].view(np.float32)  # max(x_row, 0), -min(x_row, 0)
+        s = np.float32(hi[0] + hi[1]) / np.float32(127.0)  # (hi - lo) / 127 with lo = -hi[1]
         scale[i] = s
-        arow[:] = np.uint8(128) if layout == OFFSET else np.uint8(0)
+        arow[:] = np.uint8(0)
         sums[i, :] = 0
-        neg[i] = False
+        zero[i] = 0
         if s == 0:
             return
-        lo, hi = np.float32(-127.0), np.float32(127.0)
-        any_negative = False
+        z = np.int32(min(_round(hi[1] / s), np.float32(127.0)))
+        zero[i] = z
+        lo_b, hi_b = np.float32(-z), np.float32(127 - z)
         for g in range((n + group_size - 1) // group_size):
             src = row[g * group_size : min(n, (g + 1) * group_size)]
             dst = arow[g * padded : (g + 1) * padded]
-            offset = 128 if layout == OFFSET else 256  # codes as unsigned bytes: q + 128, or q mod 256
             total = np.int32(0)
             for k in range(src.shape[0]):
-                c = np.int32(_round(min(max(src[k] / s, lo), hi)))
+                c = np.int32(_round(min(max(src[k] / s, lo_b), hi_b))) + z
                 total += c
-                any_negative |= c < 0
-                dst[k] = np.uint8((c + offset) & 0xFF)
+                dst[k] = np.uint8(c)
             sums[i, g] = total
-        neg[i] = any_negative
 
     @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-    def quantize_rows(x, group_size, groups, padded, layout, parallel):
-        """``(a, q, scale, sums, neg)`` for float32 rows ``x [m, n]``: ``a`` uint8 ``[m, groups * padded]`` (the
-        layout's bytes) and ``q`` its int8 view, ``scale`` float32 ``[m]``, ``sums`` int32 ``[m, groups]``, ``neg``
-        bool ``[m]``."""
+    def quantize_rows(x, group_size, groups, padded, parallel):
+        """``(a, scale, zero, sums)`` for float32 rows ``x [m, n]``: codes ``a`` uint8 ``[m, groups * padded]``,
+        ``scale`` float32 ``[m]``, zero points ``zero`` int32 ``[m]``, ``sums`` int32 ``[m, groups]``."""
         m = x.shape[0]
         a = np.empty((m, groups * padded), dtype=np.uint8)
         scale = np.empty(m, dtype=np.float32)
+        zero = np.empty(m, dtype=np.int32)
         sums = np.empty((m, groups), dtype=np.int32)
-        neg = np.empty(m, dtype=np.bool_)
-        amax = abs_max_rows(x)
-        if parallel:
-            for i in prange(m):
-                _quantize_row(x, i, amax, a, scale, sums, neg, group_size, padded, layout)
+        ranges = np.empty((m, 2), dtype=np.int32)
+        if parallel:  # chunks of ROWS rows handed out one at a time (``qwave.kernels.work``)
+            n_items, counter = (m + ROWS - 1) // ROWS, np.zeros(1, np.int64)
+            for _ in prange(min(n_items, MAX_THREADS)):
+                item = take(counter)
+                while item < n_items:
+                    for i in range(item * ROWS, min(m, item * ROWS + ROWS)):
+                        _quantize_row(x, i, a, scale, zero, sums, group_size, padded, ranges)
+                    item = take(counter)
         else:
             for i in range(m):
-                _quantize_row(x, i, amax, a, scale, sums, neg, group_size, padded, layout)
-        return a, a.view(np.int8), scale, sums, neg
+                _quantize_row(x, i, a, scale, zero, sums, group_size, padded, ranges)
+        return a, scale, zero, sums
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def emit(f, rows, r, c0, width, x_scale, bias, act, out):

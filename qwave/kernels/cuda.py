@@ -29,7 +29,8 @@ if torch.cuda.is_available():
         return {"codes": codes.permute(1, 2, 0).contiguous(), "scale": q.scale.float(), "size": size, "pad": pad}
 
     def _run_int8(state: dict, x: torch.Tensor) -> torch.Tensor:
-        x_codes, x_scale = quantize_rows_int8(x)
+        x_codes, x_zero, x_scale = quantize_rows_int8(x)
+        x_codes = x_codes - x_zero  # in [-127, 127]: an int8
         rows = x.shape[0]
         groups, size = state["codes"].shape[0], state["size"]
         xg = torch.nn.functional.pad(x_codes, (0, groups * size - x.shape[1])).reshape(rows, groups, size)

@@ -77,6 +77,7 @@ if FAST_KERNELS:
         zero_f32x8,
         zero_f32x16,
     )
+    from qwave.kernels.work import MAX_THREADS, take
 
     ISA = "avx512" if HAS_AVX512 else "avx2"
 
@@ -205,13 +206,17 @@ if FAST_KERNELS:
                 else:
                     _block_avx2(x, w, bf16, 0, m, 0, n_tiles, n_out, bias, act, out)
                 return
-            n_chunks = (m + ROW_CHUNK - 1) // ROW_CHUNK
-            for item in prange(n_chunks * n_tiles):
-                r0, t = (item // n_tiles) * ROW_CHUNK, item % n_tiles
-                if wide:
-                    _block_512(x, w, bf16, r0, min(m, r0 + ROW_CHUNK), t, t + 1, n_out, bias, act, out)
-                else:
-                    _block_avx2(x, w, bf16, r0, min(m, r0 + ROW_CHUNK), t, t + 1, n_out, bias, act, out)
+            n_items = ((m + ROW_CHUNK - 1) // ROW_CHUNK) * n_tiles
+            counter = np.zeros(1, np.int64)
+            for _ in prange(min(n_items, MAX_THREADS)):  # items handed out one at a time (``qwave.kernels.work``)
+                item = take(counter)
+                while item < n_items:
+                    r0, t = (item // n_tiles) * ROW_CHUNK, item % n_tiles
+                    if wide:
+                        _block_512(x, w, bf16, r0, min(m, r0 + ROW_CHUNK), t, t + 1, n_out, bias, act, out)
+                    else:
+                        _block_avx2(x, w, bf16, r0, min(m, r0 + ROW_CHUNK), t, t + 1, n_out, bias, act, out)
+                    item = take(counter)
 
         return gemm
 

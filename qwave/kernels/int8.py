@@ -2,17 +2,26 @@
 int8 activations times the integer weight codes, with the shared W·A8 machinery of ``wa8`` (``bits = 8``).
 
 Variants, picked from the CPU's features (``ISA``; numba's cache is keyed by them): ``avx512vnni`` (512-bit
-``vpdpbusd``) and ``avx2`` (``vpmaddubsw`` with the sign trick, on Zen 3 and every AVX2 CPU); see ``wa8``.
+``vpdpbusd``) and ``avx2`` (``vpmaddubsw`` on activation codes below 128, exact with no sign step, on Zen 3 and every
+AVX2 CPU); see ``wa8``.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from qwave.formats.base import QuantizedTensor
 from qwave.kernels import FAST_KERNELS
-from qwave.kernels.wa8 import TILES, IntWeights, group_layout, tile_rows, tile_scales, untile_rows, untile_scales
+from qwave.kernels.wa8 import (
+    TILES,
+    IntWeights,
+    column_sums,
+    group_layout,
+    tile_rows,
+    tile_scales,
+    untile_rows,
+    untile_scales,
+)
 
 FORMATS = ("int8", "int7", "int6", "int5")  # integer codes that need a byte (|code| <= 127), int8 activations
 
@@ -26,11 +35,8 @@ def prepare_codes(
     size, groups, padded = group_layout(in_features, group_size)
     w = codes.detach().cpu().contiguous().view(torch.int8).numpy()
     tiled = tile_rows(w, groups, size, padded, TILES[isa])
-    offset = np.empty((0, 0), np.int64)
-    if isa == "avx512vnni":  # 128 * the codes' sum per group and column, subtracted from the offset activations' dots
-        offset = 128 * tiled.astype(np.int64).sum(axis=(2, 4)).transpose(1, 0, 2).reshape(groups, -1)
     return IntWeights(isa, 8, tiled.reshape(tiled.shape[0], -1), tile_scales(scale, out_features, groups, TILES[isa]),
-                      np.ascontiguousarray(offset), 1, 0, out_features, in_features, size, padded)
+                      column_sums(w, groups, size, TILES[isa]), 1, 0, out_features, in_features, size, padded)
 
 
 def unprepare(fmt, weights: IntWeights) -> dict[str, torch.Tensor]:

@@ -12,7 +12,16 @@ import torch
 
 from qwave.formats.base import QuantizedTensor
 from qwave.kernels import FAST_KERNELS
-from qwave.kernels.wa8 import TILES, IntWeights, group_layout, tile_rows, tile_scales, untile_rows, untile_scales
+from qwave.kernels.wa8 import (
+    TILES,
+    IntWeights,
+    column_sums,
+    group_layout,
+    tile_rows,
+    tile_scales,
+    untile_rows,
+    untile_scales,
+)
 
 FORMATS = ("int4", "int3", "int2", "ternary")  # unsigned codes of 2 bits (int2, ternary) or 4 bits (int3, int4)
 STEP = {("avx2", 4): 4, ("avx2", 2): 8, ("avx512vnni", 4): 4, ("avx512vnni", 2): 4}  # group padding (inputs)
@@ -65,9 +74,11 @@ def prepare_unsigned(
     size, groups, padded = group_layout(in_features, group_size, STEP[(isa, bits)])
     tiled = tile_rows(np.ascontiguousarray(u, dtype=np.uint8), groups, size, padded, TILES[isa])
     codes = pack_fields(tiled, bits, isa)
+    signed = int(alpha) * np.asarray(u, dtype=np.int64) - int(beta)  # the codes, for their column sums
     return IntWeights(isa, bits, np.ascontiguousarray(codes.reshape(codes.shape[0], -1)),
-                      tile_scales(scale, out_features, groups, TILES[isa]), np.empty((0, 0), np.int64), int(alpha),
-                      int(beta), out_features, in_features, size, padded)
+                      tile_scales(scale, out_features, groups, TILES[isa]),
+                      column_sums(signed, groups, size, TILES[isa]), int(alpha), int(beta), out_features, in_features,
+                      size, padded)
 
 
 def unprepare(fmt, weights: IntWeights) -> dict[str, torch.Tensor]:

@@ -121,6 +121,7 @@ if FAST_KERNELS:
         zero_i64x4,
         zero_i64x8,
     )
+    from qwave.kernels.work import MAX_THREADS, take
 
     ISA = "avx512" if HAS_VPOPCNTDQ else "avx2"
 
@@ -443,13 +444,17 @@ if FAST_KERNELS:
                 return
             chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
             n_chunks, n_blocks = (m + chunk - 1) // chunk, (n_out + COL_BLOCK - 1) // COL_BLOCK
-            for item in prange(n_chunks * n_blocks):
-                r0, c0 = (item // n_blocks) * chunk, (item % n_blocks) * COL_BLOCK
-                r1, c1 = min(m, r0 + chunk), min(n_out, c0 + COL_BLOCK)
-                if wide:
-                    _binary_512(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, act, out)
-                else:
-                    _binary_avx2(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, act, out)
+            n_items, counter = n_chunks * n_blocks, np.zeros(1, np.int64)
+            for _ in prange(min(n_items, MAX_THREADS)):  # items handed out one at a time (``qwave.kernels.work``)
+                item = take(counter)
+                while item < n_items:
+                    r0, c0 = (item // n_blocks) * chunk, (item % n_blocks) * COL_BLOCK
+                    r1, c1 = min(m, r0 + chunk), min(n_out, c0 + COL_BLOCK)
+                    if wide:
+                        _binary_512(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, act, out)
+                    else:
+                        _binary_avx2(xb, x_scale, wt, w_scale, n, r0, r1, c0, c1, bias, act, out)
+                    item = take(counter)
 
         return gemm
 
@@ -466,13 +471,17 @@ if FAST_KERNELS:
                 return
             chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
             n_chunks, n_blocks = (m + chunk - 1) // chunk, (n_out + COL_BLOCK - 1) // COL_BLOCK
-            for item in prange(n_chunks * n_blocks):
-                r0, c0 = (item // n_blocks) * chunk, (item % n_blocks) * COL_BLOCK
-                r1, c1 = min(m, r0 + chunk), min(n_out, c0 + COL_BLOCK)
-                if wide:
-                    _qesc_512(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, act, out)
-                else:
-                    _qesc_avx2(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, act, out)
+            n_items, counter = n_chunks * n_blocks, np.zeros(1, np.int64)
+            for _ in prange(min(n_items, MAX_THREADS)):  # items handed out one at a time (``qwave.kernels.work``)
+                item = take(counter)
+                while item < n_items:
+                    r0, c0 = (item // n_blocks) * chunk, (item % n_blocks) * COL_BLOCK
+                    r1, c1 = min(m, r0 + chunk), min(n_out, c0 + COL_BLOCK)
+                    if wide:
+                        _qesc_512(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, act, out)
+                    else:
+                        _qesc_avx2(xn, xs, x_scale, wn, ws, w_scale, r0, r1, c0, c1, bias, act, out)
+                    item = take(counter)
 
         return gemm
 

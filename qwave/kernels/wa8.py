@@ -1,24 +1,23 @@
 """Integer weights x int8 activations (W8A8, W4A8, W2A8, W1.58A8): the register tiles, blocks and parallel drivers
 shared by the int8 kernel (``int8``) and the low-bit kernels (``lowbit``).
 
-Recipe (``qwave.formats.base.int8_activation_matmul``): activations quantized per row (``act8``), exact integer dots
-of the activation codes with the weight codes per group, ``y = s_x * sum_g(float(dot_g) * s_w[:, g])``, bit for bit.
+Recipe (``qwave.formats.base.int8_activation_matmul``): activations quantized per row to codes ``q`` in 0..127 with a
+zero point ``z`` (``act8``), exact integer dots of ``q - z`` with the weight codes per group, ``y = s_x *
+sum_g(float(dot_g) * s_w[:, g])``, bit for bit: ``dot_g = sum(q * code) - z * colsum_g`` with the weights' column sums
+per group precomputed (``column_sums``, fbgemm's zero-point correction).
 Every kernel state (``IntWeights``) keeps a register tile of 4 rows x ``TILES[isa]`` columns in int32 accumulators
 for a whole block of inputs, with the weights laid out per column tile as ``[group, k/4, columns, 4 inputs]`` so one
 vector load feeds a vector of columns and each row's activation codes are broadcast 4 at a time: no horizontal sums
 (the MLAS / fbgemm u8s8 scheme). ``bits`` selects the weight codes:
 
-* 8 (``int8``, int5..int7): the signed codes themselves (int8 bytes). ``avx2``: ``vpmaddubsw`` + ``vpmaddwd`` +
-  ``vpaddd``. ``vpmaddubsw`` multiplies unsigned by signed bytes and saturates int16 pairs, so it gets ``|w|``
-  (``vpabsb``, once per weight vector for the 4 rows) and the activation codes with the weight's sign moved onto
-  them (``vpsignb``, the sign trick): ``|w| * sign(w) q_x = w q_x``, a pair at most ``2 * 128 * 127 < 2^15``, never
-  saturated. Row tiles whose codes are all >= 0 (every row after a ReLU) skip the sign step: ``vpmaddubsw(q_x, w)``.
-  ``avx512vnni``: 512-bit ``vpdpbusd`` on ``q_x + 128`` (unsigned); ``offset = 128 * sum(w)`` per column and group
-  is subtracted at the end.
+* 8 (``int8``, int5..int7): the signed codes themselves (int8 bytes). ``avx2``: ``vpmaddubsw(q, w)`` + ``vpmaddwd``
+  + ``vpaddd``: ``vpmaddubsw`` multiplies unsigned by signed bytes and saturates int16 pairs, and with ``q <= 127`` a
+  pair is at most ``2 * 127 * 128 < 2^15``: exact with no sign step (fbgemm's ``reduce_range``).
+  ``avx512vnni``: 512-bit ``vpdpbusd(q, w)``.
 * 4 or 2 (int2..int4, ternary): unsigned codes ``u`` in ``[0, 2^bits)`` with ``code = alpha * u - beta`` (int4:
   ``u = code + 8``; half-step int2: ``code = 2u - 3``; ternary: ``u = t + 1``), so
   ``dot_g = alpha * sum(u * q_x) - beta * sum(q_x)``: ``u`` is the *unsigned* operand of ``vpmaddubsw`` /
-  ``vpdpbusd`` against the signed activation codes (no sign trick), and the narrow ``u`` keeps products small
+  ``vpdpbusd`` against the activation codes (0..127, the signed operand), and the narrow ``u`` keeps products small
   enough to add several ``vpmaddubsw`` results in int16 before one ``vpmaddwd`` widens them (``avx2``: 8 steps of
   4 inputs for 4-bit codes, ``8 * 2 * 15 * 127 < 2^15``; 40 for 2-bit ones). The codes are unpacked in registers
   (shift and mask): ``avx2`` 4-bit, 32 bytes per step, low nibbles columns 0-7, high nibbles 8-15; 2-bit, 32 bytes
@@ -26,12 +25,12 @@ vector load feeds a vector of columns and each row's activation codes are broadc
   bytes per step (low / high nibbles: columns 0-15 / 16-31, then 32-47 / 48-63); 2-bit, 64 bytes per step, bit pairs
   0..3 = columns 0-15, 16-31, 32-47, 48-63.
 
-Bound: int32 accumulators see at most ``BLOCK`` inputs before they are added into int64 (``|q_x w| <= 128 * 127``
-per product, ``(q_x + 128) |w| <= 255 * 127`` on VNNI: ``65536 * 255 * 127 < 2^31``), so a group of any length is
-exact. Small batches run on one core (no thread wake-up cost); larger ones split row chunks x column blocks over
-the numba threads. Each kernel layout is a permutation of the codes, so the stored tensors are re-derived from it
-bit for bit (``untile_rows``, ``untile_scales``: the kernels' ``unprepare``) and the layer keeps no other copy;
-``cached_bytes`` is what it holds.
+Bound: int32 accumulators see at most ``BLOCK`` inputs before they are added into int64 (``|q w| <= 127 * 128`` per
+product: ``65536 * 127 * 128 < 2^31``), so a group of any length is exact. Calls below ``PARALLEL_MACS`` run on the
+calling thread; larger ones cut row chunks x column blocks that the numba threads take one at a time
+(``qwave.kernels.work``). Each kernel layout is a permutation of the codes, so the stored tensors are re-derived
+from it bit for bit (``untile_rows``, ``untile_scales``: the kernels' ``unprepare``) and the layer keeps no other
+copy; ``cached_bytes`` is what it holds.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from qwave.errors import FormatError
 from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
 
 TILES = {"avx2": 16, "avx512vnni": 64}  # output columns per register tile
@@ -50,8 +50,9 @@ CHAIN4, CHAIN2 = 8, 40  # avx2: steps of 4 inputs summed in int16 before widenin
 ROW_CHUNK = 64  # batch rows per work item
 COL_BLOCK = 64  # output columns per work item
 CHAIN_LAYERS = 8  # most layers one compiled chain call runs (``chain_layers``)
-PARALLEL_MACS = 1 << 18  # below this many multiply-adds a call stays on one thread (measured: 2 threads pay off
-# from a 640 x 320 layer at batch 1 up)
+PARALLEL_MACS = 1 << 21  # below this many multiply-adds a call stays on the calling thread (``qwave.kernels.work``;
+# measured on 2 threads, forced AVX2: batch 1 and 2 of the reference MLP gain nothing from a second thread, batch 4
+# of its 1536 x 640 layer does)
 
 
 @dataclass
@@ -62,7 +63,7 @@ class IntWeights:
     bits: int  # 8: signed codes; 4 or 2: unsigned codes u with code = alpha * u - beta
     codes: np.ndarray  # [tiles, bytes per tile] (see the module docstring)
     scale: np.ndarray  # float32 [groups, tiles * tile] (0 on padded columns)
-    offset: np.ndarray  # int64 [groups, tiles * tile]: 128 * sum(w) (bits 8 on avx512vnni; else empty)
+    column_sums: np.ndarray  # int32 [groups, tiles * tile]: sum of the (signed) codes per group and column
     alpha: int
     beta: int
     out_features: int
@@ -72,7 +73,7 @@ class IntWeights:
 
     @property
     def cached_bytes(self) -> int:
-        return int(self.codes.nbytes + self.scale.nbytes + self.offset.nbytes)
+        return int(self.codes.nbytes + self.scale.nbytes + self.column_sums.nbytes)
 
 
 def group_layout(in_features: int, group_size: int | None, step: int = 4) -> tuple[int, int, int]:
@@ -100,6 +101,18 @@ def tile_scales(scale: torch.Tensor, out_features: int, groups: int, tile: int) 
     return full
 
 
+def column_sums(codes: np.ndarray, groups: int, size: int, tile: int) -> np.ndarray:
+    """Signed integer codes ``[out, in]`` -> int32 ``[groups, tiles * tile]``: the sum of each column's codes over
+    each group of ``size`` inputs (0 on padded columns), which the kernels multiply by a row's zero point (int32:
+    ``|sum| <= 128 * size`` holds for groups below 2^24 inputs; longer ones are refused)."""
+    out, n = codes.shape
+    if size >= 1 << 24:
+        raise FormatError(f"a weight group of {size} inputs is too long for the W·A8 kernels (at most {(1 << 24) - 1})")
+    full = np.zeros((math.ceil(out / tile) * tile, groups * size), np.int64)
+    full[:out, :n] = codes
+    return np.ascontiguousarray(full.reshape(full.shape[0], groups, size).sum(axis=2).T.astype(np.int32))
+
+
 def untile_rows(tiled: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
     """Inverse of :func:`tile_rows`: ``[tiles, groups, padded / 4, tile, 4]`` -> codes ``[out, in]`` (padding
     dropped)."""
@@ -118,36 +131,41 @@ if FAST_KERNELS:
     from numba import njit, prange
 
     from qwave.kernels._simd import (
-        abs_i8,
+        activate,
         bcast4_i8x32,
         bcast4_i32x16,
         dpbusd,
+        load_f32x8,
         load_i8x32,
         load_i32x8,
         load_i32x16,
         maddubs,
         shr_mask,
-        sign_i8,
+        splat_f32x8,
+        splat_i32x8,
         store,
+        to_f32,
         vadd,
+        vmul,
+        vsub,
         widen_pairs,
         zero_i16x16,
         zero_i32x8,
         zero_i32x16,
     )
-    from qwave.kernels.act8 import OFFSET, SIGNED, emit, quantize_rows
+    from qwave.kernels.act8 import emit, quantize_rows
+    from qwave.kernels.work import MAX_THREADS, take
 
     # ---- avx2 register tiles: 4 rows x 16 columns (8 int32x8 accumulators), and 1 row x 16 columns --------------
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
-    def _mac(acc, q, w, w_abs, signed):
-        """``acc + 4-product dots`` of one broadcast activation word ``q`` and one weight vector (8 columns)."""
-        if signed:
-            return vadd(acc, widen_pairs(maddubs(w_abs, sign_i8(q, w))))
+    def _mac(acc, q, w):
+        """``acc + 4-product dots`` of one broadcast activation word ``q`` (codes 0..127) and one weight vector (8
+        columns)."""
         return vadd(acc, widen_pairs(maddubs(q, w)))
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
-    def _int8_4x16(qs, wf, x0, width, w0, steps, signed):
+    def _int8_4x16(qs, wf, x0, width, w0, steps):
         """Eight int32x8 accumulators: rows ``x0 + i * width`` (i < 4) x 16 columns over ``steps`` k/4 steps."""
         a00 = zero_i32x8(); a01 = zero_i32x8(); a10 = zero_i32x8(); a11 = zero_i32x8()  # noqa: E702
         a20 = zero_i32x8(); a21 = zero_i32x8(); a30 = zero_i32x8(); a31 = zero_i32x8()  # noqa: E702
@@ -155,33 +173,32 @@ if FAST_KERNELS:
         for s in range(steps):
             wk, k = w0 + 64 * s, 4 * s
             b0, b1 = load_i8x32(wf, wk), load_i8x32(wf, wk + 32)
-            c0, c1 = (abs_i8(b0), abs_i8(b1)) if signed else (b0, b1)
             q = bcast4_i8x32(qs, x0 + k)
-            a00 = _mac(a00, q, b0, c0, signed); a01 = _mac(a01, q, b1, c1, signed)  # noqa: E702
+            a00 = _mac(a00, q, b0); a01 = _mac(a01, q, b1)  # noqa: E702
             q = bcast4_i8x32(qs, x1 + k)
-            a10 = _mac(a10, q, b0, c0, signed); a11 = _mac(a11, q, b1, c1, signed)  # noqa: E702
+            a10 = _mac(a10, q, b0); a11 = _mac(a11, q, b1)  # noqa: E702
             q = bcast4_i8x32(qs, x2 + k)
-            a20 = _mac(a20, q, b0, c0, signed); a21 = _mac(a21, q, b1, c1, signed)  # noqa: E702
+            a20 = _mac(a20, q, b0); a21 = _mac(a21, q, b1)  # noqa: E702
             q = bcast4_i8x32(qs, x3 + k)
-            a30 = _mac(a30, q, b0, c0, signed); a31 = _mac(a31, q, b1, c1, signed)  # noqa: E702
+            a30 = _mac(a30, q, b0); a31 = _mac(a31, q, b1)  # noqa: E702
         return a00, a01, a10, a11, a20, a21, a30, a31
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
-    def _int8_1x16(qs, wf, x0, w0, steps, signed):
+    def _int8_1x16(qs, wf, x0, w0, steps):
         """One row x 16 columns, two interleaved accumulator pairs (latency hiding for batch 1)."""
         a0 = zero_i32x8(); a1 = zero_i32x8(); b0 = zero_i32x8(); b1 = zero_i32x8()  # noqa: E702
         s = 0
         while s + 1 < steps:
             wk, k = w0 + 64 * s, x0 + 4 * s
             q, v0, v1 = bcast4_i8x32(qs, k), load_i8x32(wf, wk), load_i8x32(wf, wk + 32)
-            a0 = _mac(a0, q, v0, abs_i8(v0), signed); a1 = _mac(a1, q, v1, abs_i8(v1), signed)  # noqa: E702
+            a0 = _mac(a0, q, v0); a1 = _mac(a1, q, v1)  # noqa: E702
             q, v0, v1 = bcast4_i8x32(qs, k + 4), load_i8x32(wf, wk + 64), load_i8x32(wf, wk + 96)
-            b0 = _mac(b0, q, v0, abs_i8(v0), signed); b1 = _mac(b1, q, v1, abs_i8(v1), signed)  # noqa: E702
+            b0 = _mac(b0, q, v0); b1 = _mac(b1, q, v1)  # noqa: E702
             s += 2
         if s < steps:
             wk, k = w0 + 64 * s, x0 + 4 * s
             q, v0, v1 = bcast4_i8x32(qs, k), load_i8x32(wf, wk), load_i8x32(wf, wk + 32)
-            a0 = _mac(a0, q, v0, abs_i8(v0), signed); a1 = _mac(a1, q, v1, abs_i8(v1), signed)  # noqa: E702
+            a0 = _mac(a0, q, v0); a1 = _mac(a1, q, v1)  # noqa: E702
         return vadd(a0, b0), vadd(a1, b1)
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
@@ -334,17 +351,56 @@ if FAST_KERNELS:
         return c0, c1, c2, c3
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
-    def _epilogue(f, total, rows, r, g, c0, tile, sums, w_scale, offset, alpha, beta):
-        """``f += float32(alpha * total - beta * sum(q_x) - offset) * s_w`` for one group of one register tile."""
-        sc = w_scale[g, c0 : c0 + tile]
+    def _epilogue(f, total, rows, r, g, c0, tile, sums, zero, w_scale, colsum, alpha, beta):
+        """``f += float32(alpha * total - beta * sum(q) - z * colsum) * s_w`` for one group of one register tile:
+        ``dot_g`` of ``q - z`` with the signed codes ``alpha * u - beta``."""
+        sc, cs = w_scale[g, c0 : c0 + tile], colsum[g, c0 : c0 + tile]
         for i in range(rows):
-            correction = beta * np.int64(sums[r + i, g])
+            correction, z = beta * np.int64(sums[r + i, g]), np.int64(zero[r + i])
             for c in range(tile):
-                off = offset[g, c0 + c] if offset.shape[0] > 0 else 0
-                f[i, c] += np.float32(alpha * total[i, c] - correction - off) * sc[c]
+                f[i, c] += np.float32(alpha * total[i, c] - correction - z * cs[c]) * sc[c]
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _block_avx2(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, r0,
+    def _tile4_avx2(qs, wf, r, c0, a_width, w_step, sums, zero, x_scale, w_scale, colsum, bits, alpha, beta, chain,
+                    n_out, groups, padded, bias, act, outf, acc, fv):
+        """Four rows x one full tile of 16 columns when every group fits one int32 pass (at most ``BLOCK``
+        inputs), with the epilogue in vectors: ``dot = alpha * acc - beta * sum(q) - z * colsum`` in wrapping int32
+        (exact: ``|dot| <= 127 * 128 * BLOCK < 2^31``), ``f += float32(dot) * s_w`` per group, then ``act(f * s_x
+        + bias)``: the float32 operations of ``_epilogue`` and ``emit`` in the same order."""
+        steps_g = padded // 4
+        fv[:] = 0.0
+        for g in range(groups):
+            x0, w0 = r * a_width + g * padded, g * steps_g * w_step
+            if bits == 8:
+                v = _int8_4x16(qs, wf, x0, a_width, w0, steps_g)
+                for j in range(8):
+                    store(acc, 8 * j, v[j])
+            else:
+                acc[:] = 0
+                if bits == 4:
+                    _low_4x16(qs, wf, x0, a_width, w0, steps_g, 4, chain, acc)
+                else:
+                    _low_4x16(qs, wf, x0, a_width, w0, steps_g, 2, chain, acc)
+            cs, sc = colsum[g], w_scale[g]
+            for i in range(4):
+                z, correction = splat_i32x8(zero[r + i]), splat_i32x8(beta * sums[r + i, g])
+                for h in range(2):
+                    d = load_i32x8(acc, 16 * i + 8 * h)
+                    if alpha != 1:
+                        d = vmul(d, splat_i32x8(alpha))
+                    d = vsub(vsub(d, correction), vmul(z, load_i32x8(cs, c0 + 8 * h)))
+                    k = 16 * i + 8 * h
+                    store(fv, k, vadd(load_f32x8(fv, k), vmul(to_f32(d), load_f32x8(sc, c0 + 8 * h))))
+        for i in range(4):
+            xs = splat_f32x8(x_scale[r + i])
+            for h in range(2):
+                y = vmul(load_f32x8(fv, 16 * i + 8 * h), xs)
+                if bias.shape[0] > 0:
+                    y = vadd(y, load_f32x8(bias, c0 + 8 * h))
+                store(outf, (r + i) * n_out + c0 + 8 * h, activate(y, act))
+
+    @njit(cache=True, boundscheck=False, nogil=True)
+    def _block_avx2(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out, groups, padded, r0,
                     r1, t0, t1, bias, act, out):
         """Output rows ``r0:r1`` x column tiles ``t0:t1`` (16 outputs each) of the ``avx2`` variant."""
         width, steps_g, block = groups * padded, padded // 4, BLOCK // 4
@@ -353,13 +409,15 @@ if FAST_KERNELS:
         acc = np.empty(64, dtype=np.int32)
         total = np.empty((4, 16), dtype=np.int64)
         f = np.empty((4, 16), dtype=np.float32)
+        fv, outf = f.reshape(-1), out.reshape(-1)
         for t in range(t0, t1):
             wf, c0 = w[t], t * 16
             for r in range(r0, r1, 4):
                 rows = min(4, r1 - r)
-                signed = False
-                for i in range(rows):
-                    signed |= neg[r + i]
+                if rows == 4 and steps_g <= block and c0 + 16 <= n_out:
+                    _tile4_avx2(qs, wf, r, c0, width, step_bytes, sums, zero, x_scale, w_scale, colsum, bits, alpha,
+                                beta, chain, n_out, groups, padded, bias, act, outf, acc, fv)
+                    continue
                 f[:] = 0.0
                 for g in range(groups):
                     total[:] = 0
@@ -367,10 +425,7 @@ if FAST_KERNELS:
                         n = min(block, steps_g - b)
                         x0, w0 = r * width + g * padded + 4 * b, (g * steps_g + b) * step_bytes
                         if rows == 4 and bits == 8:
-                            if signed:
-                                v = _int8_4x16(qs, wf, x0, width, w0, n, True)
-                            else:
-                                v = _int8_4x16(qs, wf, x0, width, w0, n, False)
+                            v = _int8_4x16(qs, wf, x0, width, w0, n)
                             for j in range(8):
                                 store(acc, 8 * j, v[j])
                         elif rows == 4:
@@ -382,10 +437,8 @@ if FAST_KERNELS:
                         else:
                             for i in range(rows):
                                 xi = x0 + i * width
-                                if bits == 8 and neg[r + i]:
-                                    lo, hi = _int8_1x16(qs, wf, xi, w0, n, True)
-                                elif bits == 8:
-                                    lo, hi = _int8_1x16(qs, wf, xi, w0, n, False)
+                                if bits == 8:
+                                    lo, hi = _int8_1x16(qs, wf, xi, w0, n)
                                 elif bits == 4:
                                     lo, hi = _low_1x16(qs, wf, xi, w0, n, 4, chain)
                                 else:
@@ -394,11 +447,11 @@ if FAST_KERNELS:
                         for i in range(rows):
                             for c in range(16):
                                 total[i, c] += acc[16 * i + c]
-                    _epilogue(f, total, rows, r, g, c0, 16, sums, w_scale, offset, alpha, beta)
+                    _epilogue(f, total, rows, r, g, c0, 16, sums, zero, w_scale, colsum, alpha, beta)
                 emit(f, rows, r, c0, min(16, n_out - c0), x_scale, bias, act, out)
 
     @njit(cache=True, boundscheck=False, nogil=True)
-    def _block_512(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, r0,
+    def _block_512(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out, groups, padded, r0,
                    r1, t0, t1, bias, act, out):
         """Output rows ``r0:r1`` x column tiles ``t0:t1`` (64 outputs each) of the ``avx512vnni`` variant."""
         width, steps_g, block = groups * padded, padded // 4, BLOCK // 4
@@ -433,7 +486,7 @@ if FAST_KERNELS:
                         for i in range(rows):
                             for c in range(64):
                                 total[i, c] += acc[64 * i + c]
-                    _epilogue(f, total, rows, r, g, c0, 64, sums, w_scale, offset, alpha, beta)
+                    _epilogue(f, total, rows, r, g, c0, 64, sums, zero, w_scale, colsum, alpha, beta)
                 emit(f, rows, r, c0, min(64, n_out - c0), x_scale, bias, act, out)
 
     def _driver(wide: bool):
@@ -444,30 +497,34 @@ if FAST_KERNELS:
         tile = TILES["avx512vnni" if wide else "avx2"]
 
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-        def gemm(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, bias,
+        def gemm(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out, groups, padded, bias,
                  act, out, parallel):
             m, n_tiles = a.shape[0], w.shape[0]
             if not parallel:
                 if wide:
-                    _block_512(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups,
+                    _block_512(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out, groups,
                                padded, 0, m, 0, n_tiles, bias, act, out)
                 else:
-                    _block_avx2(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups,
+                    _block_avx2(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out, groups,
                                 padded, 0, m, 0, n_tiles, bias, act, out)
                 return
             per_block = max(1, COL_BLOCK // tile)
             n_blocks = (n_tiles + per_block - 1) // per_block
             chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
-            n_chunks = (m + chunk - 1) // chunk
-            for item in prange(n_chunks * n_blocks):
-                r0, t0 = (item // n_blocks) * chunk, (item % n_blocks) * per_block
-                r1, t1 = min(m, r0 + chunk), min(n_tiles, t0 + per_block)
-                if wide:
-                    _block_512(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups,
-                               padded, r0, r1, t0, t1, bias, act, out)
-                else:
-                    _block_avx2(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups,
-                                padded, r0, r1, t0, t1, bias, act, out)
+            n_items = ((m + chunk - 1) // chunk) * n_blocks
+            counter = np.zeros(1, np.int64)
+            for _ in prange(min(n_items, MAX_THREADS)):  # items handed out one at a time (``qwave.kernels.work``)
+                item = take(counter)
+                while item < n_items:
+                    r0, t0 = (item // n_blocks) * chunk, (item % n_blocks) * per_block
+                    r1, t1 = min(m, r0 + chunk), min(n_tiles, t0 + per_block)
+                    if wide:
+                        _block_512(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out,
+                                   groups, padded, r0, r1, t0, t1, bias, act, out)
+                    else:
+                        _block_avx2(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out,
+                                    groups, padded, r0, r1, t0, t1, bias, act, out)
+                    item = take(counter)
 
         return gemm
 
@@ -476,8 +533,8 @@ if FAST_KERNELS:
 
     def _chain(wide: bool):
         """Consecutive W·A8 layers in one compiled call (the fused path's batch-1 case: no Python between layers).
-        ``layers`` is a tuple of ``CHAIN_LAYERS`` entries ``(codes as uint8, scale, offset, bias, meta)``, the first
-        ``count`` real (the rest empty, so every depth shares one compiled signature), ``meta`` int64 ``[bits,
+        ``layers`` is a tuple of ``CHAIN_LAYERS`` entries ``(codes as uint8, scale, column sums, bias, meta)``, the
+        first ``count`` real (the rest empty, so every depth shares one compiled signature), ``meta`` int64 ``[bits,
         alpha, beta, chain, out, in, group size, groups, padded group, act]``; each layer is what ``linear_np``
         computes."""
 
@@ -485,19 +542,18 @@ if FAST_KERNELS:
         def chain(x, layers, count):
             h = x
             for i in range(count):
-                codes, scale, offset, bias, meta = layers[i]
+                codes, scale, colsum, bias, meta = layers[i]
                 bits, alpha, beta, steps, n_out = meta[0], meta[1], meta[2], meta[3], meta[4]
                 n_in, group_size, groups, padded, act = meta[5], meta[6], meta[7], meta[8], meta[9]
                 m = h.shape[0]
                 parallel = m * n_out * n_in >= PARALLEL_MACS
-                layout = OFFSET if bits == 8 and wide else SIGNED
-                a, _, x_scale, sums, neg = quantize_rows(h, group_size, groups, padded, layout, parallel)
+                a, x_scale, zero, sums = quantize_rows(h, group_size, groups, padded, parallel)
                 out = np.empty((m, n_out), dtype=np.float32)
                 if wide:
-                    GEMM_512(a, sums, neg, x_scale, codes, scale, offset, bits, alpha, beta, steps, n_out, groups,
+                    GEMM_512(a, sums, zero, x_scale, codes, scale, colsum, bits, alpha, beta, steps, n_out, groups,
                              padded, bias, act, out, parallel)
                 else:
-                    GEMM_AVX2(a, sums, neg, x_scale, codes, scale, offset, bits, alpha, beta, steps, n_out, groups,
+                    GEMM_AVX2(a, sums, zero, x_scale, codes, scale, colsum, bits, alpha, beta, steps, n_out, groups,
                               padded, bias, act, out, parallel)
                 h = out
             return h
@@ -505,7 +561,7 @@ if FAST_KERNELS:
         return chain
 
     CHAIN = {"avx2": _chain(False), "avx512vnni": _chain(True)}
-    _EMPTY_LAYER = (np.empty((0, 0), np.uint8), np.empty((0, 0), np.float32), np.empty((0, 0), np.int64),
+    _EMPTY_LAYER = (np.empty((0, 0), np.uint8), np.empty((0, 0), np.float32), np.empty((0, 0), np.int32),
                     np.empty(0, np.float32), np.zeros(10, np.int64))
 
     def chain_layers(layers: list[tuple[IntWeights, np.ndarray, int]]):
@@ -515,7 +571,7 @@ if FAST_KERNELS:
         if len(layers) > CHAIN_LAYERS or len({w.isa for w, _, _ in layers}) != 1:
             return None
         entries = tuple(
-            (w.codes.view(np.uint8), w.scale, w.offset, np.ascontiguousarray(bias, np.float32),
+            (w.codes.view(np.uint8), w.scale, w.column_sums, np.ascontiguousarray(bias, np.float32),
              np.array([w.bits, w.alpha, w.beta, CHAIN4 if w.bits == 4 else CHAIN2, w.out_features, w.in_features,
                        w.group_size, w.scale.shape[0], w.padded_group, act], np.int64))
             for w, bias, act in layers
@@ -528,11 +584,10 @@ if FAST_KERNELS:
         m, n_out = x.shape[0], weights.out_features
         groups, padded = weights.scale.shape[0], weights.padded_group
         parallel = m * n_out * weights.in_features >= PARALLEL_MACS
-        layout = OFFSET if weights.bits == 8 and weights.isa == "avx512vnni" else SIGNED
-        a, _, x_scale, sums, neg = quantize_rows(x, weights.group_size, groups, padded, layout, parallel)
+        a, x_scale, zero, sums = quantize_rows(x, weights.group_size, groups, padded, parallel)
         out = np.empty((m, n_out), dtype=np.float32)
         chain = CHAIN4 if weights.bits == 4 else CHAIN2
-        GEMM[weights.isa](a, sums, neg, x_scale, weights.codes, weights.scale, weights.offset, weights.bits,
+        GEMM[weights.isa](a, sums, zero, x_scale, weights.codes, weights.scale, weights.column_sums, weights.bits,
                           weights.alpha, weights.beta, chain, n_out, groups, padded, bias, act, out, parallel)
         return out
 

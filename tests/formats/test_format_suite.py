@@ -66,9 +66,12 @@ def brute_force(fmt, x: torch.Tensor, q) -> torch.Tensor:
     exactly as each integer recipe documents."""
     w_codes = q.codes.to(torch.int64)
     if fmt.activations == "int8":
-        x_scale = x.abs().amax(-1, keepdim=True) / 127
+        # 128 levels per row with a zero point: s = (max(x, 0) - min(x, 0)) / 127, codes 0..127 less the zero point
+        lo, hi = x.min(-1, keepdim=True).values.clamp(max=0), x.max(-1, keepdim=True).values.clamp(min=0)
+        x_scale = (hi - lo) / 127
         safe = torch.where(x_scale > 0, x_scale, torch.ones_like(x_scale))
-        x_codes = torch.where(x_scale > 0, (x / safe).round().clamp(-127, 127), 0).to(torch.int64)
+        zero = torch.where(x_scale > 0, (-lo / safe).round().clamp(0, 127), 0)
+        x_codes = torch.where(x_scale > 0, ((x / safe).round() + zero).clamp(0, 127) - zero, 0).to(torch.int64)
         group_size = getattr(fmt, "group_size", None)
         size = q.shape[1] if group_size is None else min(group_size, q.shape[1])
         y = torch.zeros(x.shape[0], q.shape[0])

@@ -44,3 +44,26 @@ def test_bad_grid_and_activation_options_name_the_option():
         get_format("int8", grid="halfstep")
     with pytest.raises(FormatError, match="ternary activations"):
         get_format("ternary", activations="int4")
+
+
+def test_activation_rows_after_a_relu_keep_the_symmetric_int8_codes():
+    """A row with no negative value gets zero point 0 and scale max / 127: the codes of symmetric int8 rows."""
+    from qwave.formats.base import quantize_rows_int8
+
+    x = torch.randn(5, 300, generator=torch.Generator().manual_seed(0)).abs()
+    codes, zero, scale = quantize_rows_int8(x)
+    assert torch.equal(zero, torch.zeros(5, 1)) and torch.equal(scale, x.amax(-1, keepdim=True) / 127)
+    assert torch.equal(codes, (x / scale).round().clamp(-127, 127))
+
+
+def test_activation_codes_span_0_to_127_with_the_zero_point_on_zero():
+    """All-negative, mixed and all-zero rows: codes in 0..127 reaching both ends where the row spans them, the zero
+    point coding 0.0, and code - zero point times the scale within half a step of x."""
+    from qwave.formats.base import quantize_rows_int8
+
+    x = torch.tensor([[-4.0, -1.0, -2.5, -0.5], [-1.0, 0.0, 3.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    codes, zero, scale = quantize_rows_int8(x)
+    assert zero.flatten().tolist() == [127.0, 32.0, 0.0] and codes[2].eq(0).all()
+    assert codes.min() >= 0 and codes.max() <= 127 and codes[0, 0] == 0 and codes[1, 2] == 127
+    assert codes[1, 1] == zero[1, 0]  # 0.0 is exactly representable
+    assert ((codes - zero) * scale - x).abs().max() <= scale.max() / 2 + 1e-6

@@ -7,11 +7,17 @@ import numpy as np
 
 
 def int8_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row int8 codes (int64) and float32 scales: ``s = max|x| / 127``, ``rint(x / s)`` clamped, 0 if ``s == 0``."""
-    s = np.abs(x).max(axis=1) / np.float32(127)
-    safe = np.where(s > 0, s, np.float32(1)).astype(np.float32)
-    q = np.where(s[:, None] > 0, np.clip(np.rint(x / safe[:, None]), -127, 127), 0)
-    return q.astype(np.int64), s.astype(np.float32)
+    """Per-row activation codes less their zero point (int64) and float32 scales: ``lo = min(x, 0)``, ``hi = max(x,
+    0)``, ``s = (hi - lo) / 127``, ``z = clip(rint(-lo / s), 0, 127)``, ``q = clip(rint(x / s) + z, 0, 127)``; all 0
+    where ``s == 0``."""
+    lo = np.minimum(x.min(axis=1), np.float32(0))
+    hi = np.maximum(x.max(axis=1), np.float32(0))
+    s = ((hi - lo) / np.float32(127)).astype(np.float32)
+    live = s > 0
+    safe = np.where(live, s, np.float32(1)).astype(np.float32)
+    z = np.where(live, np.clip(np.rint(-lo / safe), 0, 127), 0)
+    q = np.where(live[:, None], np.clip(np.rint(x / safe[:, None]) + z[:, None], 0, 127), 0)
+    return (q - z[:, None]).astype(np.int64), s
 
 
 def int_dots(a: np.ndarray, w: np.ndarray) -> np.ndarray:

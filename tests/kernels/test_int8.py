@@ -28,12 +28,16 @@ def _codes(out: int, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def _inputs(batch: int, n: int, rng: np.random.Generator, signs: str) -> np.ndarray:
     x = rng.standard_normal((batch, n)).astype(np.float32)
-    if signs == "nonneg":  # rows after a ReLU: the AVX2 variant skips the sign step on these row tiles
+    if signs == "nonneg":  # rows after a ReLU: zero point 0
         x = np.abs(x)
-    elif signs == "ties":  # s_x = 1 on every row, codes exactly on rounding ties and at +-127
-        x[:, 0] = 127.0
-        x[:, 1 : min(n, 40)] = (np.arange(min(n, 40) - 1) - 19) * 0.5
-        x[::2, -1] = -127.0
+    elif signs == "ties":  # s_x = 1 on every row (max - min = 127), zero point 60 on even rows and 0 on odd ones,
+        # codes exactly on rounding ties and at both ends 0 and 127
+        x[1::2] = np.abs(x[1::2])
+        mid = (np.arange(min(n, 40) - 1) - 19) * 0.5
+        x[::2, 1 : min(n, 40)] = mid
+        x[1::2, 1 : min(n, 40)] = mid + 10.0
+        x[::2, 0], x[1::2, 0] = 67.0, 127.0
+        x[::2, -1], x[1::2, -1] = -60.0, 0.0
     return x
 
 
@@ -85,8 +89,9 @@ def test_int8_groups_longer_than_the_int32_bound_stay_exact(isa):
     x = np.full((2, n), 127.0, dtype=np.float32)
     x[1, ::2] = -127.0
     got = int8.KERNEL.run_np(_prepare(codes, np.ones((3, 1), np.float32), None, isa), x, np.empty(0, np.float32), 0)
-    want = (x.astype(np.int64) @ codes.astype(np.int64).T).astype(np.float32)
-    assert np.abs(want).max() > 2**31 and np.array_equal(got, want)
+    q, s = int8_activations(x)
+    dots = q @ codes.astype(np.int64).T
+    assert np.abs(dots).max() > 2**31 and np.array_equal(got, dots.astype(np.float32) * s[:, None])
 
 
 @pytest.mark.parametrize("isa", variants())

@@ -33,13 +33,16 @@ def test_fp32_packing_reproduces_torch_multi_layer_bidirectional(cls):
 
 
 def _int8_matvec(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Brute-force int8 recipe: per-row activation codes, weight codes per output row, integer dot products."""
+    """Brute-force int8 recipe: per-row activation codes less their zero point, weight codes per output row, integer
+    dot products."""
     w_scale = (np.abs(w).max(axis=1) / 127).astype(np.float16).astype(np.float64)
     w_codes = np.clip(np.round(w / w_scale[:, None]), -127, 127).astype(np.int64)
-    x_scale = np.abs(x).max(axis=1) / 127
+    lo, hi = np.minimum(x.min(axis=1), 0), np.maximum(x.max(axis=1), 0)
+    x_scale = (hi - lo) / 127  # 128 levels per row with a zero point
     x_codes = np.zeros(x.shape, dtype=np.int64)
     nz = x_scale > 0
-    x_codes[nz] = np.clip(np.round(x[nz] / x_scale[nz, None]), -127, 127).astype(np.int64)
+    zero = np.round(-lo[nz] / x_scale[nz])[:, None]
+    x_codes[nz] = (np.clip(np.round(x[nz] / x_scale[nz, None]) + zero, 0, 127) - zero).astype(np.int64)
     out = np.zeros((x.shape[0], w.shape[0]))
     for i in range(x.shape[0]):
         for o in range(w.shape[0]):
