@@ -72,7 +72,7 @@ def test_file_holds_exactly_the_state_dict_and_the_manifest_describes_it(tmp_pat
     assert manifest["architecture"] == {"name": "mlp", "config": model.config()}
     assert manifest["layers"]["body.0"] == {
         "format": "int4",
-        "options": {"group_size": 8, "activations": "int8", "grid": "symmetric"},
+        "options": {"group_size": 8, "activations": "int8", "grid": "symmetric", "act_recipe": "zero_point"},
         "shape": [24, 40],
         "bias": True,
         "tensors": ["codes", "scale"],

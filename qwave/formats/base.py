@@ -160,11 +160,13 @@ def registered_formats() -> list[str]:
 
 
 # Options formats gained after artifacts were first written, with the meaning an artifact that lacks them has:
-# int2..int7 and ternary ran float activations (weight-only), and int2 used three levels (-1, 0, 1).
+# int2..int7 and ternary ran float activations (weight-only), int2 used three levels (-1, 0, 1), and int8
+# activations were symmetric (-127..127, before the 128-level zero-point recipe).
 LEGACY_OPTIONS: dict[str, dict] = {
-    **{f"int{k}": {"activations": "float"} for k in range(3, 8)},
-    "int2": {"activations": "float", "grid": "symmetric"},
-    "ternary": {"activations": "float"},
+    "int8": {"act_recipe": "symmetric"},
+    **{f"int{k}": {"activations": "float", "act_recipe": "symmetric"} for k in range(3, 8)},
+    "int2": {"activations": "float", "grid": "symmetric", "act_recipe": "symmetric"},
+    "ternary": {"activations": "float", "act_recipe": "symmetric"},
 }
 
 
@@ -176,6 +178,7 @@ def format_from_manifest(name: str, options: dict) -> QuantFormat:
 
 
 ACTIVATIONS = ("int8", "float")  # the choices of the ``activations`` option of integer-weight formats
+ACT_RECIPES = ("zero_point", "symmetric")  # the choices of ``act_recipe`` (``quantize_rows_int8``)
 
 
 def check_choice(option: str, value, choices: tuple) -> str:
@@ -222,15 +225,19 @@ def scaled_codes(x: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tenso
     return torch.where(scale > 0, (x / divisor).round().clamp(-qmax, qmax), torch.zeros_like(x))
 
 
-def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_rows_int8(x: torch.Tensor, recipe: str = "zero_point") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dynamic per-row activations on 128 levels (fbgemm's ``reduce_range``): ``lo = min(x_row, 0)``, ``hi =
     max(x_row, 0)``, float32 scale ``s = (hi - lo) / 127``, zero point ``z = clamp(rint(-lo / s), 0, 127)``, codes
     ``q = clamp(rint(x / s) + z, 0, 127)`` (round half to even; all 0 where ``s == 0``); the value is ``(q - z) * s``.
 
     Codes below 128 keep AVX2's ``vpmaddubsw`` (unsigned x signed bytes, int16 pairs) exact without a sign step on
     every CPU. A row with no negative value (after a ReLU) gets ``z = 0`` and ``s = max|x_row| / 127``: the same
-    codes as symmetric int8. Returns ``(codes, zero points, scales)`` as float tensors ``[rows, in]``, ``[rows, 1]``,
-    ``[rows, 1]``."""
+    codes as symmetric int8. ``recipe="symmetric"`` is the recipe of artifacts saved before this one (``s =
+    max|x_row| / 127``, codes ``clamp(rint(x / s), -127, 127)``, ``z = 0``), which only the reference recipe runs.
+    Returns ``(codes, zero points, scales)`` as float tensors ``[rows, in]``, ``[rows, 1]``, ``[rows, 1]``."""
+    if recipe == "symmetric":
+        scale = x.abs().amax(dim=-1, keepdim=True) / 127
+        return scaled_codes(x, scale, 127), torch.zeros_like(scale), scale
     lo = x.amin(dim=-1, keepdim=True).clamp(max=0)
     hi = x.amax(dim=-1, keepdim=True).clamp(min=0)
     scale = (hi - lo) / 127
@@ -241,11 +248,12 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return codes, zero, scale
 
 
-def int8_activation_matmul(rows: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, size: int) -> torch.Tensor:
+def int8_activation_matmul(rows: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, size: int,
+                           recipe: str = "zero_point") -> torch.Tensor:
     """The W·A8 recipe: the activation codes less their zero point (``quantize_rows_int8``) times integer weight
     ``codes [out, in]``, exactly per group of ``size`` inputs (float64 holds every int32 sum), ``y = s_x *
     sum_g(float(acc_g) * s_w[:, g])``."""
-    x_codes, x_zero, x_scale = quantize_rows_int8(rows)
+    x_codes, x_zero, x_scale = quantize_rows_int8(rows, recipe)
     x_codes, w_codes = (x_codes - x_zero).double(), codes.double()
     w_scale = scale.float()
     y = torch.zeros(rows.shape[0], codes.shape[0], device=rows.device)
@@ -307,6 +315,7 @@ class FormatBase:
     name: str
     bits: float
     activations: str = "float"
+    act_recipe: str = "zero_point"  # how ``activations == "int8"`` rounds a row (``quantize_rows_int8``)
 
     def _quantize(self, w: torch.Tensor) -> QuantizedTensor:
         raise NotImplementedError
@@ -330,7 +339,7 @@ class FormatBase:
         ``activations == "int8"``, identity for float input (binary / qesc override it)."""
         if self.activations != "int8":
             return x
-        codes, zero, scale = quantize_rows_int8(x.detach().float())
+        codes, zero, scale = quantize_rows_int8(x.detach().float(), self.act_recipe)
         return ste(x, (codes - zero) * scale)
 
     def options(self) -> dict:

@@ -30,6 +30,7 @@ import torch
 
 from qwave.errors import FormatError
 from qwave.formats.base import (
+    ACT_RECIPES,
     ACTIVATIONS,
     FP16_MAX,
     FormatBase,
@@ -70,7 +71,8 @@ class IntK(FormatBase):
     """``bits``-bit integer codes with fp16 scales per output channel or per ``group_size`` inputs."""
 
     def __init__(
-        self, bits: int, group_size: int | None = None, activations: str = "int8", grid: str | None = None
+        self, bits: int, group_size: int | None = None, activations: str = "int8", grid: str | None = None,
+        act_recipe: str = "zero_point",
     ) -> None:
         if not 2 <= int(bits) <= 8:
             raise FormatError(f"integer formats take 2..8 bits; got bits={bits}")
@@ -80,6 +82,7 @@ class IntK(FormatBase):
         self.bits = float(bits)
         self.group_size = None if group_size is None else int(group_size)
         self.activations = check_choice(f"{self.name} activations", activations, ACTIVATIONS)
+        self.act_recipe = check_choice(f"{self.name} act_recipe", act_recipe, ACT_RECIPES)
         self.grid = check_choice(f"{self.name} grid", grid or ("halfstep" if bits == 2 else "symmetric"), GRIDS)
         if self.grid == "halfstep" and bits == 8:
             raise FormatError("int8 grid='halfstep' would need codes up to +-255; use grid='symmetric' (int8's)")
@@ -87,7 +90,8 @@ class IntK(FormatBase):
         self.qmax = 2 ** int(bits) - 1 if self.grid == "halfstep" else 2 ** (int(bits) - 1) - 1
 
     def options(self) -> dict:
-        return {"group_size": self.group_size, "activations": self.activations, "grid": self.grid}
+        return {"group_size": self.group_size, "activations": self.activations, "grid": self.grid,
+                "act_recipe": self.act_recipe}
 
     def _group(self, in_features: int) -> tuple[int, int]:
         """Group width and number of groups for a row of ``in_features`` weights."""
@@ -189,7 +193,7 @@ class IntK(FormatBase):
         if self.activations != "int8":
             y = rows @ self.dequantize(q).T
         else:
-            y = int8_activation_matmul(rows, q.codes, q.scale, self._group(q.shape[1])[0])
+            y = int8_activation_matmul(rows, q.codes, q.scale, self._group(q.shape[1])[0], self.act_recipe)
         return y.reshape(*x.shape[:-1], shape[0])
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from qwave.formats.base import (
+    ACT_RECIPES,
     ACTIVATIONS,
     FP16_MAX,
     FormatBase,
@@ -45,11 +46,12 @@ class Ternary(FormatBase):
 
     name, bits = "ternary", 1.6
 
-    def __init__(self, activations: str = "int8") -> None:
+    def __init__(self, activations: str = "int8", act_recipe: str = "zero_point") -> None:
         self.activations = check_choice("ternary activations", activations, ACTIVATIONS)
+        self.act_recipe = check_choice("ternary act_recipe", act_recipe, ACT_RECIPES)
 
     def options(self) -> dict:
-        return {"activations": self.activations}
+        return {"activations": self.activations, "act_recipe": self.act_recipe}
 
     def _quantize(self, w: torch.Tensor) -> QuantizedTensor:
         return ternarize(w)
@@ -91,13 +93,13 @@ class Ternary(FormatBase):
         rows = as_rows(x, shape[1])
         q = self.unpack(packed, shape)
         if self.activations == "int8":
-            y = int8_activation_matmul(rows, q.codes, q.scale, shape[1])
+            y = int8_activation_matmul(rows, q.codes, q.scale, shape[1], self.act_recipe)
         else:
             y = rows @ self.dequantize(q).T
         return y.reshape(*x.shape[:-1], shape[0])
 
 
 @register("ternary", "bitnet")
-def ternary(activations: str = "int8") -> Ternary:
+def ternary(activations: str = "int8", act_recipe: str = "zero_point") -> Ternary:
     """BitNet b1.58 ternary weights, 1.6 bits per weight; 8-bit activations unless ``activations="float"``."""
-    return Ternary(activations)
+    return Ternary(activations, act_recipe)

@@ -52,7 +52,7 @@ if torch.cuda.is_available():
             prepare=_prepare_int8,
             run=_run_int8,
             cached_bytes=lambda state: int(state["codes"].nbytes + state["scale"].nbytes),
-            supports=lambda fmt: fmt.activations == "int8",
+            supports=lambda fmt: fmt.activations == "int8" and fmt.act_recipe == "zero_point",
         )
     )
     register_kernel(weight_only.build("cuda"))

@@ -605,7 +605,7 @@ if FAST_KERNELS:
                                                             NO_ACTIVATION)),
                 cached_bytes=lambda weights: weights.cached_bytes,
                 unprepare=unprepare,
-                supports=lambda fmt: fmt.activations == "int8",
+                supports=lambda fmt: fmt.activations == "int8" and fmt.act_recipe == "zero_point",
                 run_np=linear_np,
                 chain=chain_layers,
             )
