@@ -448,14 +448,14 @@ if FAST_KERNELS:
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
         def gemm(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups, padded, bias,
                  act, out, parallel):
-            m, n_tiles = a.shape[0], w.shape[0]
+            m, n_tiles, zero = a.shape[0], w.shape[0], np.int64(0)  # int64, not Literal[0]: one compiled block
             if not parallel:
                 if wide:
                     _block_512(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups,
-                               padded, 0, m, 0, n_tiles, bias, act, out)
+                               padded, zero, m, zero, n_tiles, bias, act, out)
                 else:
                     _block_avx2(a, sums, neg, x_scale, w, w_scale, offset, bits, alpha, beta, chain, n_out, groups,
-                                padded, 0, m, 0, n_tiles, bias, act, out)
+                                padded, zero, m, zero, n_tiles, bias, act, out)
                 return
             per_block = max(1, COL_BLOCK // tile)
             n_blocks = (n_tiles + per_block - 1) // per_block
@@ -492,7 +492,7 @@ if FAST_KERNELS:
                 n_in, group_size, groups, padded, act = meta[5], meta[6], meta[7], meta[8], meta[9]
                 m = h.shape[0]
                 parallel = m * n_out * n_in >= PARALLEL_MACS
-                layout = OFFSET if bits == 8 and wide else SIGNED
+                layout = np.int64(OFFSET if bits == 8 and wide else SIGNED)  # not a literal: linear_np's signature
                 a, _, x_scale, sums, neg = quantize_rows(h, group_size, groups, padded, layout, parallel)
                 out = np.empty((m, n_out), dtype=np.float32)
                 if wide:
@@ -534,8 +534,9 @@ if FAST_KERNELS:
         a, _, x_scale, sums, neg = quantize_rows(x, weights.group_size, groups, padded, layout, parallel)
         out = np.empty((m, n_out), dtype=np.float32)
         chain = CHAIN4 if weights.bits == 4 else CHAIN2
-        GEMM[weights.isa](a, sums, neg, x_scale, weights.codes, weights.scale, weights.offset, weights.bits,
-                          weights.alpha, weights.beta, chain, n_out, groups, padded, bias, act, out, parallel)
+        codes = weights.codes.view(np.uint8)  # as the chain passes them: int8 and low-bit share one compiled GEMM
+        GEMM[weights.isa](a, sums, neg, x_scale, codes, weights.scale, weights.offset, weights.bits, weights.alpha,
+                          weights.beta, chain, n_out, groups, padded, bias, act, out, parallel)
         return out
 
     def register_wa8(name: str, formats: tuple[str, ...], prepare, unprepare) -> Kernel:
