@@ -91,8 +91,8 @@ def write_overview(root: Path, rows: list[dict], source: str | None = None) -> N
              "included, packed buffers a kernel re-derives not held); resident / stored: their ratio, flagged "
              "above 1.1x; ms/sample: median of warm forwards of the deployed (fused) path over each test fold "
              "(kernel preparation excluded), mean over runs; speed vs FP32: in each job the model and its FP32 "
-             "twin (the same network with float layers) forward the fold in turn, interleaved, >= 30 rounds: the "
-             "twin's median over the model's, mean over runs (as `qwave speed` sets each method against FP32 eager "
-             "in one process).", "", "![pareto](pareto.png)", ""]
+             "twin (the same network with float layers) forward the fold in turn, interleaved, 30 rounds (fewer "
+             "past 5 s): the twin's median over the model's, mean over runs (as `qwave speed` sets each method "
+             "against FP32 eager in one process).", "", "![pareto](pareto.png)", ""]
     atomic.write_text(root / "report.md", "\n".join(head) + "\n" + markdown_table(rows))
     save_figure(plot_pareto(rows, f"qwave bench {root.name}: accuracy against size and latency"), root / "pareto.png")

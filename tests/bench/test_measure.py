@@ -171,7 +171,7 @@ def test_each_job_records_its_fp32_twin_time_and_the_summary_uses_the_in_job_rat
         records = fold_metrics(fast_config, model)
         for r in records:
             assert r["speed_vs_fp32"] == pytest.approx(r["fp32_twin_ms_per_sample"] / r["inference_ms_per_sample"])
-            assert r["inference_repeats"] >= measure.ROUNDS
+            assert r["inference_repeats"] >= 3 and r["fp32_twin_ms_per_sample"] > 0
         summary = pd.read_csv(Path(fast_config.output_dir) / "t" / "summary.csv").set_index("model")
         fold_means = pd.DataFrame(records).groupby("fold")["speed_vs_fp32"].mean()
         assert summary.loc[model, "speed_vs_fp32"] == pytest.approx(fold_means.mean())
