@@ -47,7 +47,7 @@ def test_ms_per_sample_excludes_the_first_forward(fast_config, monkeypatch) -> N
     run_benchmark(fast_config)
     for record in fold_metrics(fast_config, "fp32"):
         assert record["first_call_seconds"] >= 0.4
-        assert record["inference_seconds"] < 0.2 and record["inference_repeats"] >= 3
+        assert record["inference_seconds"] < 0.4 and record["inference_repeats"] >= 3
         assert record["inference_ms_per_sample"] == 1e3 * record["inference_seconds"] / record["n_test"]
 
 
