@@ -1,8 +1,13 @@
 """What one benchmark job measures besides accuracy: warm inference time, its own peak memory, the kernels that ran.
 
 - **Time**: the first forward of a loaded artifact prepares the kernels' weight layouts (and compiles them on first
-  use in the process), so it is timed apart (``first_call_seconds``); ``ms/sample`` is the median of ``repeats``
-  forwards over the whole test fold after it.
+  use in the process), so it is timed apart (``first_call_seconds``). Then the deployed path (the fused
+  whole-model kernels where the model fuses, as ``qwave.load`` runs it) and the model's FP32 twin (the same network
+  with float ``nn.Linear`` layers, ``eval.speed.float_twin``) forward the whole test fold in turn, interleaved
+  round-robin after a warm-up, ``ROUNDS`` rounds and ``MIN_SECONDS`` at least (fewer rounds, never under 3, when
+  they take over ``MAX_SECONDS``, e.g. a large fold on a crowded machine): ``ms/sample`` is the model's
+  median, ``speed_vs_fp32`` the twin's median over it, measured in the same process under the same load (as
+  ``qwave speed`` sets each method against FP32 eager), not across jobs run at different times.
 - **Memory**: a job's peak resident memory, not the process's peak so far. On Linux the kernel's peak-RSS
   counter (``VmHWM``) is reset at the start of the job (``/proc/self/clear_refs`` <- 5) and read at its end, and
   the resident memory at the start is recorded too, so ``peak_rss_delta_mb`` is what the job added. Where that
@@ -24,6 +29,7 @@ import torch
 from torch import nn
 
 from qwave import kernels
+from qwave.eval.speed import float_twin, time_round_robin
 from qwave.nn.fused import FUSED_SUFFIX, deployed
 from qwave.train import predict_logits
 
@@ -32,32 +38,40 @@ log = logging.getLogger(__name__)
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 _warned: set[tuple[str, str]] = set()
+# warm rounds (model, FP32 twin) per job: ROUNDS and MIN_SECONDS at least, unless MAX_SECONDS pass first (>= 3 rounds)
+ROUNDS, MIN_SECONDS, MAX_SECONDS = 30, 0.5, 5.0
 
 
 @dataclass
 class Timing:
-    """Logits of the timed model and how long its first and its warm forwards took."""
+    """Logits of the timed model, how long its first and its warm forwards took, and its FP32 twin's."""
 
     logits: torch.Tensor
     first_call_seconds: float
     seconds: float  # median of the warm repeats
     repeats: int
+    fp32_seconds: float  # the FP32 twin's median, timed interleaved with the model's
+
+    @property
+    def speed_vs_fp32(self) -> float:
+        return self.fp32_seconds / self.seconds if self.seconds > 0 else float("inf")
 
 
-def timed_inference(model: nn.Module, X: torch.Tensor, repeats: int = 5) -> Timing:
+def timed_inference(model: nn.Module, X: torch.Tensor, rounds: int = ROUNDS, min_seconds: float = MIN_SECONDS,
+                    max_seconds: float = MAX_SECONDS, clock: str = "wall") -> Timing:
     """The path a deployed model runs (``nn.fused.deployed``: fused when the model fuses, as ``qwave.load``'s
-    classifier does): one warm-up forward (timed apart with the compile step: kernel preparation), then the median
-    of ``repeats`` warm forwards."""
+    classifier does): one first forward (timed apart with the compile step: kernel preparation), then warm forwards
+    of it and of its FP32 twin interleaved (see the module docstring): the medians of each. ``clock="cpu"``: the
+    warm forwards are timed by process CPU time (``eval.speed.time_round_robin``; one thread on a crowded machine)."""
     start = time.perf_counter()
     forward = deployed(model)
     logits = predict_logits(forward, X)
     first = time.perf_counter() - start
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        predict_logits(forward, X)
-        times.append(time.perf_counter() - start)
-    return Timing(logits, first, statistics.median(times), len(times))
+    twin = float_twin(model)
+    times = time_round_robin({"model": lambda: predict_logits(forward, X), "fp32": lambda: predict_logits(twin, X)},
+                             warmup=2, repeats=rounds, min_seconds=min_seconds, max_seconds=max_seconds, clock=clock)
+    return Timing(logits, first, float(statistics.median(times["model"])), len(times["model"]),
+                  float(statistics.median(times["fp32"])))
 
 
 def _status_kb(field: str) -> int | None:

@@ -41,6 +41,7 @@ def summarize_model(model_dir: Path, runs: list[dict]) -> dict:
         "train_seconds": aggregate([r["train"]["train_seconds"] for r in runs]),
         "epochs_run": aggregate([r["train"]["epochs_run"] for r in runs]),
         "inference_ms_per_sample": aggregate([r["inference_ms_per_sample"] for r in runs]),
+        **twin_speed(runs),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         **resident_and_kernels(runs),
         "min_artifact_agreement": min(r["artifact_agreement"]["top1_agreement"] for r in runs),
@@ -51,6 +52,14 @@ def summarize_model(model_dir: Path, runs: list[dict]) -> dict:
         summary["active_bytes"] = aggregate([r.get("active_bytes") for r in runs])
     atomic.write_json(model_dir / "summary.json", summary)
     return summary
+
+
+def twin_speed(runs: list[dict]) -> dict:
+    """``speed_vs_fp32``: each job's FP32 twin time over the model's, measured interleaved in the job (mean, std
+    over runs), when every run recorded it (runs made before it existed did not: the table then divides ms/sample
+    of separate jobs)."""
+    ratios = [r.get("speed_vs_fp32") for r in runs]
+    return {} if any(v is None for v in ratios) else {"speed_vs_fp32": aggregate(ratios)}
 
 
 def resident_and_kernels(runs: list[dict]) -> dict:
@@ -66,10 +75,12 @@ def resident_and_kernels(runs: list[dict]) -> dict:
 
 
 def speed_vs_fp32(rows: list[dict]) -> None:
-    """Set each row's ``speed_vs_fp32`` (FP32 ms/sample over the row's) when an FP32 row is present."""
+    """Set ``speed_vs_fp32`` of the rows without an in-job measurement (``twin_speed``) to the FP32 row's ms/sample
+    over theirs when an FP32 row is present."""
     base = next((r["infer_ms_per_sample"] for r in rows if r["model"] in ("fp32", "esc")), None)
     for r in rows:
-        r["speed_vs_fp32"] = base / r["infer_ms_per_sample"] if base and r["infer_ms_per_sample"] else None
+        if r.get("speed_vs_fp32") is None:
+            r["speed_vs_fp32"] = base / r["infer_ms_per_sample"] if base and r["infer_ms_per_sample"] else None
 
 
 def summary_row(summary: dict, fp32_bytes: int | None) -> dict:
@@ -91,6 +102,7 @@ def summary_row(summary: dict, fp32_bytes: int | None) -> dict:
     row["train_s_mean"] = summary["train_seconds"]["mean"]
     row["infer_ms_per_sample"] = summary["inference_ms_per_sample"]["mean"]
     row["infer_ms_std"] = summary["inference_ms_per_sample"]["std"]
+    row["speed_vs_fp32"] = summary["speed_vs_fp32"]["mean"] if "speed_vs_fp32" in summary else None
     return row
 
 

@@ -4,7 +4,10 @@ Prints versions (qwave, Python, torch, numpy, numba, optional backends), the CPU
 for the kernels, thread counts, the CUDA device when present, and per registered format which kernel runs and
 whether it reproduces the format's reference ``matmul`` on a tiny odd-shaped input (and, where the kernel has a
 whole-chain entry point, whether the fused path's chain call gives the kernel's output bit for bit). Running it
-compiles every kernel this CPU uses into numba's cache. Exit code 1 when a self-check fails.
+compiles every kernel this CPU uses into numba's cache: numba compiles one function at a time per process, so with
+several cores the formats whose kernels share no compiled code are checked first in helper processes (``--jobs``),
+which fill the cache while this process checks the rest; then every check runs here, loading what they compiled.
+Exit code 1 when a self-check fails.
 """
 
 from __future__ import annotations
@@ -12,13 +15,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
+import subprocess
 import sys
 
 import numpy as np
 import torch
 
 from qwave import kernels
+from qwave.errors import ConfigError
 
 OPTIONAL = ("numba", "llvmlite", "onnxruntime", "onnx", "torchao", "triton", "safetensors", "hydra", "matplotlib")
 FLAGS = ("avx2", "fma", "popcnt", "bmi2", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avxvnni",
@@ -112,8 +118,49 @@ def self_check(name: str, device: str = "cpu") -> dict:
             "inverse_exact": inverse}
 
 
-def report() -> dict:
-    """Everything ``qwave doctor`` prints, as data."""
+def kernel_families(names: list[str]) -> list[list[str]]:
+    """The formats grouped by the module their CPU kernel runs from (formats of one module share compiled
+    functions, so one process should compile them), largest group first; formats without a fast kernel apart."""
+    from qwave.formats import get_format
+
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        kernel = kernels.kernel_for(get_format(name), "cpu")
+        groups.setdefault("reference" if kernel is None else kernel.run.__module__, []).append(name)
+    return sorted(groups.values(), key=len, reverse=True)
+
+
+def compile_elsewhere(families: list[list[str]], jobs: int) -> list[subprocess.Popen]:
+    """Start up to ``jobs - 1`` helper processes that self-check (and so compile into the shared numba cache) all
+    families but the first, which this process checks meanwhile. None when the kernels are off or the cache cannot
+    be shared (an unwritable folder: each process would compile for itself)."""
+    status = kernels.status()
+    rest = families[1:]
+    if jobs < 2 or not rest or not status["fast_kernels"] or not status["cache_writable"]:
+        return []
+    shares = [rest[i::jobs - 1] for i in range(min(jobs - 1, len(rest)))]
+    code = "import sys; from qwave.commands.doctor import self_check; [self_check(n) for n in sys.argv[1:]]"
+    return [subprocess.Popen([sys.executable, "-c", code, *(n for family in share for n in family)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for share in shares]
+
+
+def cpu_checks(names: list[str], jobs: int) -> list[dict]:
+    """``self_check`` of every format on the CPU, in ``names``' order, compiling on up to ``jobs`` processes."""
+    families = kernel_families(names)
+    helpers = compile_elsewhere(families, jobs)
+    checks = {name: self_check(name) for name in (families[0] if helpers else [])}
+    for helper in helpers:
+        helper.wait()  # a helper that failed leaves its kernels to compile here; its result is not used
+    return [checks[name] if name in checks else self_check(name) for name in names]
+
+
+def default_jobs() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def report(jobs: int = 1) -> dict:
+    """Everything ``qwave doctor`` prints, as data (``jobs``: processes that may compile kernels at once)."""
     from qwave.formats import registered_formats
 
     versions = {"qwave": _version("qwave"), "python": sys.version.split()[0], "torch": torch.__version__,
@@ -124,15 +171,20 @@ def report() -> dict:
         props = torch.cuda.get_device_properties(0)
         cuda = {"device": props.name, "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda}
     devices = ["cpu"] + (["cuda"] if cuda else [])
-    checks = [self_check(name, device) for device in devices for name in registered_formats()]
+    checks = cpu_checks(registered_formats(), jobs)
+    checks += [self_check(name, device) for device in devices[1:] for name in registered_formats()]
     return {"versions": versions, "cpu": cpu_info(), "cuda": cuda, "kernels": kernels.status(), "self_checks": checks}
 
 
 def run(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="qwave doctor", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--jobs", type=int, default=default_jobs(),
+                   help="processes that compile kernels at once (default: this machine's cores)")
     args = p.parse_args(argv)
-    data = report()
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1; got {args.jobs}")
+    data = report(args.jobs)
     failed = [c for c in data["self_checks"] if not c["ok"]]
     if args.json:
         print(json.dumps(data, indent=2))

@@ -3,8 +3,11 @@
 Every method runs side by side in one process with the same thread count, inputs and timing rules, interleaved
 round-robin (one call of each per round; medians over the rounds). Methods:
 FP32 PyTorch eager, torch ``quantize_dynamic`` int8, each qwave format (packed per-layer path and the fused
-whole-model path), torchao int8 and ONNX Runtime FP32/int8 when installed. A per-layer audit table names the
-kernel each packed layer actually ran and warns about any fallback to the PyTorch reference recipe.
+whole-model path), torchao int8 and ONNX Runtime FP32/int8 when installed. ONNX Runtime appears twice: as users
+run it (``-default``: its default session, whose idle threads spin after each run, so it is timed in a block of its
+own before the interleaved rounds, which warm every method up again after it) and with spinning off (``-nospin``,
+interleaved with the others). A per-layer audit table names the kernel each packed layer actually ran and warns
+about any fallback to the PyTorch reference recipe.
 
 ``--isa avx2`` runs the same measurement in a child process that treats this CPU as an AVX2-only one (numba
 compiles for Zen 3 without AVX-512 / VNNI, so the kernels take their AVX2 variants; torch, MKL and oneDNN are
@@ -35,6 +38,8 @@ from qwave.eval import speed
 log = logging.getLogger(__name__)
 DEFAULT_FORMATS = "int8,binary,qesc,int4,int2,ternary,fp16,bf16"
 FORCED_ISA = "QWAVE_SPEED_FORCED_ISA"  # set in the child process of --isa avx2
+DEFAULT_SESSION, NO_SPIN = "-default", "-nospin"  # ONNX Runtime as users run it / with its threads' spinning off
+INTERLEAVED, OWN_BLOCK = "interleaved", "own block"  # how a method was timed (the ``timing`` column)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -71,9 +76,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _peer_methods(model: nn.Module, in_dim: int, notes: list[str]) -> dict[str, Callable]:
-    """torch dynamic int8 always; torchao and ONNX Runtime only when installed."""
+def _peer_methods(model: nn.Module, in_dim: int, notes: list[str]) -> tuple[dict[str, Callable], dict[str, Callable]]:
+    """(interleaved, own-block) peers: torch dynamic int8 always; torchao and ONNX Runtime only when installed."""
     methods: dict[str, Callable] = {}
+    own_block: dict[str, Callable] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dyn = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
@@ -91,15 +97,20 @@ def _peer_methods(model: nn.Module, in_dim: int, notes: list[str]) -> dict[str, 
     except Exception as err:  # a torchao version without this config or CPU support
         notes.append(f"torchao int8 unavailable here: {err}")
     try:
-        methods.update(_onnx_methods(model, in_dim))
+        onnx = _onnx_methods(model, in_dim)
+        methods.update({name: fn for name, fn in onnx.items() if name.endswith(NO_SPIN)})
+        own_block.update({name: fn for name, fn in onnx.items() if not name.endswith(NO_SPIN)})
     except ImportError:
         notes.append("onnxruntime/onnx not installed: ONNX Runtime rows skipped (pip install 'qwave[onnx]')")
     except Exception as err:
         notes.append(f"ONNX Runtime rows failed: {err}")
-    return methods
+    return methods, own_block
 
 
 def _onnx_methods(model: nn.Module, in_dim: int) -> dict[str, Callable]:
+    """ONNX Runtime FP32 and dynamic int8 (``quantize_dynamic``, QInt8 weights) of ``model``, each in a default
+    session (``-default``: as users run it; only the thread count is set, to this run's) and in one with the idle
+    threads' spinning off (``-nospin``)."""
     import tempfile
 
     import onnxruntime as ort
@@ -110,15 +121,16 @@ def _onnx_methods(model: nn.Module, in_dim: int) -> dict[str, Callable]:
     torch.onnx.export(model, (torch.zeros(1, in_dim),), str(fp32_path), input_names=["x"], output_names=["y"],
                       dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
     quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    default, nospin = ort.SessionOptions(), ort.SessionOptions()
+    default.intra_op_num_threads = nospin.intra_op_num_threads = torch.get_num_threads()
     # ONNX Runtime's idle threads spin after each run by default, taking the cores from whichever method is timed
     # next (in the round-robin that is always the same one: qwave-int8 ran up to 5x slower behind it on 2 cores).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    nospin.add_session_config_entry("session.intra_op.allow_spinning", "0")
     methods = {}
-    for name, path in (("onnxruntime-fp32", fp32_path), ("onnxruntime-int8", int8_path)):
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        methods[name] = lambda x, s=session: s.run(None, {"x": x.numpy()})[0]
+    for kind, path in (("fp32", fp32_path), ("int8", int8_path)):
+        for suffix, options in ((DEFAULT_SESSION, default), (NO_SPIN, nospin)):
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            methods[f"onnxruntime-{kind}{suffix}"] = lambda x, s=session: s.run(None, {"x": x.numpy()})[0]
     return methods
 
 
@@ -169,10 +181,12 @@ def run(argv: list[str]) -> int:
     exported = {Path(folder).name: folder for folder in args.artifact} if args.exported else {}
     for label, ref, packed, in_dim in _models(args, notes):
         methods: dict[str, Callable] = {}
+        own_block: dict[str, Callable] = {}  # timed one block each, before the interleaved rounds
         activations: dict[str, str] = {}  # hidden activation per method; FP32 and peers: the ReLU reference
         if ref is not None:
             methods["fp32-eager"] = ref
-            methods.update(_peer_methods(ref, in_dim, notes))
+            peers, own_block = _peer_methods(ref, in_dim, notes)
+            methods.update(peers)
         for fmt, model in packed.items():
             methods[f"qwave-{fmt}"] = model
             activations[f"qwave-{fmt}"] = activations[f"qwave-{fmt}-fused"] = speed.hidden_activation(model)
@@ -189,11 +203,15 @@ def run(argv: list[str]) -> int:
         for batch in args.batch_sizes:
             x = torch.randn(batch, in_dim, generator=torch.Generator().manual_seed(args.seed))
             with torch.inference_mode():
+                blocks = {name: (lambda fn=fn, x=x: fn(x)) for name, fn in own_block.items()}
+                times = speed.time_blocks(blocks, warmup=args.warmup, repeats=args.repeats,
+                                          max_seconds=args.max_seconds, clock=args.clock)
                 calls = {name: (lambda fn=fn, x=x: fn(x)) for name, fn in methods.items()}
-                times = speed.time_round_robin(calls, warmup=args.warmup, repeats=args.repeats,
-                                               max_seconds=args.max_seconds * len(calls), clock=args.clock)
-            for name in methods:
+                times.update(speed.time_round_robin(calls, warmup=args.warmup, repeats=args.repeats,
+                                                    max_seconds=args.max_seconds * len(calls), clock=args.clock))
+            for name in sorted([*methods, *own_block], key=_row_order(list(methods))):
                 rows.append({"model": label, "method": name, "activation": activations.get(name, "relu"),
+                             "timing": OWN_BLOCK if name in own_block else INTERLEAVED,
                              **speed.latency_stats(times[name], batch).as_dict()})
         probe = torch.randn(min(args.batch_sizes[-1], 256), in_dim)
         for fmt, model in packed.items():
@@ -211,6 +229,13 @@ def run(argv: list[str]) -> int:
     return 0
 
 
+def _row_order(interleaved: list[str]) -> Callable[[str], int]:
+    """Sort key keeping the interleaved methods' order, each ONNX Runtime default-session row just before its
+    no-spin twin."""
+    position = {name: 2 * i + 1 for i, name in enumerate(interleaved)}
+    return lambda name: position.get(name, position.get(name.removesuffix(DEFAULT_SESSION) + NO_SPIN, 0) - 1)
+
+
 def _add_ratios(rows: list[dict]) -> None:
     """Throughput relative to FP32 eager of the same model and batch (missing for artifact-only models)."""
     base = {(r["model"], r["batch"]): r["samples_per_s"] for r in rows if r["method"] == "fp32-eager"}
@@ -223,19 +248,22 @@ def _table(rows: list[dict], args: argparse.Namespace) -> str:
     status = kernels.status()
     head = (f"qwave speed: threads={args.threads}, isa={args.isa}, clock={args.clock}, "
             f"fast kernels={status['fast_kernels']} "
-            f"({status['reason']}); p50 ms (throughput x FP32 eager), methods interleaved round-robin\n"
+            f"({status['reason']}); p50 ms (throughput x FP32 eager), methods interleaved round-robin except those "
+            f"timed in an own block (ONNX Runtime's default session, whose idle threads spin: the interleaved "
+            f"methods warm up again after it)\n"
             f"each qwave format is timed as it deploys, with the hidden activation it trains with (activation_for: "
             f"hardtanh before a binarising or ternarising layer); FP32 and peers: the ReLU model of the same weights")
     batches = args.batch_sizes
-    lines = [head, f"{'model':<16} {'method':<28} {'act':<9}" + " ".join(f"{'batch ' + str(b):>20}" for b in batches)]
-    keys = dict.fromkeys((r["model"], r["method"], r["activation"]) for r in rows)
-    for model, method, activation in keys:
+    lines = [head, f"{'model':<16} {'method':<28} {'act':<9} {'timing':<11}"
+             + " ".join(f"{'batch ' + str(b):>20}" for b in batches)]
+    keys = dict.fromkeys((r["model"], r["method"], r["activation"], r["timing"]) for r in rows)
+    for model, method, activation, timing in keys:
         cells = []
         for b in batches:
             r = next(r for r in rows if (r["model"], r["method"], r["batch"]) == (model, method, b))
             ratio = "" if r["x_fp32"] is None else f" ({r['x_fp32']:.2f}x)"
             cells.append(f"{r['p50_ms']:.3f}{ratio}".rjust(20))
-        lines.append(f"{model:<16} {method:<28} {activation:<9}" + " ".join(cells))
+        lines.append(f"{model:<16} {method:<28} {activation:<9} {timing:<11}" + " ".join(cells))
     return "\n".join(lines)
 
 

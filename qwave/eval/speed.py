@@ -1,7 +1,8 @@
 """Latency and throughput measurement shared by ``qwave speed`` and ``qwave compare``.
 
 ``time_round_robin`` times several methods after a warm-up, interleaved (each runs once per round, in a rotating
-order, so a shared machine's load moves all of them alike); ``latency_stats`` turns per-call seconds into
+order, so a shared machine's load moves all of them alike); ``time_blocks`` times methods one block each (peers
+whose threads spin after a call); ``latency_stats`` turns per-call seconds into
 p50/p95/p99 latency and
 samples/s; ``set_threads`` fixes torch's and numba's thread counts; ``layer_audit`` says, per packed layer, which
 kernel actually ran (``PackedLinear.last_kernel``), its bytes and its share of the model's time, flagging any
@@ -94,6 +95,31 @@ def time_round_robin(
     return {name: np.asarray(t) for name, t in times.items()}
 
 
+def time_blocks(
+    fns: dict[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 30, max_seconds: float = 5.0,
+    clock: str = "wall",
+) -> dict[str, np.ndarray]:
+    """Seconds per call of every ``fns[name]()``, each method in a block of its own: ``warmup`` untimed calls, then
+    at least ``repeats`` timed calls (stopping once ``max_seconds`` of wall time are spent, after at least 3). For
+    methods whose idle threads keep spinning after a call (ONNX Runtime's default session): interleaved, they would
+    take the cores from the method timed next; whatever is timed after a block must warm up again first."""
+    if clock not in CLOCKS:
+        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}; got {clock!r}")
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
+    tick, times = CLOCKS[clock], {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        spent, start = [], time.perf_counter()
+        while len(spent) < repeats and (len(spent) < 3 or time.perf_counter() - start < max_seconds):
+            t0 = tick()
+            fn()
+            spent.append(tick() - t0)
+        times[name] = np.asarray(spent)
+    return times
+
+
 def latency_stats(times: np.ndarray, batch: int) -> LatencyStats:
     """Percentiles of per-call ``times`` (seconds) and the throughput ``batch / median``."""
     ms = np.asarray(times, dtype=np.float64) * 1e3
@@ -139,6 +165,27 @@ def packed_reference(model: nn.Module, fmt: str, **options) -> nn.Module:
     from qwave.nn.surgery import pack_model, quantize_model
 
     return pack_model(quantize_model(copy.deepcopy(model), fmt, **options))
+
+
+def float_twin(model: nn.Module) -> nn.Module:
+    """An FP32 eager copy of ``model`` in eval mode: every ``PackedLinear`` replaced by an ``nn.Linear`` holding its
+    dequantized weights (the float network the packed one stands for), the baseline a model's speed is set against
+    (``qwave bench`` times the two interleaved). A model without packed layers is copied as it is."""
+    from qwave.nn.packed_linear import PackedLinear
+
+    twin = copy.deepcopy(model).eval()
+    for path, layer in [(p, m) for p, m in twin.named_modules() if isinstance(m, PackedLinear)]:
+        weight = layer.fmt.dequantize(layer.fmt.unpack(layer.packed, layer.shape)).float()
+        linear = nn.utils.skip_init(nn.Linear, layer.in_features, layer.out_features, bias=layer.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(weight.reshape(layer.out_features, layer.in_features))
+            if layer.bias is not None:
+                linear.bias.copy_(layer.bias.float())
+        parent, _, name = path.rpartition(".")
+        if not name:
+            return linear.eval()
+        setattr(twin.get_submodule(parent), name, linear)
+    return twin
 
 
 def memory_row(model: nn.Module) -> dict:

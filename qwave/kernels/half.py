@@ -199,12 +199,12 @@ if FAST_KERNELS:
 
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
         def gemm(x, w, bf16, n_out, bias, act, out, parallel):
-            m, n_tiles = x.shape[0], w.shape[0]
+            m, n_tiles, zero = x.shape[0], w.shape[0], np.int64(0)  # int64, not Literal[0]: one compiled block
             if not parallel:
                 if wide:
-                    _block_512(x, w, bf16, 0, m, 0, n_tiles, n_out, bias, act, out)
+                    _block_512(x, w, bf16, zero, m, zero, n_tiles, n_out, bias, act, out)
                 else:
-                    _block_avx2(x, w, bf16, 0, m, 0, n_tiles, n_out, bias, act, out)
+                    _block_avx2(x, w, bf16, zero, m, zero, n_tiles, n_out, bias, act, out)
                 return
             n_items = ((m + ROW_CHUNK - 1) // ROW_CHUNK) * n_tiles
             counter = np.zeros(1, np.int64)

@@ -435,12 +435,12 @@ if FAST_KERNELS:
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
         def gemm(xb, x_scale, wt, w_scale, n, bias, act, out, parallel):
             """``out[i, j] = act((n - 2 popcount(xb[i] ^ w[j])) * s_x[i] * s_w[j] + bias[j])``, ``wt = w.T``."""
-            m, n_out = xb.shape[0], w_scale.shape[0]
+            m, n_out, zero = xb.shape[0], w_scale.shape[0], np.int64(0)  # int64, not Literal[0]: one compiled block
             if not parallel:
                 if wide:
-                    _binary_512(xb, x_scale, wt, w_scale, n, 0, m, 0, n_out, bias, act, out)
+                    _binary_512(xb, x_scale, wt, w_scale, n, zero, m, zero, n_out, bias, act, out)
                 else:
-                    _binary_avx2(xb, x_scale, wt, w_scale, n, 0, m, 0, n_out, bias, act, out)
+                    _binary_avx2(xb, x_scale, wt, w_scale, n, zero, m, zero, n_out, bias, act, out)
                 return
             chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
             n_chunks, n_blocks = (m + chunk - 1) // chunk, (n_out + COL_BLOCK - 1) // COL_BLOCK
@@ -462,12 +462,12 @@ if FAST_KERNELS:
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
         def gemm(xn, xs, x_scale, wn, ws, w_scale, bias, act, out, parallel):
             """``out[i, j] = act(ternary dot(x[i], w[j]) * s_x[i] * s_w[j] + bias[j])`` from transposed planes."""
-            m, n_out = xn.shape[0], w_scale.shape[0]
+            m, n_out, zero = xn.shape[0], w_scale.shape[0], np.int64(0)  # int64, not Literal[0]: one compiled block
             if not parallel:
                 if wide:
-                    _qesc_512(xn, xs, x_scale, wn, ws, w_scale, 0, m, 0, n_out, bias, act, out)
+                    _qesc_512(xn, xs, x_scale, wn, ws, w_scale, zero, m, zero, n_out, bias, act, out)
                 else:
-                    _qesc_avx2(xn, xs, x_scale, wn, ws, w_scale, 0, m, 0, n_out, bias, act, out)
+                    _qesc_avx2(xn, xs, x_scale, wn, ws, w_scale, zero, m, zero, n_out, bias, act, out)
                 return
             chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
             n_chunks, n_blocks = (m + chunk - 1) // chunk, (n_out + COL_BLOCK - 1) // COL_BLOCK

@@ -499,14 +499,14 @@ if FAST_KERNELS:
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
         def gemm(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out, groups, padded, bias,
                  act, out, parallel):
-            m, n_tiles = a.shape[0], w.shape[0]
+            m, n_tiles, first = a.shape[0], w.shape[0], np.int64(0)  # int64, not Literal[0]: one compiled block
             if not parallel:
                 if wide:
                     _block_512(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out, groups,
-                               padded, 0, m, 0, n_tiles, bias, act, out)
+                               padded, first, m, first, n_tiles, bias, act, out)
                 else:
                     _block_avx2(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out, groups,
-                                padded, 0, m, 0, n_tiles, bias, act, out)
+                                padded, first, m, first, n_tiles, bias, act, out)
                 return
             per_block = max(1, COL_BLOCK // tile)
             n_blocks = (n_tiles + per_block - 1) // per_block
@@ -587,7 +587,8 @@ if FAST_KERNELS:
         a, x_scale, zero, sums = quantize_rows(x, weights.group_size, groups, padded, parallel)
         out = np.empty((m, n_out), dtype=np.float32)
         chain = CHAIN4 if weights.bits == 4 else CHAIN2
-        GEMM[weights.isa](a, sums, zero, x_scale, weights.codes, weights.scale, weights.column_sums, weights.bits,
+        codes = weights.codes.view(np.uint8)  # as the chain passes them: int8 and low-bit share one compiled GEMM
+        GEMM[weights.isa](a, sums, zero, x_scale, codes, weights.scale, weights.column_sums, weights.bits,
                           weights.alpha, weights.beta, chain, n_out, groups, padded, bias, act, out, parallel)
         return out
 

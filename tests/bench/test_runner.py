@@ -18,7 +18,7 @@ from qwave.bench.runner import run_benchmark
 from qwave.errors import ConfigError
 
 TIMING_KEYS = {"train", "inference_seconds", "inference_ms_per_sample", "first_call_seconds", "peak_rss_mb",
-               "peak_rss_delta_mb", "history"}
+               "peak_rss_delta_mb", "history", "inference_repeats", "fp32_twin_ms_per_sample", "speed_vs_fp32"}
 
 
 def test_run_writes_every_documented_output(fast_config):

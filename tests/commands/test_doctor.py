@@ -60,3 +60,47 @@ def test_doctor_checks_that_each_invertible_kernel_gives_the_stored_bits_back(mo
     monkeypatch.setattr(kernels, "kernel_for", lambda fmt, device="cpu": wrong if fmt.name == "int8" else None)
     check = doctor.self_check("int8")
     assert check["inverse_exact"] is False and not check["ok"]
+
+
+def test_formats_whose_kernels_share_compiled_code_are_one_family():
+    if not kernels.FAST_KERNELS:
+        pytest.skip(f"fast kernels unavailable: {kernels.REASON}")
+    families = doctor.kernel_families(["int8", "binary", "int4", "fp16", "qesc", "ternary", "bf16"])
+    family = {name: i for i, names in enumerate(families) for name in names}
+    assert family["int8"] == family["int4"] == family["ternary"]  # the W·A8 drivers
+    assert family["binary"] == family["qesc"] and family["fp16"] == family["bf16"]
+    assert len({family["int8"], family["binary"], family["fp16"]}) == 3
+    assert families[0] == ["int8", "int4", "ternary"]  # largest first: this process checks it
+
+
+def test_helper_processes_check_the_other_families_and_every_check_still_runs_here(monkeypatch):
+    if not kernels.FAST_KERNELS:
+        pytest.skip(f"fast kernels unavailable: {kernels.REASON}")
+    started, here = [], []
+
+    class Helper:
+        def __init__(self, command, **kw):
+            started.append(command[3:])  # [python, -c, code, *formats]
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(doctor.subprocess, "Popen", Helper)
+    monkeypatch.setattr(doctor, "self_check", lambda name, device="cpu": here.append(name) or {"format": name})
+    names = ["fp32", "fp16", "bf16", "int8", "int4", "binary", "ternary", "qesc"]  # W·A8: the largest family
+    checks = doctor.cpu_checks(names, jobs=2)
+    assert [c["format"] for c in checks] == names
+    assert sorted(here) == sorted(names)  # every result is this process's own check
+    assert len(started) == 1 and sorted(started[0]) == ["bf16", "binary", "fp16", "fp32", "qesc"]
+    started.clear()
+    doctor.cpu_checks(names, jobs=3)
+    assert len(started) == 2 and sorted(n for s in started for n in s) == ["bf16", "binary", "fp16", "fp32", "qesc"]
+    started.clear()
+    doctor.cpu_checks(names, jobs=1)
+    assert started == []
+    previous = kernels.set_fast_kernels(False)
+    try:
+        doctor.cpu_checks(names, jobs=2)
+    finally:
+        kernels.set_fast_kernels(previous)
+    assert started == []  # nothing to compile: no helpers

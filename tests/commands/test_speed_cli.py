@@ -93,3 +93,41 @@ def test_isa_avx2_reruns_the_command_in_a_process_with_an_avx2_only_target(monke
     assert env["NUMBA_CPU_NAME"] == "znver3" and "+avx512" not in env["NUMBA_CPU_FEATURES"]
     assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env[speed.FORCED_ISA] == "avx2"
     assert seen["cmd"][-len(FAST) - 4 :] == ["speed", "--isa", "avx2", "--formats", "int8", *FAST][-len(FAST) - 4 :]
+
+
+def test_onnx_runtime_appears_as_users_run_it_in_its_own_block_and_without_spinning_interleaved(tmp_path, monkeypatch,
+                                                                                                  capsys):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    made = []  # (model file, whether the session lets its idle threads spin)
+    real_session = ort.InferenceSession
+
+    def session(path, options, **kw):
+        try:
+            spinning = options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+        except Exception:  # the entry is unset: ONNX Runtime's default, spinning
+            spinning = True
+        made.append((path, spinning))
+        return real_session(path, options, **kw)
+
+    timed = {}
+    real_blocks, real_rounds = speed.speed.time_blocks, speed.speed.time_round_robin
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    monkeypatch.setattr(speed.speed, "time_blocks", lambda fns, **kw: timed.setdefault("block", set(fns)) and
+                        real_blocks(fns, **kw))
+    monkeypatch.setattr(speed.speed, "time_round_robin", lambda fns, **kw: timed.setdefault("rounds", set(fns)) and
+                        real_rounds(fns, **kw))
+    assert speed.run(["--formats", "int8", "--no-fused", "--output-dir", str(tmp_path), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert sorted(spin for _, spin in made) == [False, False, True, True]  # fp32 and int8, each both ways
+    assert timed["block"] == {"onnxruntime-fp32-default", "onnxruntime-int8-default"}
+    assert {"onnxruntime-fp32-nospin", "onnxruntime-int8-nospin", "fp32-eager", "qwave-int8"} <= timed["rounds"]
+    assert not timed["block"] & timed["rounds"]
+    rows = list(csv.DictReader(open(tmp_path / "speed.csv")))
+    timing = {r["method"]: r["timing"] for r in rows}
+    assert timing["onnxruntime-int8-default"] == timing["onnxruntime-fp32-default"] == "own block"
+    assert timing["onnxruntime-int8-nospin"] == timing["qwave-int8"] == timing["fp32-eager"] == "interleaved"
+    order = [r["method"] for r in rows if r["batch"] == "1"]
+    assert order.index("onnxruntime-int8-default") + 1 == order.index("onnxruntime-int8-nospin")
+    for line in ("onnxruntime-int8-default", "onnxruntime-int8-nospin"):
+        assert any(line in row and ("own block" in row) == line.endswith("default") for row in out.splitlines())

@@ -74,3 +74,34 @@ def test_the_deployed_reference_has_its_formats_training_activation_and_the_refe
                for m in model.modules())
     same_weights = speed.packed_reference(speed.reference_mlp(0), fmt).state_dict()
     assert all(torch.equal(t, same_weights[k]) for k, t in model.state_dict().items())
+
+
+def test_blocks_time_each_method_alone_after_its_own_warmup():
+    calls = []
+    times = speed.time_blocks({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=2,
+                              repeats=3)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert calls == ["a"] * 5 + ["b"] * 5
+    with pytest.raises(ConfigError):
+        speed.time_blocks({"a": lambda: None}, repeats=0)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "ternary", "binary"])
+def test_the_float_twin_is_the_same_network_with_float_layers_of_the_dequantized_weights(fmt):
+    from qwave.formats import get_format
+    from qwave.nn.packed_linear import PackedLinear
+
+    torch.manual_seed(0)
+    float_model = MLPClassifier(70, 4, hidden=(12,), dropout=0.0).eval()
+    twin = speed.float_twin(speed.packed_reference(float_model, fmt))
+    assert not any(isinstance(m, PackedLinear) for m in twin.modules())
+    f = get_format(fmt)
+    x = torch.randn(5, 70)
+    h = float_model.norm(x)
+    for m in float_model.body:  # the float model with every weight replaced by its quantized value
+        if isinstance(m, torch.nn.Linear):
+            h = h @ f.dequantize(f.quantize(m.weight.detach())).T + m.bias.detach()
+        elif isinstance(m, torch.nn.ReLU):
+            h = torch.relu(h)
+    with torch.no_grad():
+        assert torch.allclose(twin(x), h, atol=1e-5)
