@@ -272,6 +272,19 @@ def activate(v, act):
 
 
 @intrinsic
+def to_f32(typingctx, v):
+    """Signed int32 lanes to float32 (``vcvtdq2ps``, round to nearest even, as ``np.float32(int)``)."""
+    if v not in (I32x8, I32x16):
+        return None
+    out = F32x8 if v == I32x8 else F32x16
+
+    def codegen(context, builder, sig, args):
+        return builder.sitofp(args[0], _ll(out))
+
+    return out(v), codegen
+
+
+@intrinsic
 def narrow_f32(typingctx, a, b):
     """Two int64 vectors (``a`` then ``b``, lanes inside int32's range) as one float32 vector of twice the lanes."""
     if not (a == b and a in (I64x4, I64x8)):
