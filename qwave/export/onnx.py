@@ -204,16 +204,16 @@ def _scales(g: Graph, scale: np.ndarray) -> str:
 def _int8_rows(g: Graph, x: str) -> tuple[str, str, str]:
     """qwave's dynamic per-row activations (``quantize_rows_int8``): uint8 codes ``q [B, n]`` in 0..127, int32 zero
     points ``z [B, 1]`` and float32 scales ``[B, 1]``. The float32 operations are qwave's: ``hi - lo`` then ``/ 127``;
-    rounding is half to even (ONNX ``Round``); clipping the rounded value to integer bounds equals clipping before."""
+    rounding is half to even (ONNX ``Round``); clipping the rounded value to integer bounds equals clipping before.
+    Where ``s`` is 0 the divisor is 1, which already gives qwave's codes and zero point 0: then ``hi - lo`` is below
+    ``127 * 2^-150``, so every ``x`` and ``lo`` round to 0."""
     lo = g.op("Min", g.op("ReduceMin", x, g.i64([1]), keepdims=1), g.f32(0.0))
     hi = g.op("Max", g.op("ReduceMax", x, g.i64([1]), keepdims=1), g.f32(0.0))
     s = g.op("Div", g.op("Sub", hi, lo), g.f32(127.0), hint="act_scale")
-    live = g.op("Greater", s, g.f32(0.0))
-    safe = g.op("Where", live, s, g.f32(1.0))
-    z = g.op("Where", live, g.op("Clip", g.op("Round", g.op("Div", g.op("Neg", lo), safe)), g.f32(0.0), g.f32(127.0)),
-             g.f32(0.0), hint="act_zero")
-    codes = g.op("Where", live, g.op("Clip", g.op("Add", g.op("Round", g.op("Div", x, safe)), z), g.f32(0.0),
-                                     g.f32(127.0)), g.f32(0.0), hint="act_codes")
+    safe = g.op("Where", g.op("Greater", s, g.f32(0.0)), s, g.f32(1.0))
+    z = g.op("Clip", g.op("Round", g.op("Div", g.op("Neg", lo), safe)), g.f32(0.0), g.f32(127.0), hint="act_zero")
+    codes = g.op("Clip", g.op("Add", g.op("Round", g.op("Div", x, safe)), z), g.f32(0.0), g.f32(127.0),
+                 hint="act_codes")
     return g.op("Cast", codes, to=2), g.op("Cast", z, to=6), s
 
 
