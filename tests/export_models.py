@@ -68,3 +68,18 @@ class Trained:
             artifact.save(pack_model(model), path, classes=ds.classes)
             self._paths[spec] = path
         return self._paths[spec]
+
+
+def edge_rows(path: Path) -> np.ndarray:
+    """Float32 input rows whose normalised values sit at the corners of the first layer's activation recipe
+    (``quantize_rows_int8``): all 0 (scale 0), all negative (zero point 127), all positive (zero point 0), and mixed
+    signs from small to large zero points; built through the artifact's stored ``(x - shift) / scale``."""
+    norm = artifact.load(path).norm
+    if norm.mode not in ("standard", "min_max"):
+        raise ValueError(f"edge rows need a shift / scale normaliser, not {norm.mode!r}")
+    shift, scale = norm.shift.float().numpy(), norm.scale.float().numpy()
+    n = shift.shape[0]
+    ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
+    wanted = [np.zeros(n, np.float32), np.full(n, -3.0, np.float32), np.full(n, 2.0, np.float32),
+              ramp - 0.01, ramp - 0.5, 3 * ramp - 2.9, np.where(ramp > 0.5, -ramp, ramp / 7)]
+    return np.ascontiguousarray(np.stack([shift + v * scale for v in wanted]), np.float32)

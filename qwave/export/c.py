@@ -4,8 +4,10 @@ float32 rows), no allocation, libc and libm only.
 The stored tensors go into ``model.c`` as ``const`` arrays in qwave's own layout (integer codes as the packed bytes,
 binary / qesc as 64-bit words, fp16 scales and fp16 / bf16 weights as their 16-bit patterns, converted in the loop;
 floats as exact hexadecimal literals). Each layer calls the kernel of its format (``c_kernels``): integer dot products
-for int8 and the W·A8 formats (an AVX2 or NEON dot product beside the portable loop, chosen at compile time by
-``__AVX2__`` / ``__ARM_NEON``; ternary by lookup tables built per call over its packed bytes), XNOR / AND-popcount
+for int8 and the W·A8 formats on qwave's zero-point activation codes (0..127 as uint8; an AVX2 ``vpmaddubsw`` or NEON
+dot product beside the portable loop, chosen at compile time by ``__AVX2__`` / ``__ARM_NEON``; ternary by lookup
+tables built per call over its packed bytes), with the weights' column sums per group as ``const int32_t`` arrays
+for the zero-point correction (4 bytes per output and group, in the sizes ``export`` reports), XNOR / AND-popcount
 for binary and qesc. ``int qwave_predict(const float *x, float *logits)`` writes the logits of one row and returns
 the predicted class index (the first largest logit); it keeps its buffers on the stack (about 12 bytes per unit of
 the widest layer, plus 15.5 KB of tables for ternary), so it is re-entrant.
@@ -21,13 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from qwave.export import c_kernels as k
 from qwave.export.model import Activation, ExportError, ExportModel, LayerNorm, Linear, read_model
 
 FILES = ("model.h", "model.c", "main.c")
 PER_LINE = 24  # array values per source line
-INT32_SAFE_INPUTS = 133_000  # 133,000 * 127 * 127 < 2^31: the int32 dot products of a W·A8 row cannot overflow
+# 133,000 * 127 * 127 < 2^31: no int32 value of a W·A8 row overflows (sum(q * w) with codes q in 0..127, z * colsum
+# with z <= 127, their difference the dot of q - z in [-127, 127]; each at most 127 * 127 * n in magnitude)
+INT32_SAFE_INPUTS = 133_000
 
 
 def c_string(text: str) -> str:
@@ -70,6 +75,17 @@ def _decode(layer: Linear) -> tuple[str, int, int]:
     if bits == 8:
         return "int8", 8, 0
     return "bits", bits, fmt.qmax if fmt.grid == "halfstep" else 0
+
+
+def column_sums(layer: Linear, groups: int, size: int) -> np.ndarray:
+    """int32 ``[out, groups]``: the sum of each row's integer weight codes over each group of ``size`` inputs, which
+    the W·A8 kernels multiply by a row's activation zero point (``sum((q - z) * w) = sum(q * w) - z * colsum``)."""
+    out, n = layer.shape
+    packed = {name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in layer.packed.items()}
+    codes = layer.fmt.unpack(packed, (out, n)).codes.to(torch.int64).numpy()
+    padded = np.zeros((out, groups * size), np.int64)
+    padded[:, :n] = codes
+    return padded.reshape(out, groups, size).sum(axis=2).astype(np.int32)
 
 
 def _group(layer: Linear) -> tuple[int, int]:
@@ -120,23 +136,26 @@ def _layer(src: Source, i: int, layer: Linear, x: str, y: str, act: str) -> None
         return
     codes = p["codes"]
     src.arrays.append(c_array("uint8_t", f"L{i}_codes", codes.view(np.uint8)))
-    if fmt.name == "ternary" and fmt.activations == "int8":
-        src.kernels.update({"act8": k.ACT8, "ternary_a8": k.TERNARY_A8})
-        src.calls.append(f"ternary_a8({x}, {y}, {n}, {out}, L{i}_codes, {codes.shape[1]}, L{i}_scale, {bias}, {act});")
-        return
-    layout, kind, qmax = _decode(layer)
-    src.decodes.add(layout)
     size, groups = _group(layer)
-    args = f"L{i}_codes, {codes.shape[1]}, {kind}, {qmax}, L{i}_scale, {groups}, {size}, {bias}, {act}"
     if fmt.activations == "int8":
         if n > INT32_SAFE_INPUTS:
             raise ExportError(f"layer {i}: {n} inputs; the C export's int32 dot products are exact up to "
                               f"{INT32_SAFE_INPUTS:,}")
-        src.kernels.update({"act8": k.ACT8, "dot": k.DOT_I8, "wa8": k.WA8})
-        src.calls.append(f"wa8({x}, {y}, {n}, {out}, {args});")
+        src.arrays.append(c_array("int32_t", f"L{i}_colsum", column_sums(layer, groups, size)))
+    if fmt.name == "ternary" and fmt.activations == "int8":
+        src.kernels.update({"act8": k.ACT8, "ternary_a8": k.TERNARY_A8})
+        src.calls.append(f"ternary_a8({x}, {y}, {n}, {out}, L{i}_codes, {codes.shape[1]}, L{i}_scale, L{i}_colsum, "
+                         f"{bias}, {act});")
+        return
+    layout, kind, qmax = _decode(layer)
+    src.decodes.add(layout)
+    args = f"L{i}_codes, {codes.shape[1]}, {kind}, {qmax}, L{i}_scale"
+    if fmt.activations == "int8":
+        src.kernels.update({"act8": k.ACT8, "dot": k.DOT_U8I8, "wa8": k.WA8})
+        src.calls.append(f"wa8({x}, {y}, {n}, {out}, {args}, L{i}_colsum, {groups}, {size}, {bias}, {act});")
     elif fmt.activations == "float":
         src.kernels["dequant"] = k.DEQUANT
-        src.calls.append(f"dense_dequant({x}, {y}, {n}, {out}, {args});")
+        src.calls.append(f"dense_dequant({x}, {y}, {n}, {out}, {args}, {groups}, {size}, {bias}, {act});")
     else:
         raise ExportError(f"format {fmt.name!r} with activations {fmt.activations!r} has no C export")
 

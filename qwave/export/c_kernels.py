@@ -60,23 +60,22 @@ static float bf16_to_float(uint16_t h)
 }
 """
 
-DOT_I8 = r"""
-/* Exact int32 dot product of int8 codes in [-127, 127]. */
-static int32_t dot_i8(const int8_t *a, const int8_t *b, int n)
+DOT_U8I8 = r"""
+/* Exact int32 dot product of activation codes a in 0..127 (uint8) and weight codes b in [-127, 127] (int8). */
+static int32_t dot_u8i8(const uint8_t *a, const int8_t *b, int n)
 {
     int32_t total = 0;
     int k = 0;
 #if defined(__AVX2__)
-    /* vpmaddubsw multiplies unsigned by signed bytes: |b| times a with b's sign (llama.cpp's sign trick); a pair
-       is at most 2 * 127 * 127 < 2^15, never saturated. */
+    /* vpmaddubsw multiplies unsigned by signed bytes and adds pairs into int16: a pair is at most 2 * 127 * 127 <
+       2^15 (a <= 127), never saturated. */
     __m256i acc = _mm256_setzero_si256();
     const __m256i ones = _mm256_set1_epi16(1);
     __m128i sum;
     for (; k + 32 <= n; k += 32) {
         __m256i va = _mm256_loadu_si256((const __m256i *)(const void *)(a + k));
         __m256i vb = _mm256_loadu_si256((const __m256i *)(const void *)(b + k));
-        __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(vb), _mm256_sign_epi8(va, vb));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(va, vb), ones));
     }
     sum = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
     sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0x4e));
@@ -85,13 +84,13 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int n)
 #elif defined(__ARM_NEON)
     int32x4_t acc = vdupq_n_s32(0);
     for (; k + 16 <= n; k += 16) {
-        int8x16_t va = vld1q_s8(a + k), vb = vld1q_s8(b + k);
+        int8x16_t va = vreinterpretq_s8_u8(vld1q_u8(a + k)), vb = vld1q_s8(b + k); /* a <= 127: the same as int8 */
         acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(va), vget_low_s8(vb)));
         acc = vpadalq_s16(acc, vmull_s8(vget_high_s8(va), vget_high_s8(vb)));
     }
     total = vgetq_lane_s32(acc, 0) + vgetq_lane_s32(acc, 1) + vgetq_lane_s32(acc, 2) + vgetq_lane_s32(acc, 3);
 #endif
-    { /* portable: 16 independent lanes, which compilers vectorize at -O2; a product fits int16 (|code| <= 127) */
+    { /* portable: 16 independent lanes, which compilers vectorize at -O2; a product fits int16 (127 * 127) */
         int32_t lanes[16] = {0};
         int j;
         for (; k + 16 <= n; k += 16)
@@ -104,18 +103,31 @@ static int32_t dot_i8(const int8_t *a, const int8_t *b, int n)
 """
 
 ACT8 = r"""
-/* qwave's dynamic per-row int8 activations: s = max|x| / 127 (float32), q = rint(clamp(x / s, -127, 127)), half to
-   even; all codes 0 when s = 0. */
-static float quantize_row(const float *x, int n, int8_t *q)
+/* qwave's dynamic per-row activations on 128 levels with a zero point (quantize_rows_int8), in its float32 operations:
+   s = (max(x, 0) + max(-x, 0)) / 127, z = min(rint(max(-x, 0) / s), 127), q = rint(clamp(x / s, -z, 127 - z)) + z
+   (half to even; clamping to integer bounds before rounding equals clamping after); all codes and z 0 when s = 0.
+   The value of a code is (q - z) * s. */
+static float quantize_row(const float *x, int n, uint8_t *q, int32_t *zero)
 {
-    float top = 0.0f, s;
+    float top = 0.0f, bottom = 0.0f, s, z;
     int k;
-    for (k = 0; k < n; ++k) top = fabsf(x[k]) > top ? fabsf(x[k]) : top;
-    s = top / 127.0f;
     for (k = 0; k < n; ++k) {
-        float v = s == 0.0f ? 0.0f : x[k] / s;
-        v = v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v);
-        q[k] = (int8_t)rintf(v);
+        top = x[k] > top ? x[k] : top;
+        bottom = -x[k] > bottom ? -x[k] : bottom;
+    }
+    s = (top + bottom) / 127.0f;
+    *zero = 0;
+    if (s == 0.0f) {
+        memset(q, 0, (size_t)n);
+        return s;
+    }
+    z = rintf(bottom / s);
+    z = z > 127.0f ? 127.0f : z;
+    *zero = (int32_t)z;
+    for (k = 0; k < n; ++k) {
+        float v = x[k] / s;
+        v = v < -z ? -z : (v > 127.0f - z ? 127.0f - z : v);
+        q[k] = (uint8_t)((int32_t)rintf(v) + *zero);
     }
     return s;
 }
@@ -184,12 +196,15 @@ def decode_row(kinds: set[str]) -> str:
 
 
 WA8 = r"""
-/* W·A8 (int2..int8, ternary): y = s_x * sum_g(float(dot_g) * s_w[o, g]) + b, groups in order. */
+/* W·A8 (int2..int8, ternary): dot_g = sum(q * w) - z * colsum_g (the exact dot of q - z with the weight codes, every
+   int32 term at most 127 * 127 * n), y = s_x * sum_g(float(dot_g) * s_w[o, g]) + b, groups in order. */
 static void wa8(const float *x, float *y, int n, int out, const uint8_t *codes, int row_bytes, int kind, int qmax,
-                const uint16_t *scale, int groups, int size, const float *bias, int act)
+                const uint16_t *scale, const int32_t *colsum, int groups, int size, const float *bias, int act)
 {
-    int8_t q[QWAVE_MAX_WIDTH], w[QWAVE_MAX_WIDTH];
-    float s = quantize_row(x, n, q);
+    uint8_t q[QWAVE_MAX_WIDTH];
+    int8_t w[QWAVE_MAX_WIDTH];
+    int32_t z;
+    float s = quantize_row(x, n, q, &z);
     int o, g;
     for (o = 0; o < out; ++o) {
         float f = 0.0f, v;
@@ -198,7 +213,8 @@ static void wa8(const float *x, float *y, int n, int out, const uint8_t *codes, 
         else decode_row(codes + (long)o * row_bytes, n, kind, qmax, w);
         for (g = 0; g < groups; ++g) {
             int start = g * size, len = n - start < size ? n - start : size;
-            f += (float)dot_i8(q + start, row + start, len) * half_to_float(scale[o * groups + g]);
+            int32_t dot = dot_u8i8(q + start, row + start, len) - z * colsum[o * groups + g];
+            f += (float)dot * half_to_float(scale[o * groups + g]);
         }
         v = f * s;
         if (bias) v += bias[o];
@@ -209,12 +225,13 @@ static void wa8(const float *x, float *y, int n, int out, const uint8_t *codes, 
 
 TERNARY_A8 = r"""
 /* ternary W1.58A8 read from its five-trits-per-byte rows without decoding them: for each 5 activation codes, a table
-   of the 243 sums sum_i t_i q_i (one per byte value) is built once per call, then a row's dot product is one table
-   look-up per byte (the lookup-table idea of T-MAC / bitnet.cpp). Exact: the same integer dots as wa8. Tables are
-   built TRIT_CHUNK byte columns at a time (TRIT_CHUNK * 243 * 2 bytes of stack). */
+   of the 243 sums sum_i t_i q_i (one per byte value, at most 5 * 127 in magnitude) is built once per call, then a
+   row's sum(q * t) is one table look-up per byte (the lookup-table idea of T-MAC / bitnet.cpp), less z times the
+   row's trit sum: the same integer dots as wa8. Tables are built TRIT_CHUNK byte columns at a time (TRIT_CHUNK * 243
+   * 2 bytes of stack). */
 #define TRIT_CHUNK 32
 
-static void trit_sums(const int8_t *q, int16_t *table)
+static void trit_sums(const uint8_t *q, int16_t *table)
 {
     int16_t low[27], high;
     int a, b, c, i = 0;
@@ -230,12 +247,12 @@ static void trit_sums(const int8_t *q, int16_t *table)
 }
 
 static void ternary_a8(const float *x, float *y, int n, int out, const uint8_t *codes, int row_bytes,
-                       const uint16_t *scale, const float *bias, int act)
+                       const uint16_t *scale, const int32_t *colsum, const float *bias, int act)
 {
-    int8_t q[QWAVE_MAX_WIDTH + 5];
+    uint8_t q[QWAVE_MAX_WIDTH + 5];
     int16_t table[TRIT_CHUNK][243];
-    int32_t dots[QWAVE_MAX_WIDTH];
-    float s = quantize_row(x, n, q);
+    int32_t dots[QWAVE_MAX_WIDTH], z;
+    float s = quantize_row(x, n, q, &z);
     int o, j, c0;
     memset(q + n, 0, 5); /* a row's padding trits are 0; their codes only need to be finite */
     memset(dots, 0, sizeof(int32_t) * (size_t)out);
@@ -251,7 +268,7 @@ static void ternary_a8(const float *x, float *y, int n, int out, const uint8_t *
     }
     for (o = 0; o < out; ++o) {
         float f = 0.0f, v;
-        f += (float)dots[o] * half_to_float(scale[o]);
+        f += (float)(dots[o] - z * colsum[o]) * half_to_float(scale[o]);
         v = f * s;
         if (bias) v += bias[o];
         y[o] = activate(v, act);

@@ -14,12 +14,15 @@ Weights are stored as qwave stores them, never widened on disk:
   ONNX Runtime folds it once when it loads the model. ONNX has no 2-bit or base-3 type: the nearest opset type
   would be ``INT4`` (4 bits per weight), the packed bytes keep qwave's 1.6 / 1 / 2 / 3 bits.
 
-Every integer format runs qwave's own recipe, with the integer products as ``MatMulInteger`` on the codes (offset by
-128 as uint8 with zero point 128, see ``_int_dot``):
+Every integer format runs qwave's own recipe, with the integer products as ``MatMulInteger`` on the codes:
 
-* W·A8 (int2..int8, ternary): per-row dynamic activation codes ``clip(round_half_even(x / s_x), -127, 127)`` with
-  ``s_x = max|x_row| / 127`` (code 0 where ``s_x = 0``), int32 dots per weight group, then
-  ``y = s_x * sum_g(float(dot_g) * s_w[:, g]) + b`` in float32, in qwave's order.
+* W·A8 (int2..int8, ternary): per-row dynamic activations on 128 levels with a zero point
+  (``qwave.formats.base.quantize_rows_int8``): ``s_x = (max(x_row, 0) - min(x_row, 0)) / 127`` in float32,
+  ``z = clip(round_half_even(-min(x_row, 0) / s_x), 0, 127)``, codes ``q = clip(round_half_even(x / s_x) + z, 0,
+  127)`` (all 0 where ``s_x = 0``). ``MatMulInteger`` multiplies the uint8 codes ``q`` by the int8 weight codes
+  (ONNX Runtime takes only one zero point per tensor, not one per row), and ``z`` times the weights' column sums per
+  group is subtracted in int32 (``_wa8_dot``): the exact dots of ``q - z``. Then ``y = s_x * sum_g(float(dot_g) *
+  s_w[:, g]) + b`` in float32, in qwave's order.
 * binary: signs ``x >= 0 -> +1`` times the weight signs (the dot product equals ``n - 2 popcount(x XOR w)``),
   ``y = float(dot) * s_x * s_w + b`` with ``s_x = mean|x_row|`` summed in float64 as qwave's kernel does.
 * qesc: trits ``clip(round(x / s_x), -1, 1)`` (0 where ``s_x = 0``) times the weight trits.
@@ -198,12 +201,20 @@ def _scales(g: Graph, scale: np.ndarray) -> str:
 # ---- layers ----------------------------------------------------------------------------------------------------------
 
 
-def _int8_rows(g: Graph, x: str) -> tuple[str, str]:
-    """qwave's dynamic per-row int8 activations: float codes ``[B, n]`` and scales ``[B, 1]``."""
-    s = g.op("Div", g.op("ReduceMax", g.op("Abs", x), g.i64([1]), keepdims=1), g.f32(127.0), hint="act_scale")
+def _int8_rows(g: Graph, x: str) -> tuple[str, str, str]:
+    """qwave's dynamic per-row activations (``quantize_rows_int8``): uint8 codes ``q [B, n]`` in 0..127, int32 zero
+    points ``z [B, 1]`` and float32 scales ``[B, 1]``. The float32 operations are qwave's: ``hi - lo`` then ``/ 127``;
+    rounding is half to even (ONNX ``Round``); clipping the rounded value to integer bounds equals clipping before.
+    Where ``s`` is 0 the divisor is 1, which already gives qwave's codes and zero point 0: then ``hi - lo`` is below
+    ``127 * 2^-150``, so every ``x`` and ``lo`` round to 0."""
+    lo = g.op("Min", g.op("ReduceMin", x, g.i64([1]), keepdims=1), g.f32(0.0))
+    hi = g.op("Max", g.op("ReduceMax", x, g.i64([1]), keepdims=1), g.f32(0.0))
+    s = g.op("Div", g.op("Sub", hi, lo), g.f32(127.0), hint="act_scale")
     safe = g.op("Where", g.op("Greater", s, g.f32(0.0)), s, g.f32(1.0))
-    clipped = g.op("Clip", g.op("Div", x, safe), g.f32(-127.0), g.f32(127.0))
-    return g.op("Round", clipped, hint="act_codes"), s
+    z = g.op("Clip", g.op("Round", g.op("Div", g.op("Neg", lo), safe)), g.f32(0.0), g.f32(127.0), hint="act_zero")
+    codes = g.op("Clip", g.op("Add", g.op("Round", g.op("Div", x, safe)), z), g.f32(0.0), g.f32(127.0),
+                 hint="act_codes")
+    return g.op("Cast", codes, to=2), g.op("Cast", z, to=6), s
 
 
 def _abs_mean(g: Graph, x: str, n: int) -> str:
@@ -219,14 +230,30 @@ def _offset_u8(g: Graph, codes: str) -> str:
 
 
 def _int_dot(g: Graph, a: str, w_codes: str) -> str:
-    """int32 ``a @ w`` of integer codes ``a [.., B, n]`` and ``w [.., n, out]`` in [-127, 127], as float32.
+    """int32 ``a @ w`` of integer codes ``a [.., B, n]`` and ``w [.., n, out]`` in [-127, 127], as float32 (the
+    binary and qesc signs / trits).
 
     Both operands go in as ``code + 128`` (uint8) with zero point 128: ``MatMulInteger`` subtracts the zero points
     before multiplying, so the int32 sums are exactly qwave's. Unsigned x unsigned is ONNX Runtime's exact path on
-    every CPU (on AVX2 without VNNI its unsigned x signed kernel can saturate int16 pairs), and with int8 x int8 it
-    ran 40x slower here."""
+    every CPU for signed activations (on AVX2 without VNNI its unsigned x signed kernel can saturate int16 pairs when
+    the unsigned operand exceeds 127), and with int8 x int8 it ran 40x slower here."""
     zero = g.const(np.array(128, np.uint8), "zero_point")
     acc = g.op("MatMulInteger", _offset_u8(g, a), _offset_u8(g, w_codes), zero, zero)
+    return g.op("Cast", acc, to=1)
+
+
+def _wa8_dot(g: Graph, q: str, z: str, w_codes: str) -> str:
+    """Exact int32 ``(q - z) @ w`` as float32, for uint8 activation codes ``q [.., B, n]`` in 0..127, int32 zero
+    points ``z [B, 1]`` and float weight codes ``w [.., n, out]`` in [-127, 127] (constants).
+
+    ``MatMulInteger`` (uint8 x int8, zero points 0) gives ``q @ w``; ``z * colsum(w)`` is subtracted in int32. The
+    column sums come from the stored codes by constant operators that ONNX Runtime folds at load, so the file holds
+    no copy of them. Unsigned x signed is exact on every CPU: a pair of products is at most ``2 * 127 * 127 < 2^15``
+    (``vpmaddubsw`` on AVX2 without VNNI cannot saturate). Every int32 value, ``q @ w``, ``z * colsum`` and their
+    difference, is at most ``127 * 127 * n`` in magnitude."""
+    w8 = g.op("Cast", w_codes, to=3)  # int8
+    colsum = g.op("ReduceSum", g.op("Cast", w8, to=6), g.i64([-2]), keepdims=1)  # [.., 1, out] int32
+    acc = g.op("Sub", g.op("MatMulInteger", q, w8), g.op("Mul", z, colsum))
     return g.op("Cast", acc, to=1)
 
 
@@ -237,15 +264,16 @@ def _bias(g: Graph, y: str, layer: Linear) -> str:
 def _wa8(g: Graph, x: str, layer: Linear) -> str:
     out, n = layer.shape
     size, groups = _group_layout(layer)
-    codes, s_x = _int8_rows(g, x)
+    codes, z, s_x = _int8_rows(g, x)
     w = float_codes(g, layer)
     scales = _scales(g, layer.packed["scale"])
     if groups == 1:
-        f = g.op("Mul", _int_dot(g, codes, g.op("Transpose", w, perm=[1, 0])), g.op("Squeeze", scales, g.i64([0])))
+        dot = _wa8_dot(g, codes, z, g.op("Transpose", w, perm=[1, 0]))
+        f = g.op("Mul", dot, g.op("Squeeze", scales, g.i64([0])))
     else:
         a = g.op("Transpose", _grouped(g, codes, None, size, groups, n), perm=[1, 0, 2])  # [G, B, size]
         wg = g.op("Transpose", _grouped(g, w, out, size, groups, n), perm=[1, 2, 0])  # [G, size, out]
-        parts = g.op("Mul", _int_dot(g, a, wg), scales)  # [G, B, out]
+        parts = g.op("Mul", _wa8_dot(g, a, z, wg), scales)  # [G, B, out]
         f = None
         for i in range(groups):  # qwave's order: f = sum_g in order, from group 0
             part = g.op("Gather", parts, g.i64(i), axis=0)

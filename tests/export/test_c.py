@@ -10,11 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export_models import INTEGER, matrix
+import torch
+from export_models import INTEGER, edge_rows, matrix
 
 import qwave
+from qwave import artifact
 from qwave.cli import main
 from qwave.export.c import compiler, export_c
+from qwave.formats.base import quantize_rows_int8
 
 CC = compiler()
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc or $CC) on this machine")
@@ -63,6 +66,22 @@ def check_c(models, spec: str, directory: Path, flags: list[str]) -> None:
 @pytest.mark.parametrize(("table", "spec"), matrix())
 def test_c_export_gives_qwaves_logits_on_every_bundled_row(trained, tmp_path, table, spec):
     check_c(trained[table], spec, tmp_path / "c", STRICT)
+
+
+@pytest.mark.parametrize("spec", ["int8", "ternary", "int4:group_size=64", "int3"])
+def test_c_export_gives_qwaves_logits_at_the_activation_recipes_corners(trained, tmp_path, spec):
+    """Rows of all zeros (scale 0), all negative (zero point 127), all positive (zero point 0) and mixed signs into
+    the first layer: the zero-point correction gives qwave's logits; the rows are checked to reach those corners."""
+    path = trained["fsdd"].artifact(spec)
+    X = edge_rows(path)
+    model = qwave.load(path)
+    _, zero, scale = quantize_rows_int8(artifact.load(path).norm(torch.from_numpy(X)))
+    assert scale[0].item() == 0 and zero[1].item() == 127 and zero[2].item() == 0 and 0 < zero[3:].min() < 127
+    export_c(path, tmp_path / "c", measure=False)
+    got = c_logits(tmp_path / "c", X, STRICT + (["-mavx2"] if has_avx2() else []))
+    want = model.logits(X)
+    np.testing.assert_allclose(got, want, rtol=0, atol=INTEGER_RTOL * np.abs(want).max())
+    assert np.array_equal(got.argmax(1), want.argmax(1))
 
 
 @pytest.mark.skipif(not has_avx2(), reason="this CPU has no AVX2")

@@ -8,11 +8,14 @@ import sys
 
 import numpy as np
 import pytest
-from export_models import INTEGER, matrix
+import torch
+from export_models import INTEGER, edge_rows, matrix
 
 import qwave
+from qwave import artifact
 from qwave.cli import main
 from qwave.errors import ArtifactError
+from qwave.formats.base import quantize_rows_int8
 
 pytest.importorskip("onnx", reason="the onnx extra is not installed")
 pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not installed")
@@ -40,6 +43,21 @@ def test_onnx_export_gives_qwaves_logits_on_every_bundled_row(trained, tmp_path,
     else:
         np.testing.assert_allclose(got, want, rtol=0, atol=FLOAT_RTOL * scale)
         assert (got.argmax(1) == want.argmax(1)).mean() >= 0.999
+
+
+@pytest.mark.parametrize("spec", ["int8", "ternary", "int4:group_size=64", "int3"])
+def test_onnx_export_gives_qwaves_logits_at_the_activation_recipes_corners(trained, tmp_path, spec):
+    """Rows of all zeros (scale 0), all negative (zero point 127), all positive (zero point 0) and mixed signs into
+    the first layer: the zero-point correction gives qwave's logits; the rows are checked to reach those corners."""
+    path = trained["fsdd"].artifact(spec)
+    X = edge_rows(path)
+    model = qwave.load(path)
+    _, zero, scale = quantize_rows_int8(artifact.load(path).norm(torch.from_numpy(X)))
+    assert scale[0].item() == 0 and zero[1].item() == 127 and zero[2].item() == 0 and 0 < zero[3:].min() < 127
+    got = session(export_onnx(path, tmp_path / "m.onnx").path).run(["logits"], {"x": X})[0]
+    want = model.logits(X)
+    np.testing.assert_allclose(got, want, rtol=0, atol=INTEGER_RTOL * np.abs(want).max())
+    assert np.array_equal(got.argmax(1), want.argmax(1))
 
 
 @pytest.mark.parametrize("spec", ["fp32", "int8"])
