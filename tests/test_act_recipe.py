@@ -59,3 +59,13 @@ def test_an_int8_artifact_without_the_option_runs_the_symmetric_recipe_exactly(t
     with torch.no_grad():
         new = model(x).numpy()
     assert not np.allclose(got, new, rtol=0, atol=1e-6)  # the recipes differ on signed inputs
+
+
+def test_export_refuses_an_artifact_of_the_symmetric_recipe_in_one_line(tmp_path):
+    from qwave.export.model import ExportError, read_model
+
+    artifact.save(_model("int4"), tmp_path / "a", classes=list("abcde"))
+    reseal(tmp_path / "a", lambda m: [spec["options"].pop("act_recipe") for spec in m["layers"].values()])
+    with pytest.raises(ExportError, match="symmetric") as err:
+        read_model(tmp_path / "a")
+    assert "\n" not in str(err.value) and "body.0" in str(err.value)

@@ -103,6 +103,10 @@ def _array(t) -> np.ndarray:
 
 def _step(module: nn.Module, where: str):
     if isinstance(module, PackedLinear):
+        if getattr(module.fmt, "activations", None) == "int8" and module.fmt.act_recipe != "zero_point":
+            raise ExportError(f"{where}: {module.fmt.name} was saved with the earlier symmetric 8-bit activations "
+                              "(act_recipe 'symmetric'), which the exporters do not implement; quantize or train it "
+                              "again with this qwave")
         bias = None if module.bias is None else _array(module.bias.float())
         packed = {name: _array(t) for name, t in module.packed.items()}
         return Linear(module.fmt, packed, tuple(module.shape), bias)
