@@ -32,9 +32,7 @@ import copy
 import hashlib
 import json
 import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
@@ -43,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qwave import __version__
-from qwave.atomic import check_writable, umask
+from qwave.atomic import atomic_dir, check_writable, umask
 from qwave.data.normalize import Normalize
 from qwave.errors import ArtifactError, FormatError, QwaveError
 from qwave.formats import PackedSpec
@@ -172,28 +170,16 @@ def save(
         raise ArtifactError(f"cannot save {directory}: config/extra are not plain JSON data ({err})") from None
     if directory.exists() and any(directory.iterdir()) and not (directory / MANIFEST).is_file():
         raise ArtifactError(f"{directory} exists and is not a qwave artifact; refusing to replace it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"qwave_version": __version__})
-        (tmp / MANIFEST).write_text(text, encoding="utf-8")
-        mask = umask()  # mkdtemp creates 0700 and safetensors 0600; an artifact is shared like any other output
-        os.chmod(tmp, 0o777 & ~mask)
-        for name in (WEIGHTS, MANIFEST):
-            os.chmod(tmp / name, 0o666 & ~mask)
-        old = None
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-            os.replace(directory, old / "artifact")
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old)
+        with atomic_dir(directory) as tmp:
+            save_file(tensors, str(tmp / WEIGHTS), metadata={"qwave_version": __version__})
+            (tmp / MANIFEST).write_text(text, encoding="utf-8")
+            mask = umask()  # mkdtemp creates 0700 and safetensors 0600; an artifact is shared like any other output
+            os.chmod(tmp, 0o777 & ~mask)
+            for name in (WEIGHTS, MANIFEST):
+                os.chmod(tmp / name, 0o666 & ~mask)
     except (SafetensorError, OSError) as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise ArtifactError(f"cannot write {directory}: {' '.join(str(err).split())}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -48,6 +49,26 @@ def check_writable(target: str | Path, option: str, directory: bool = False) -> 
         os.unlink(probe)
     except OSError as err:
         raise ConfigError(f"{option} {target}: cannot write there ({err.strerror or err})") from None
+
+
+@contextmanager
+def atomic_dir(target: Path):
+    """A new folder beside ``target`` to fill: when the block ends it replaces ``target`` (the old folder removed only
+    after the rename); on any error it is removed and ``target`` stays as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def umask() -> int:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from qwave import kernels
-from qwave.atomic import check_writable
+from qwave.atomic import atomic_path, check_writable, write_text
 from qwave.errors import ConfigError
 from qwave.eval import speed
 
@@ -292,7 +292,7 @@ def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes
            memory: list[dict]) -> None:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "speed.csv", "w", newline="") as f:
+    with atomic_path(out / "speed.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -302,7 +302,7 @@ def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes
 
     meta["cpu"] = cpu_info()
     result = {"meta": meta, "results": rows, "audit": audits, "memory": memory}
-    (out / "speed.json").write_text(json.dumps(result, indent=2))
+    write_text(out / "speed.json", json.dumps(result, indent=2))
     if args.plot:
         from qwave.plot import plt, save_figure
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qwave.atomic import atomic_dir
 from qwave.export import c_kernels as k
 from qwave.export.model import Activation, ExportError, ExportModel, LayerNorm, Linear, read_model
 
@@ -265,22 +266,10 @@ def write_sources(model: ExportModel, out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "model.c").is_file())):
         raise ExportError(f"--out {out} exists and is not a qwave C export; refusing to replace it")
     texts = {"model.h": model_h(model), "model.c": model_c(model), "main.c": k.MAIN}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         for name, text in texts.items():
             (tmp / name).write_text(text, encoding="utf-8")
         os.chmod(tmp, 0o755)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / "export")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def compiler() -> str | None:

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 
 from qwave.cli import main
 from qwave.export.c import compiler
 
 
-def test_speed_exported_times_both_exports_beside_qwave(trained, capsys):
+def test_speed_exported_times_both_exports_beside_qwave(trained, capsys, tmp_path):
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     if compiler() is None:
         pytest.skip("no C compiler (cc or $CC) on this machine")
     path = trained["fsdd"].artifact("binary")
     argv = ["speed", "--artifact", str(path), "--exported", "--no-reference", "--batch-sizes", "1,8", "--threads", "1",
-            "--warmup", "1", "--repeats", "3", "--max-seconds", "0.2"]
+            "--warmup", "1", "--repeats", "3", "--max-seconds", "0.2", "--output-dir", str(tmp_path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    rows = [row for line in out.splitlines() if (row := line.split())[:1] == [path.name] and row[2] == "hardtanh"]
-    assert {"qwave-artifact", "onnx-export", "c-export"} <= {row[1] for row in rows}
-    assert all(float(row[3]) > 0 and float(row[4]) > 0 for row in rows)  # p50 ms at batch 1 and 8
+    with open(tmp_path / "speed.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["model"] == path.name and r["activation"] == "hardtanh"]
+    assert {"qwave-artifact", "onnx-export", "c-export"} <= {r["method"] for r in rows}
+    assert {(r["method"], r["batch"]) for r in rows} >= {(m, b) for m in ("onnx-export", "c-export") for b in "18"}
+    assert all(float(r["p50_ms"]) > 0 for r in rows)
     assert "c-export built with cc" in out
