@@ -116,21 +116,21 @@ def _onnx_methods(model: nn.Module, in_dim: int) -> dict[str, Callable]:
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    folder = Path(tempfile.mkdtemp(prefix="qwave-onnx-"))
-    fp32_path, int8_path = folder / "model.onnx", folder / "model.int8.onnx"
-    torch.onnx.export(model, (torch.zeros(1, in_dim),), str(fp32_path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
-    default, nospin = ort.SessionOptions(), ort.SessionOptions()
-    default.intra_op_num_threads = nospin.intra_op_num_threads = torch.get_num_threads()
-    # ONNX Runtime's idle threads spin after each run by default, taking the cores from whichever method is timed
-    # next (in the round-robin that is always the same one: qwave-int8 ran up to 5x slower behind it on 2 cores).
-    nospin.add_session_config_entry("session.intra_op.allow_spinning", "0")
     methods = {}
-    for kind, path in (("fp32", fp32_path), ("int8", int8_path)):
-        for suffix, options in ((DEFAULT_SESSION, default), (NO_SPIN, nospin)):
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            methods[f"onnxruntime-{kind}{suffix}"] = lambda x, s=session: s.run(None, {"x": x.numpy()})[0]
+    with tempfile.TemporaryDirectory(prefix="qwave-onnx-") as tmp:  # the sessions hold the models once created
+        fp32_path, int8_path = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        torch.onnx.export(model, (torch.zeros(1, in_dim),), str(fp32_path), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+        default, nospin = ort.SessionOptions(), ort.SessionOptions()
+        default.intra_op_num_threads = nospin.intra_op_num_threads = torch.get_num_threads()
+        # ONNX Runtime's idle threads spin after each run by default, taking the cores from whichever method is
+        # timed next (in the round-robin that is always the same one: qwave-int8 ran up to 5x slower behind it).
+        nospin.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for kind, path in (("fp32", fp32_path), ("int8", int8_path)):
+            for suffix, options in ((DEFAULT_SESSION, default), (NO_SPIN, nospin)):
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                methods[f"onnxruntime-{kind}{suffix}"] = lambda x, s=session: s.run(None, {"x": x.numpy()})[0]
     return methods
 
 

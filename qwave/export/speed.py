@@ -44,22 +44,23 @@ def c_method(library: ctypes.CDLL, classes: int) -> Callable[[torch.Tensor], np.
 def exported_methods(artifact: str | Path, threads: int) -> tuple[dict[str, Callable], list[str]]:
     """``({"onnx-export": f, "c-export": f}, notes)`` for the artifact; a target that cannot run here is left out
     and a note says why."""
-    folder = Path(tempfile.mkdtemp(prefix="qwave-export-"))
     methods: dict[str, Callable] = {}
     notes: list[str] = []
     name = Path(artifact).name
-    try:
-        done = export_onnx(artifact, folder / "model.onnx")
-        s = session(done.path, threads)
-        methods["onnx-export"] = lambda x, s=s: s.run(None, {"x": x.numpy()})[0]
-        notes.append(f"{name}: onnx-export {done.bytes:,} bytes, ONNX Runtime {threads} thread(s), no spinning")
-    except QwaveError as err:
-        notes.append(f"{name}: onnx-export not timed: {err}")
-    if compiler() is None:
-        notes.append(f"{name}: c-export not timed: no C compiler (cc or $CC)")
-        return methods, notes
-    c = export_c(artifact, folder / "c")
-    methods["c-export"] = c_method(*c_library(c.directory))
+    with tempfile.TemporaryDirectory(prefix="qwave-export-") as tmp:  # sessions and loaded libraries outlive it
+        folder = Path(tmp)
+        try:
+            done = export_onnx(artifact, folder / "model.onnx")
+            s = session(done.path, threads)
+            methods["onnx-export"] = lambda x, s=s: s.run(None, {"x": x.numpy()})[0]
+            notes.append(f"{name}: onnx-export {done.bytes:,} bytes, ONNX Runtime {threads} thread(s), no spinning")
+        except QwaveError as err:
+            notes.append(f"{name}: onnx-export not timed: {err}")
+        if compiler() is None:
+            notes.append(f"{name}: c-export not timed: no C compiler (cc or $CC)")
+            return methods, notes
+        c = export_c(artifact, folder / "c")
+        methods["c-export"] = c_method(*c_library(c.directory))
     obj = c.object_bytes
     size = "" if obj is None else f", model.o text {obj['text']:,} + rodata {obj['rodata']:,} bytes"
     notes.append(f"{name}: c-export built with cc {' '.join(C_FLAGS)}, one thread{size}")

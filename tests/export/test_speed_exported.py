@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import tempfile
 
 import pytest
 
@@ -10,14 +11,18 @@ from qwave.cli import main
 from qwave.export.c import compiler
 
 
-def test_speed_exported_times_both_exports_beside_qwave(trained, capsys, tmp_path):
+def test_speed_exported_times_both_exports_beside_qwave(trained, capsys, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     if compiler() is None:
         pytest.skip("no C compiler (cc or $CC) on this machine")
     path = trained["fsdd"].artifact("binary")
     argv = ["speed", "--artifact", str(path), "--exported", "--no-reference", "--batch-sizes", "1,8", "--threads", "1",
             "--warmup", "1", "--repeats", "3", "--max-seconds", "0.2", "--output-dir", str(tmp_path)]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     assert main(argv) == 0
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("qwave-")]  # exports built, loaded, removed
     out = capsys.readouterr().out
     with open(tmp_path / "speed.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["model"] == path.name and r["activation"] == "hardtanh"]
