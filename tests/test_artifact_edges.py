@@ -174,3 +174,16 @@ def test_feature_names_are_recorded_checked_and_loaded(tmp_path):
         artifact.save(mlp(), tmp_path / "b", features=["a"] * 12)
     reseal(a, lambda m: m.update(features=names[:-1]))
     refused(a, "features")
+
+
+@pytest.mark.parametrize("key, value", [("frame_dim", -8), ("frames", 0), ("num_layers", 0), ("cell", "rnn"),
+                                        ("hidden", 2**40), ("bidirectional", "yes"), ("surprise", 1)])
+def test_every_stored_recurrent_setting_is_checked_at_load_naming_the_key(tmp_path, key, value):
+    """Found by the long re-signed property run: frames 0 or a negative frame width loaded and failed in forward."""
+    from qwave.nn.recurrent import RecurrentCTC, pack_recurrent
+
+    torch.manual_seed(0)
+    a = artifact.save(pack_model(pack_recurrent(RecurrentCTC(frame_dim=8, frames=5, num_classes=6, hidden=12),
+                                                "int8")), tmp_path / "a")
+    reseal(a, lambda m: m["architecture"]["config"].__setitem__(key, value))
+    refused(a, key)

@@ -423,9 +423,6 @@ def test_a_resigned_setting_gives_the_original_a_valid_model_or_one_artifact_err
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("QWAVE_LONG_TESTS", "") != "1",
-                    reason="1,000 re-signed settings for each of the 17 model kinds take ~17 min on 2 cores: "
-                           "QWAVE_LONG_TESTS=1 runs them (recorded in docs/benchmarks.md)")
 @pytest.mark.parametrize("name", MODEL_NAMES)
 @_settings(SLOW_CASES)
 @given(data=st.data())

@@ -25,6 +25,7 @@ from qwave.formats import QuantFormat, get_format
 from qwave.nn.family import register_family
 from qwave.nn.packed_linear import PackedLinear
 from qwave.nn.quant_linear import as_format
+from qwave.settings import need_bool, need_choice, need_int, need_keys
 
 CELLS = {"gru": (nn.GRU, 3), "lstm": (nn.LSTM, 4)}
 
@@ -210,6 +211,21 @@ class RecurrentCTC(nn.Module):
                 "hidden": self.hidden, "num_layers": self.num_layers, "cell": self.cell,
                 "bidirectional": self.bidirectional, "normalize_mode": self.norm.mode,
                 "packed_rnn": isinstance(self.rnn, PackedRecurrent)}
+
+    @classmethod
+    def check_config(cls, config: dict, manifest: dict) -> None:
+        """Every stored setting in range before anything is built (the tensors' shapes are checked against the
+        module the settings make by the loader)."""
+        need_keys("recurrent_ctc config", config, ("frame_dim", "frames", "num_classes", "hidden", "num_layers",
+                                                   "cell", "bidirectional", "normalize_mode"), ("packed_rnn",),
+                  error=ConfigError)
+        for key in ("frame_dim", "frames", "num_classes", "hidden"):
+            need_int(key, config[key], 1, 1 << 20, error=ConfigError)
+        need_int("num_layers", config["num_layers"], 1, 64, error=ConfigError)
+        need_choice("cell", config["cell"], tuple(CELLS), error=ConfigError)
+        need_bool("bidirectional", config["bidirectional"], error=ConfigError)
+        need_bool("packed_rnn", config.get("packed_rnn", False), error=ConfigError)
+        need_choice("normalize_mode", config["normalize_mode"], Normalize.MODES, error=ConfigError)
 
     @classmethod
     def from_config(cls, config: dict) -> RecurrentCTC:
