@@ -13,6 +13,7 @@ import torch
 from qwave import artifact
 from qwave.data import TableSpec, fit_normalizer, load_table
 from qwave.data.source import table_path
+from qwave.formats.base import quantize_rows_int8
 from qwave.nn import MLPClassifier, pack_model, quantize_model
 from qwave.nn.mlp import activation_for
 from qwave.train import TrainConfig, train_model
@@ -70,10 +71,11 @@ class Trained:
         return self._paths[spec]
 
 
-def edge_rows(path: Path) -> np.ndarray:
+def edge_rows(path: Path) -> tuple[np.ndarray, torch.Tensor]:
     """Float32 input rows whose normalised values sit at the corners of the first layer's activation recipe
     (``quantize_rows_int8``): all 0 (scale 0), all negative (zero point 127), all positive (zero point 0), and mixed
-    signs from small to large zero points; built through the artifact's stored ``(x - shift) / scale``."""
+    signs from small to large zero points; built through the artifact's stored ``(x - shift) / scale``. Checks that
+    the rows reach those corners; returns them with their activation scales ``[rows, 1]``."""
     norm = artifact.load(path).norm
     if norm.mode not in ("standard", "min_max"):
         raise ValueError(f"edge rows need a shift / scale normaliser, not {norm.mode!r}")
@@ -82,4 +84,7 @@ def edge_rows(path: Path) -> np.ndarray:
     ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
     wanted = [np.zeros(n, np.float32), np.full(n, -3.0, np.float32), np.full(n, 2.0, np.float32),
               ramp - 0.01, ramp - 0.5, 3 * ramp - 2.9, np.where(ramp > 0.5, -ramp, ramp / 7)]
-    return np.ascontiguousarray(np.stack([shift + v * scale for v in wanted]), np.float32)
+    rows = np.ascontiguousarray(np.stack([shift + v * scale for v in wanted]), np.float32)
+    _, zero, act_scale = quantize_rows_int8(norm(torch.from_numpy(rows)))
+    assert act_scale[0].item() == 0 and zero[1].item() == 127 and zero[2].item() == 0 and 0 < zero[3:].min() < 127
+    return rows, act_scale

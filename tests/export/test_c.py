@@ -10,14 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from export_models import INTEGER, edge_rows, matrix
 
 import qwave
-from qwave import artifact
 from qwave.cli import main
 from qwave.export.c import compiler, export_c
-from qwave.formats.base import quantize_rows_int8
 
 CC = compiler()
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc or $CC) on this machine")
@@ -73,10 +70,8 @@ def test_c_export_gives_qwaves_logits_at_the_activation_recipes_corners(trained,
     """Rows of all zeros (scale 0), all negative (zero point 127), all positive (zero point 0) and mixed signs into
     the first layer: the zero-point correction gives qwave's logits; the rows are checked to reach those corners."""
     path = trained["fsdd"].artifact(spec)
-    X = edge_rows(path)
+    X, scale = edge_rows(path)
     model = qwave.load(path)
-    _, zero, scale = quantize_rows_int8(artifact.load(path).norm(torch.from_numpy(X)))
-    assert scale[0].item() == 0 and zero[1].item() == 127 and zero[2].item() == 0 and 0 < zero[3:].min() < 127
     export_c(path, tmp_path / "c", measure=False)
     got = c_logits(tmp_path / "c", X, STRICT + (["-mavx2"] if has_avx2() else []))
     want = model.logits(X)
