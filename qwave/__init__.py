@@ -6,14 +6,14 @@ __all__ = ["__version__", "load", "save"]
 
 
 def __getattr__(name: str):
-    """``qwave.save`` (an artifact) / ``qwave.load`` (a ``qwave.predict.Classifier``), imported on first use so
+    """``qwave.save`` (an artifact) / ``qwave.load`` (a ``qwave.deploy.Classifier``), imported on first use so
     ``import qwave`` stays light."""
     if name == "save":
         from qwave import artifact
 
         return artifact.save
     if name == "load":
-        from qwave import predict
+        from qwave import deploy
 
-        return predict.load
+        return deploy.load
     raise AttributeError(f"module 'qwave' has no attribute {name!r}")

@@ -11,7 +11,7 @@ Storage shared by several state entries (tied weights) is stored once; the manif
 other names to the stored one and ``load`` ties them again.
 
 The manifest also records the feature names (and their order) the model was trained on, so a table is taken
-by column name (``qwave.predict``), never by position; artifacts saved before names were recorded have none.
+by column name (``qwave.deploy``), never by position; artifacts saved before names were recorded have none.
 
 Nothing in the files is trusted: ``load`` checks, before any kernel reads a tensor, the manifest's size and
 nesting, its types and keys (unknown keys refused), its sha256 digest and each tensor's sha256 (format version 2;

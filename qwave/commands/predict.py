@@ -14,7 +14,7 @@ from qwave.commands.compare import _columns, _unlabelled, feature_names
 from qwave.data import TableSpec
 from qwave.data.source import table_file
 from qwave.errors import ConfigError, DataError
-from qwave.predict import Classifier, load
+from qwave.deploy import Classifier, load
 
 log = logging.getLogger(__name__)
 
