@@ -1,23 +1,29 @@
 """Tables for people, one printer per medium for every command and report: aligned plain text (terminal) and
-Markdown (report.md, the studies' table.md)."""
+Markdown (report.md, the studies' table.md), and the one name each model goes by in them (``model_label``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from qwave.errors import FormatError
+from qwave.formats import canonical_name, get_format
+
 
 def cell(value) -> str:
-    """A table cell: floats with 3 decimals (1 from 1000 up), anything else as ``str``."""
+    """A table cell: floats with 3 decimals (1 from 1000 up, 3 significant digits under 0.001), anything else as
+    ``str``."""
     if isinstance(value, float):
-        return f"{value:.3f}" if value < 1000 else f"{value:.1f}"
+        return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:.3f}" if abs(value) < 1000 else f"{value:.1f}"
     return str(value)
 
 
 def text_table(rows: list[dict], columns: Sequence[str]) -> str:
-    """Plain aligned text table of ``columns`` of ``rows``."""
+    """Plain aligned text table of ``columns`` of ``rows``: numbers to the right, words to the left."""
     cells = [list(columns)] + [[cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells)
+    right = [all(not row[i] or row[i].lstrip("-")[:1].isdigit() for row in cells[1:]) for i in range(len(columns))]
+    return "\n".join("  ".join((c.rjust if r else c.ljust)(w) for c, w, r in zip(row, widths, right, strict=True))
+                     .rstrip() for row in cells)
 
 
 def markdown_table(header: Sequence[str], rows: list[list]) -> str:
@@ -25,3 +31,29 @@ def markdown_table(header: Sequence[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def model_label(name: str, weight_only: bool = False) -> str:
+    """A model as people name it in tables, plots and reports (config keys stay as they are): ``8`` -> ``int8``,
+    ``4`` -> ``int4 (W4A8)``, ``bitnet`` -> ``ternary (W1.58A8)``, ``1`` -> ``binary``, ``ptq8`` -> ``int8 PTQ``,
+    ``1-1-8`` -> ``binary-binary-int8``; with ``weight_only`` the integer and ternary formats say ``(W4, float
+    activations)``. Names that are no format (``moe``) are returned unchanged."""
+    key = str(name).strip()
+    ptq_name = key.lower().startswith("ptq")
+    spec = key[3:] if ptq_name else key
+    try:
+        names = [canonical_name(part) for part in spec.split("-")]
+    except FormatError:
+        return key
+    if len(names) > 1:
+        label = "-".join(names)
+    else:
+        fmt = get_format(names[0])
+        weights = "1.58" if names[0] == "ternary" else f"{fmt.bits:g}"
+        if fmt.activations != "int8":
+            label = names[0]
+        elif weight_only:
+            label = f"{names[0]} (W{weights}, float activations)"
+        else:
+            label = names[0] if names[0] == "int8" else f"{names[0]} (W{weights}A8)"
+    return f"{label} PTQ" if ptq_name else label

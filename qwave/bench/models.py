@@ -17,7 +17,7 @@ from torch import nn
 from qwave.bench.config import BenchConfig
 from qwave.data.normalize import Normalize
 from qwave.errors import ConfigError, FormatError
-from qwave.formats import canonical_name, get_format
+from qwave.formats import canonical_name
 from qwave.nn.family import family, family_names, resolve
 from qwave.nn.mlp import MLPClassifier, build_mlp
 from qwave.nn.surgery import calibrate, pack_model, ptq, quant_options, quantize_model
@@ -134,29 +134,3 @@ def resolve_kind(name: str) -> ModelKind:
         kinds = family_names(need="kind")
         extra = f"; other model kinds: {', '.join(kinds)}" if kinds else ""
         raise ConfigError(f"models: {err}{extra}") from None
-
-
-def model_label(name: str, weight_only: bool = False) -> str:
-    """A model as people name it in tables, plots and reports (config keys stay as they are): ``8`` -> ``int8``,
-    ``4`` -> ``int4 (W4A8)``, ``bitnet`` -> ``ternary (W1.58A8)``, ``1`` -> ``binary``, ``ptq8`` -> ``int8 PTQ``,
-    ``1-1-8`` -> ``binary-binary-int8``; with ``weight_only`` the integer and ternary formats say ``(W4, float
-    activations)``. Names that are no format (``moe``) are returned unchanged."""
-    key = str(name).strip()
-    ptq_name = key.lower().startswith("ptq")
-    spec = key[3:] if ptq_name else key
-    try:
-        names = [canonical_name(part) for part in spec.split("-")]
-    except FormatError:
-        return key
-    if len(names) > 1:
-        label = "-".join(names)
-    else:
-        fmt = get_format(names[0])
-        weights = "1.58" if names[0] == "ternary" else f"{fmt.bits:g}"
-        if fmt.activations != "int8":
-            label = names[0]
-        elif weight_only:
-            label = f"{names[0]} (W{weights}, float activations)"
-        else:
-            label = names[0] if names[0] == "int8" else f"{names[0]} (W{weights}A8)"
-    return f"{label} PTQ" if ptq_name else label

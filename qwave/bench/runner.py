@@ -26,7 +26,7 @@ from qwave.bench import fold_files, provenance
 from qwave.bench.config import BenchConfig, validate
 from qwave.bench.energy import EnergyMeter
 from qwave.bench.measure import JobMemory, Timing, layer_kernels, timed_inference, warn_fallbacks
-from qwave.bench.models import BuildContext, FoldData, ModelKind, model_label, resolve_kind
+from qwave.bench.models import BuildContext, FoldData, ModelKind, resolve_kind
 from qwave.bench.overview import write_overview
 from qwave.bench.progress import BenchProgress
 from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
@@ -35,6 +35,7 @@ from qwave.data.source import table_path
 from qwave.errors import ConfigError
 from qwave.eval.metrics import classification_metrics
 from qwave.size import ArtifactSize, artifact_report, resident_bytes, resident_fields
+from qwave.tables import model_label
 from qwave.train import TrainResult, predict_logits, resolve_device, train_model
 
 log = logging.getLogger(__name__)

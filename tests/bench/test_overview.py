@@ -9,10 +9,10 @@ import pandas as pd
 from PIL import Image
 
 from qwave.bench.config import BenchConfig
-from qwave.bench.models import model_label
 from qwave.bench.overview import pareto_front, plot_pareto
 from qwave.bench.runner import load_dataset, run_benchmark
 from qwave.data.source import BUNDLED_TABLES, bundled_table, table_path
+from qwave.tables import model_label
 
 
 def test_pareto_front_keeps_the_points_no_other_beats_on_both_axes() -> None:
