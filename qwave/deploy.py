@@ -23,6 +23,7 @@ from torch import nn
 
 from qwave import artifact
 from qwave.errors import ArtifactError, DataError
+from qwave.eval.timing import predict_logits
 from qwave.nn.fused import FusedMLP, deployed
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,8 @@ class Classifier:
         rows = self._rows(X)
         if self._forward is None or (isinstance(self._forward, FusedMLP) and not self._forward.current()):
             self._forward = deployed(self.model)  # first use, or new weights loaded into ``model`` since
-        with torch.inference_mode():
-            out = [self._forward(rows[i : i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
-        logits = torch.cat(out).float().numpy() if out else np.zeros((0, len(self.classes)), np.float32)
+        out = predict_logits(self._forward, rows, self.batch_size)
+        logits = out.float().numpy() if len(rows) else np.zeros((0, len(self.classes)), np.float32)
         if not np.isfinite(logits).all():
             bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
             raise ArtifactError(f"the artifact gave non-finite logits for {len(bad)} of {len(logits)} rows (row "

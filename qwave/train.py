@@ -19,6 +19,7 @@ from torch import nn
 from qwave.data.balance import class_weights
 from qwave.errors import ConfigError
 from qwave.eval.metrics import macro_f1
+from qwave.eval.timing import predict_logits
 from qwave.settings import need_float, need_int
 
 SCHEDULES = ("cosine", "constant", "onecycle")
@@ -91,17 +92,6 @@ def lr_factor(epoch: float, cfg: TrainConfig) -> float:
         return max(1.0 - (epoch - warm) / max(cfg.epochs - warm, 1), 0.0) + 1e-3
     progress = min((epoch - warm) / max(cfg.epochs - warm, 1), 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * progress)) + 1e-3
-
-
-def predict_logits(
-    model: nn.Module | Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, batch_size: int = 4096
-) -> torch.Tensor:
-    """Logits of ``model`` (a module, put in eval mode, or a compiled forward such as a ``FusedMLP``), batched,
-    without gradients."""
-    if isinstance(model, nn.Module):
-        model.eval()
-    with torch.no_grad():
-        return torch.cat([model(X[i : i + batch_size]) for i in range(0, len(X), batch_size)]) if len(X) else X
 
 
 def _batches(n: int, cfg: TrainConfig, y: np.ndarray, gen: torch.Generator) -> list[torch.Tensor]:

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from qwave.eval import speed
+from qwave.eval import speed, timing
 from qwave.nn.fused import compile_model
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--formats", default="int8,binary,qesc,int4,ternary,fp16")
     p.add_argument("--calls", type=int, default=3000)
     args = p.parse_args()
-    speed.set_threads(args.threads)
+    timing.set_threads(args.threads)
     x = torch.randn(1, speed.REFERENCE_DIMS[0])
     for fmt in args.formats.split(","):
         model = speed.deployed_reference(0, fmt)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qwave.eval import speed
+from qwave.eval import speed, timing
 from qwave.nn.fused import deployed
 
 FORMATS = "int8,int4,int2,ternary,binary,qesc,fp16,bf16"
@@ -80,9 +80,9 @@ def measure(methods: dict[str, Callable], in_dim: int, seconds: float) -> dict[s
         for batch, repeats in ((1, 400), (256, 30)):
             x = torch.randn(batch, in_dim, generator=gen)
             calls = {name: (lambda fn=fn, x=x: fn(x)) for name, fn in methods.items()}
-            times = speed.time_round_robin(calls, warmup=5, repeats=repeats, max_seconds=seconds)
+            times = timing.time_calls(calls, warmup=5, repeats=repeats, max_seconds=seconds)
             for name, t in times.items():
-                stats = speed.latency_stats(t, batch)
+                stats = timing.latency_stats(t, batch)
                 result[name][batch] = {"p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms,
                                        "samples_per_s": stats.samples_per_s, "calls": stats.repeats}
     return result
@@ -96,7 +96,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="most seconds per condition and batch size")
     p.add_argument("--output", type=Path, default=None, help="write every figure as JSON")
     args = p.parse_args()
-    speed.set_threads(args.threads)
+    timing.set_threads(args.threads)
     in_dim = speed.REFERENCE_DIMS[0]
     reference = speed.reference_mlp(0)
     methods: dict[str, Callable] = {"fp32-eager": reference}

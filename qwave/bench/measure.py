@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from qwave import kernels
-from qwave.eval.speed import float_twin, time_round_robin
+from qwave.eval.speed import float_twin
+from qwave.eval.timing import predict_logits, time_calls
 from qwave.nn.fused import FUSED_SUFFIX, deployed
-from qwave.train import predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,14 @@ def timed_inference(model: nn.Module, X: torch.Tensor, rounds: int = ROUNDS, min
     """The path a deployed model runs (``nn.fused.deployed``: fused when the model fuses, as ``qwave.load``'s
     classifier does): one first forward (timed apart with the compile step: kernel preparation), then warm forwards
     of it and of its FP32 twin interleaved (see the module docstring): the medians of each. ``clock="cpu"``: the
-    warm forwards are timed by process CPU time (``eval.speed.time_round_robin``; one thread on a crowded machine)."""
+    warm forwards are timed by process CPU time (``eval.timing.time_calls``; one thread on a crowded machine)."""
     start = time.perf_counter()
     forward = deployed(model)
     logits = predict_logits(forward, X)
     first = time.perf_counter() - start
     twin = float_twin(model)
-    times = time_round_robin({"model": lambda: predict_logits(forward, X), "fp32": lambda: predict_logits(twin, X)},
-                             warmup=2, repeats=rounds, min_seconds=min_seconds, max_seconds=max_seconds, clock=clock)
+    times = time_calls({"model": lambda: predict_logits(forward, X), "fp32": lambda: predict_logits(twin, X)},
+                       warmup=2, repeats=rounds, min_seconds=min_seconds, max_seconds=max_seconds, clock=clock)
     return Timing(logits, first, float(statistics.median(times["model"])), len(times["model"]),
                   float(statistics.median(times["fp32"])))
 

@@ -33,7 +33,8 @@ from torch import nn
 from qwave import kernels
 from qwave.atomic import atomic_path, check_writable, write_text
 from qwave.errors import ConfigError
-from qwave.eval import speed
+from qwave.eval import speed, timing
+from qwave.tables import model_label, text_table
 
 log = logging.getLogger(__name__)
 DEFAULT_FORMATS = "int8,binary,qesc,int4,int2,ternary,fp16,bf16"
@@ -166,7 +167,7 @@ def run(argv: list[str]) -> int:
     args = _parse(argv)
     if args.isa == "avx2" and os.environ.get(FORCED_ISA) != "avx2":
         return _run_forced_avx2(argv)
-    speed.set_threads(args.threads)
+    timing.set_threads(args.threads)
     notes: list[str] = []
     if args.isa == "avx2":
         notes.append("--isa avx2: numba target znver3 without AVX-512/VNNI; torch, MKL, oneDNN capped to AVX2; "
@@ -204,20 +205,23 @@ def run(argv: list[str]) -> int:
             x = torch.randn(batch, in_dim, generator=torch.Generator().manual_seed(args.seed))
             with torch.inference_mode():
                 blocks = {name: (lambda fn=fn, x=x: fn(x)) for name, fn in own_block.items()}
-                times = speed.time_blocks(blocks, warmup=args.warmup, repeats=args.repeats,
-                                          max_seconds=args.max_seconds, clock=args.clock)
+                times = timing.time_calls(blocks, warmup=args.warmup, repeats=args.repeats,
+                                          max_seconds=args.max_seconds, clock=args.clock, interleaved=False)
                 calls = {name: (lambda fn=fn, x=x: fn(x)) for name, fn in methods.items()}
-                times.update(speed.time_round_robin(calls, warmup=args.warmup, repeats=args.repeats,
-                                                    max_seconds=args.max_seconds * len(calls), clock=args.clock))
+                times.update(timing.time_calls(calls, warmup=args.warmup, repeats=args.repeats,
+                                               max_seconds=args.max_seconds * len(calls), clock=args.clock))
             for name in sorted([*methods, *own_block], key=_row_order(list(methods))):
-                rows.append({"model": label, "method": name, "activation": activations.get(name, "relu"),
+                rows.append({"model": label, "method": name, "label": _label(name),
+                             "activation": activations.get(name, "relu"),
                              "timing": OWN_BLOCK if name in own_block else INTERLEAVED,
-                             **speed.latency_stats(times[name], batch).as_dict()})
+                             **timing.latency_stats(times[name], batch).as_dict()})
         probe = torch.randn(min(args.batch_sizes[-1], 256), in_dim)
         for fmt, model in packed.items():
             for layer in speed.layer_audit(model, probe):
-                audits.append({"model": label, "method": f"qwave-{fmt}", **layer.as_dict()})
-            memory.append({"model": label, "method": f"qwave-{fmt}", **speed.memory_row(model)})
+                audits.append({"model": label, "method": f"qwave-{fmt}", "label": _label(f"qwave-{fmt}"),
+                               **layer.as_dict()})
+            memory.append({"model": label, "method": f"qwave-{fmt}", "label": _label(f"qwave-{fmt}"),
+                           **speed.memory_row(model)})
     _add_ratios(rows)
     print(_table(rows, args))
     print(_audit_table(audits))
@@ -244,6 +248,15 @@ def _add_ratios(rows: list[dict]) -> None:
         r["x_fp32"] = None if ref is None else r["samples_per_s"] / ref
 
 
+def _label(method: str) -> str:
+    """A method as people name it: a qwave format by ``tables.model_label`` (``qwave int4 (W4A8) fused``), peers
+    as they are; the CSV and JSON keep ``method`` (``qwave-int4-fused``) beside it."""
+    fmt = method.removeprefix("qwave-").removesuffix("-fused")
+    if fmt == method:
+        return method
+    return f"qwave {model_label(fmt)}" + (" fused" if method.endswith("-fused") else "")
+
+
 def _table(rows: list[dict], args: argparse.Namespace) -> str:
     status = kernels.status()
     head = (f"qwave speed: threads={args.threads}, isa={args.isa}, clock={args.clock}, "
@@ -253,39 +266,31 @@ def _table(rows: list[dict], args: argparse.Namespace) -> str:
             f"methods warm up again after it)\n"
             f"each qwave format is timed as it deploys, with the hidden activation it trains with (activation_for: "
             f"hardtanh before a binarising or ternarising layer); FP32 and peers: the ReLU model of the same weights")
-    batches = args.batch_sizes
-    lines = [head, f"{'model':<16} {'method':<28} {'act':<9} {'timing':<11}"
-             + " ".join(f"{'batch ' + str(b):>20}" for b in batches)]
-    keys = dict.fromkeys((r["model"], r["method"], r["activation"], r["timing"]) for r in rows)
-    for model, method, activation, timing in keys:
-        cells = []
-        for b in batches:
-            r = next(r for r in rows if (r["model"], r["method"], r["batch"]) == (model, method, b))
-            ratio = "" if r["x_fp32"] is None else f" ({r['x_fp32']:.2f}x)"
-            cells.append(f"{r['p50_ms']:.3f}{ratio}".rjust(20))
-        lines.append(f"{model:<16} {method:<28} {activation:<9} {timing:<11}" + " ".join(cells))
-    return "\n".join(lines)
+    lines: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        line = lines.setdefault((r["model"], r["method"]), {"model": r["model"], "method": r["label"],
+                                                            "act": r["activation"], "timing": r["timing"]})
+        ratio = "" if r["x_fp32"] is None else f" ({r['x_fp32']:.2f}x)"
+        line[f"batch {r['batch']}"] = f"{r['p50_ms']:.3f}{ratio}"
+    columns = ("model", "method", "act", "timing", *(f"batch {b}" for b in args.batch_sizes))
+    return head + "\n" + text_table(list(lines.values()), columns)
 
 
 def _audit_table(audits: list[dict]) -> str:
-    lines = ["\nper-layer kernel audit", f"{'method':<20} {'layer':<10} {'format':<8} {'kernel':<24} "
-             f"{'stored B':>10} {'cached B':>10} {'time':>6}"]
-    for a in audits:
-        warn = "  WARNING: fallback to the PyTorch reference (no fast kernel)" if a["fallback"] else ""
-        lines.append(f"{a['method']:<20} {a['path']:<10} {a['format']:<8} {a['kernel']:<24} {a['stored_bytes']:>10} "
-                     f"{a['cached_bytes']:>10} {a['time_share']:>6.0%}{warn}")
-    return "\n".join(lines)
+    rows = [{**a, "method": a["label"], "time": f"{a['time_share']:.0%}",
+             "note": "WARNING: fallback to the PyTorch reference (no fast kernel)" if a["fallback"] else ""}
+            for a in audits]
+    columns = ("method", "path", "format", "kernel", "stored_bytes", "cached_bytes", "time", "note")
+    return "\nper-layer kernel audit\n" + text_table(rows, columns)
 
 
 def _memory_table(memory: list[dict]) -> str:
     """Stored and resident weight bytes per packed model after its forwards (over 1.1x stored is flagged)."""
-    lines = ["\nresident memory (weights held after the first forward; the fused rows share the layers' kernel state)",
-             f"{'model':<16} {'method':<20} {'stored B':>10} {'resident B':>11} {'resident/stored':>16}"]
-    for m in memory:
-        flag = f"  FLAG: resident {m['resident_flag']} stored" if m["resident_flag"] else ""
-        lines.append(f"{m['model']:<16} {m['method']:<20} {m['stored_bytes']:>10} {m['resident_bytes']:>11} "
-                     f"{m['resident_vs_stored']:>15.3f}x{flag}")
-    return "\n".join(lines)
+    rows = [{**m, "method": m["label"], "resident/stored": f"{m['resident_vs_stored']:.3f}x",
+             "note": f"FLAG: resident {m['resident_flag']} stored" if m["resident_flag"] else ""} for m in memory]
+    columns = ("model", "method", "stored_bytes", "resident_bytes", "resident/stored", "note")
+    return ("\nresident memory (weights held after the first forward; the fused rows share the layers' kernel "
+            "state)\n" + text_table(rows, columns))
 
 
 def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes: list[str],
@@ -309,7 +314,7 @@ def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for model, method in dict.fromkeys((r["model"], r["method"]) for r in rows):
             pts = sorted((r["batch"], r["p50_ms"]) for r in rows if (r["model"], r["method"]) == (model, method))
-            ax.plot(*zip(*pts, strict=True), marker="o", label=f"{model}:{method}")
+            ax.plot(*zip(*pts, strict=True), marker="o", label=f"{model}: {_label(method)}")
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency (ms)")
         ax.legend(fontsize=6)
         fig.tight_layout()

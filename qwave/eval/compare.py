@@ -10,8 +10,7 @@ model is worse; relative drops divide by the original's value. Without labels on
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +22,7 @@ from torch import nn
 from qwave.errors import ArtifactError, DataError
 from qwave.eval.sequence import ctc_greedy_decode, edit_distance, error_rate, sample_error_rates, sequence_similarity
 from qwave.eval.speed import layer_audit
+from qwave.eval.timing import predict_logits, time_pair
 
 log = logging.getLogger(__name__)
 
@@ -177,47 +177,6 @@ def check_finite_logits(logits: np.ndarray, name: str, ids: Sequence[str] | None
                             f"(first: {row}); the model is broken and its outputs are not comparable")
 
 
-def model_logits(model: nn.Module, X: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits of ``model`` in eval mode, batched, on the device of ``X``, without gradients, returned on CPU."""
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([model(X[i : i + batch_size]).float().cpu() for i in range(0, len(X), batch_size)])
-
-
-def time_pair(
-    models: dict[str, nn.Module], X: torch.Tensor, *, warmup: int = 3, repeats: int = 20, batch_size: int = 256
-) -> dict[str, dict]:
-    """Seconds per sample of each model on the same rows in one run, interleaved repeat by repeat.
-
-    Each repeat runs every model over all of ``X`` in batches; the median over repeats is reported (p10/p90 too),
-    so both models see the same machine state. CUDA work is synchronised before reading the clock.
-    """
-    sync: Callable[[], None] = torch.cuda.synchronize if X.is_cuda else (lambda: None)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with torch.no_grad():
-        for model in models.values():
-            model.eval()
-        for r in range(warmup + repeats):
-            for name, model in models.items():
-                sync()
-                start = time.perf_counter()
-                for i in range(0, len(X), batch_size):
-                    model(X[i : i + batch_size])
-                sync()
-                if r >= warmup:
-                    times[name].append(time.perf_counter() - start)
-    n = max(len(X), 1)
-    return {
-        name: {
-            "seconds_per_sample": float(np.median(t)) / n,
-            "p10_seconds_per_sample": float(np.percentile(t, 10)) / n,
-            "p90_seconds_per_sample": float(np.percentile(t, 90)) / n,
-            "repeats": repeats, "warmup": warmup, "batch_size": batch_size, "samples": len(X),
-        }
-        for name, t in times.items()
-    }
-
-
 @dataclass
 class Rows:
     """The rows a comparison runs on: features, optional labels (codes into the models' classes) or references."""
@@ -276,7 +235,7 @@ def compare_models(
     classes = list(getattr(original, "classes", None) or [])
     X = torch.as_tensor(rows.X, dtype=torch.float32, device=device)
     original, quantized = original.to(device).eval(), quantized.to(device).eval()
-    a, b = model_logits(original, X, batch_size).numpy(), model_logits(quantized, X, batch_size).numpy()
+    a, b = (predict_logits(m, X, batch_size).float().cpu().numpy() for m in (original, quantized))
     for name, logits in zip(names, (a, b), strict=True):
         check_finite_logits(logits, name, list(rows.ids))
     if not classes:

@@ -1,138 +1,22 @@
-"""Latency and throughput measurement shared by ``qwave speed`` and ``qwave compare``.
-
-``time_round_robin`` times several methods after a warm-up, interleaved (each runs once per round, in a rotating
-order, so a shared machine's load moves all of them alike); ``time_blocks`` times methods one block each (peers
-whose threads spin after a call); ``latency_stats`` turns per-call seconds into
-p50/p95/p99 latency and
-samples/s; ``set_threads`` fixes torch's and numba's thread counts; ``layer_audit`` says, per packed layer, which
-kernel actually ran (``PackedLinear.last_kernel``), its bytes and its share of the model's time, flagging any
-layer that fell back to the PyTorch reference recipe.
+"""The models ``qwave speed`` times and what it reports beside the timings (the timing rules: ``eval.timing``):
+the seeded reference MLP and its packed copies as each format deploys them, a packed model's FP32 twin (the
+baseline the benchmark's speed column is set against), stored and resident bytes, and ``layer_audit``: per packed
+layer, which kernel actually ran (``PackedLinear.last_kernel``), its bytes and its share of the model's time,
+flagging any layer that fell back to the PyTorch reference recipe.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from qwave import kernels
-from qwave.errors import ConfigError
 
 REFERENCE_DIMS = (1536, (640, 320), 50)  # in_dim, hidden, classes of the reference MLP
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Latency percentiles (milliseconds per call) and throughput of one method at one batch size."""
-
-    batch: int
-    repeats: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    mean_ms: float
-    samples_per_s: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def set_threads(threads: int) -> None:
-    """Use ``threads`` threads in torch and in numba's parallel kernels (when numba is present)."""
-    if threads < 1:
-        raise ConfigError(f"--threads must be at least 1; got {threads}")
-    torch.set_num_threads(threads)
-    try:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
-
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def time_round_robin(
-    fns: dict[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 30, min_seconds: float = 0.0,
-    max_seconds: float = 5.0, clock: str = "wall",
-) -> dict[str, np.ndarray]:
-    """Seconds per call of every ``fns[name]()``: ``warmup`` untimed calls each, then rounds in which every method
-    runs once (the order rotates by one each round), at least ``repeats`` rounds (more while under ``min_seconds``
-    in total), stopping early once ``max_seconds`` (wall time) is spent (at least 3 rounds).
-
-    ``clock="cpu"`` times each call by the process's CPU time instead of the wall clock: on a machine shared with
-    other jobs a single-threaded call then counts only the time it ran, not the time it waited for a core (with
-    several threads it also counts the thread pool's spin-waits)."""
-    if clock not in CLOCKS:
-        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}; got {clock!r}")
-    tick = CLOCKS[clock]
-    if repeats < 1 or warmup < 0:
-        raise ConfigError(f"repeats must be >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
-    names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    start = time.perf_counter()
-    rounds = 0
-    while True:
-        for name in names[rounds % len(names):] + names[: rounds % len(names)]:
-            t0 = tick()
-            fns[name]()
-            times[name].append(tick() - t0)
-        rounds += 1
-        spent = time.perf_counter() - start
-        if rounds >= 3 and spent >= max_seconds:
-            break
-        if rounds >= repeats and spent >= min_seconds:
-            break
-    return {name: np.asarray(t) for name, t in times.items()}
-
-
-def time_blocks(
-    fns: dict[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 30, max_seconds: float = 5.0,
-    clock: str = "wall",
-) -> dict[str, np.ndarray]:
-    """Seconds per call of every ``fns[name]()``, each method in a block of its own: ``warmup`` untimed calls, then
-    at least ``repeats`` timed calls (stopping once ``max_seconds`` of wall time are spent, after at least 3). For
-    methods whose idle threads keep spinning after a call (ONNX Runtime's default session): interleaved, they would
-    take the cores from the method timed next; whatever is timed after a block must warm up again first."""
-    if clock not in CLOCKS:
-        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}; got {clock!r}")
-    if repeats < 1 or warmup < 0:
-        raise ConfigError(f"repeats must be >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
-    tick, times = CLOCKS[clock], {}
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        spent, start = [], time.perf_counter()
-        while len(spent) < repeats and (len(spent) < 3 or time.perf_counter() - start < max_seconds):
-            t0 = tick()
-            fn()
-            spent.append(tick() - t0)
-        times[name] = np.asarray(spent)
-    return times
-
-
-def latency_stats(times: np.ndarray, batch: int) -> LatencyStats:
-    """Percentiles of per-call ``times`` (seconds) and the throughput ``batch / median``."""
-    ms = np.asarray(times, dtype=np.float64) * 1e3
-    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-    return LatencyStats(
-        batch=int(batch),
-        repeats=int(ms.size),
-        p50_ms=float(p50),
-        p95_ms=float(p95),
-        p99_ms=float(p99),
-        mean_ms=float(ms.mean()),
-        samples_per_s=float(batch / (p50 / 1e3)) if p50 > 0 else float("inf"),
-    )
 
 
 def reference_mlp(seed: int = 0, activation: str = "relu") -> nn.Module:

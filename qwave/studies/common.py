@@ -18,7 +18,7 @@ from qwave.bench.config import BenchConfig, CVConfig, DataConfig, ModelConfig
 from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
 from qwave.errors import ConfigError
 from qwave.eval.metrics import aggregate_over_folds
-from qwave.eval.speed import set_threads
+from qwave.eval.timing import set_threads
 from qwave.nn import pack_model, quantize_model
 from qwave.nn.mlp import build_mlp
 from qwave.plot import save_figure

@@ -39,7 +39,7 @@ from qwave.bench.runner import fold_dir, load_dataset, run_benchmark
 from qwave.data import make_folds
 from qwave.errors import ConfigError
 from qwave.eval.metrics import aggregate
-from qwave.eval.speed import set_threads
+from qwave.eval.timing import set_threads
 from qwave.formats import canonical_name
 from qwave.moe.config import MEASURES
 from qwave.plot import plt, save_figure

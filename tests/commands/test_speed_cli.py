@@ -18,7 +18,7 @@ def _restore_threads():
 
     threads = torch.get_num_threads()
     yield
-    speed.speed.set_threads(threads)
+    speed.timing.set_threads(threads)
 
 
 FAST = ["--batch-sizes", "1,4", "--repeats", "2", "--warmup", "1", "--max-seconds", "0.2", "--threads", "1"]
@@ -27,7 +27,7 @@ FAST = ["--batch-sizes", "1,4", "--repeats", "2", "--warmup", "1", "--max-second
 def test_speed_writes_table_csv_json_and_plot(tmp_path, capsys):
     assert speed.run(["--formats", "int8,binary", "--output-dir", str(tmp_path), "--plot", *FAST]) == 0
     out = capsys.readouterr().out
-    assert "fp32-eager" in out and "torch-dynamic-int8" in out and "qwave-int8" in out
+    assert "fp32-eager" in out and "torch-dynamic-int8" in out and "qwave int8" in out
     assert "per-layer kernel audit" in out
     rows = list(csv.DictReader(open(tmp_path / "speed.csv")))
     methods = {r["method"] for r in rows}
@@ -111,12 +111,10 @@ def test_onnx_runtime_appears_as_users_run_it_in_its_own_block_and_without_spinn
         return real_session(path, options, **kw)
 
     timed = {}
-    real_blocks, real_rounds = speed.speed.time_blocks, speed.speed.time_round_robin
+    real_calls = speed.timing.time_calls
     monkeypatch.setattr(ort, "InferenceSession", session)
-    monkeypatch.setattr(speed.speed, "time_blocks", lambda fns, **kw: timed.setdefault("block", set(fns)) and
-                        real_blocks(fns, **kw))
-    monkeypatch.setattr(speed.speed, "time_round_robin", lambda fns, **kw: timed.setdefault("rounds", set(fns)) and
-                        real_rounds(fns, **kw))
+    monkeypatch.setattr(speed.timing, "time_calls", lambda fns, **kw: timed.setdefault(
+        "rounds" if kw.get("interleaved", True) else "block", set(fns)) and real_calls(fns, **kw))
     assert speed.run(["--formats", "int8", "--no-fused", "--output-dir", str(tmp_path), *FAST]) == 0
     out = capsys.readouterr().out
     assert sorted(spin for _, spin in made) == [False, False, True, True]  # fp32 and int8, each both ways

@@ -1,44 +1,14 @@
-"""Timing helpers and the per-layer kernel audit, including the fallback warning when fast kernels are off."""
+"""The reference models, the float twin and the per-layer kernel audit (fallback warnings when fast kernels
+are off)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from qwave import kernels
-from qwave.errors import ConfigError
 from qwave.eval import speed
 from qwave.nn.mlp import MLPClassifier
-
-
-def test_latency_stats_percentiles_and_throughput():
-    stats = speed.latency_stats(np.array([0.001, 0.002, 0.003, 0.004, 0.010]), batch=8)
-    assert stats.p50_ms == pytest.approx(3.0)
-    assert stats.p99_ms <= 10.0 and stats.p95_ms >= stats.p50_ms
-    assert stats.samples_per_s == pytest.approx(8 / 0.003)
-
-
-def test_round_robin_counts_warmup_apart_and_interleaves_rotating_methods():
-    calls = []
-    times = speed.time_round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=2,
-                                   repeats=3)
-    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
-    assert calls == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b"]
-
-
-def test_round_robin_rejects_bad_repeats_and_clocks():
-    with pytest.raises(ConfigError):
-        speed.time_round_robin({"a": lambda: None}, repeats=0)
-    with pytest.raises(ConfigError, match="clock"):
-        speed.time_round_robin({"a": lambda: None}, clock="sundial")
-
-
-def test_cpu_clock_does_not_count_time_spent_waiting():
-    import time
-
-    times = speed.time_round_robin({"sleep": lambda: time.sleep(0.02)}, warmup=0, repeats=3, clock="cpu")
-    assert times["sleep"].max() < 0.01
 
 
 def _small_packed(fmt: str):
@@ -74,16 +44,6 @@ def test_the_deployed_reference_has_its_formats_training_activation_and_the_refe
                for m in model.modules())
     same_weights = speed.packed_reference(speed.reference_mlp(0), fmt).state_dict()
     assert all(torch.equal(t, same_weights[k]) for k, t in model.state_dict().items())
-
-
-def test_blocks_time_each_method_alone_after_its_own_warmup():
-    calls = []
-    times = speed.time_blocks({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=2,
-                              repeats=3)
-    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
-    assert calls == ["a"] * 5 + ["b"] * 5
-    with pytest.raises(ConfigError):
-        speed.time_blocks({"a": lambda: None}, repeats=0)
 
 
 @pytest.mark.parametrize("fmt", ["int8", "ternary", "binary"])
