@@ -19,6 +19,7 @@ from qwave.errors import ArtifactError, ConfigError, DataError
 from qwave.eval.compare import Comparison, Rows, compare_models
 from qwave.eval.sequence import parse_tokens
 from qwave.size import artifact_report
+from qwave.tables import model_label, text_table
 from qwave.train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,12 @@ def select_rows(rows: Rows, fold: np.ndarray | None, args: argparse.Namespace, m
                 None if rows.references is None else [rows.references[i] for i in idx], rows.source)
 
 
-def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by compare and compare-all."""
+def compare_parser(prog: str, doc: str, epilog: str, second: str, second_help: str) -> argparse.ArgumentParser:
+    """The parser of compare and compare-all: the original artifact, ``second`` and the options they share."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("original", type=Path, help="artifact directory of the original (FP32) model")
+    parser.add_argument(second, type=Path, help=second_help)
     add_table_arguments(parser)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--fold", default=None, help="compare on the rows of this fold only")
@@ -148,6 +153,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up runs per model (default 3)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="seed of --num-samples")
+    return parser
 
 
 def run_pair(original_dir: Path, quantized_dir: Path, args: argparse.Namespace, cache: dict | None = None
@@ -170,14 +176,20 @@ def run_pair(original_dir: Path, quantized_dir: Path, args: argparse.Namespace, 
         rep = artifact_report(path)
         sizes[which] = {"stored_bytes": rep.stored_bytes, "file_bytes": rep.file_bytes}
     sizes["ratio"] = sizes["original"]["file_bytes"] / sizes["quantized"]["file_bytes"]
+    fmt, label = _formats(quantized.manifest)
     result.summary.update(original=str(original_dir), quantized=str(quantized_dir), data=args.data, sizes=sizes,
-                          format=_format_label(quantized.manifest))
+                          format=fmt, label=label)
     return result
 
 
-def _format_label(manifest: dict) -> str:
-    names = sorted({spec["format"] for spec in manifest.get("layers", {}).values()})
-    return "+".join(names) or "fp32"
+def _formats(manifest: dict) -> tuple[str, str]:
+    """The quantized model's layer formats (``int4``; several joined by ``+``) and the same as people name them
+    (``int4 (W4A8)``, ``tables.model_label``; weight-only layers say so)."""
+    layers = manifest.get("layers", {}).values()
+    names = sorted({spec["format"] for spec in layers})
+    labels = sorted({model_label(spec["format"], (spec.get("options") or {}).get("activations") == "float")
+                     for spec in layers})
+    return "+".join(names) or "fp32", "+".join(labels) or "fp32"
 
 
 def _pct(value: float | None) -> str:
@@ -187,7 +199,7 @@ def _pct(value: float | None) -> str:
 def render(result: Comparison) -> str:
     """The printed report of one comparison."""
     s = result.summary
-    lines = [f"compare {s['original']} -> {s['quantized']} ({s['format']}) on {s['n']} rows of {s['data']}"]
+    lines = [f"compare {s['original']} -> {s['quantized']} ({s['label']}) on {s['n']} rows of {s['data']}"]
     lg = s["logits"]
     lines.append(f"  logits   MSE {lg['mse']:.4g}  MAE {lg['mae']:.4g}  cosine {lg['cosine']:.4f}  "
                  f"max|diff| {lg['max_abs']:.4g}  KL {lg['kl']:.4g}")
@@ -222,12 +234,12 @@ def render(result: Comparison) -> str:
     lines.append(f"  size     original {sz['original']['file_bytes']:,} B  quantized "
                  f"{sz['quantized']['file_bytes']:,} B  ({sz['ratio']:.2f}x smaller; tensors "
                  f"{sz['quantized']['stored_bytes']:,} B)")
-    lines.append("  kernels of the quantized model (layer, format, kernel, bytes, share of time):")
-    for layer in s["kernels"]["quantized"]:
-        flag = "  WARNING: fallback, not a fast kernel" if layer["fallback"] else ""
-        lines.append(f"    {layer['path']:24s} {layer['format']:7s} {layer['kernel']:22s} {layer['stored_bytes']:>9,} "
-                     f"{_pct(layer['time_share']):>7s}{flag}")
-    return "\n".join(lines)
+    lines.append("  kernels of the quantized model:")
+    layers = [{**layer, "time": _pct(layer["time_share"]),
+               "note": "WARNING: fallback, not a fast kernel" if layer["fallback"] else ""}
+              for layer in s["kernels"]["quantized"]]
+    table = text_table(layers, ("path", "format", "kernel", "stored_bytes", "time", "note"))
+    return "\n".join(lines + ["    " + line for line in table.splitlines()])
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -246,11 +258,7 @@ def write_outputs(result: Comparison, csv_path: str | None, json_path: str | Non
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="qwave compare", description=__doc__, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("original", type=Path, help="artifact directory of the original (FP32) model")
-    parser.add_argument("quantized", type=Path, help="artifact directory of the quantized model")
-    add_compare_arguments(parser)
+    parser = compare_parser("qwave compare", __doc__, EPILOG, "quantized", "artifact directory of the quantized model")
     parser.add_argument("--output-csv", default=None, help="per-sample CSV")
     parser.add_argument("--output-json", default=None, help="summary JSON")
     args = parser.parse_args(argv)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
 from qwave.artifact import find_artifacts
 from qwave.atomic import check_writable, write_json, write_with
-from qwave.commands.compare import add_compare_arguments, render, run_pair, write_outputs
+from qwave.commands.compare import compare_parser, render, run_pair, write_outputs
 from qwave.errors import ArtifactError
 from qwave.eval.compare import Comparison
+from qwave.tables import text_table
 
 EPILOG = """examples:
   qwave compare-all models/fp32 models/ --data esc50.csv.gz --label class_id --split test
@@ -22,9 +22,9 @@ EPILOG = """examples:
 def table_row(result: Comparison) -> dict:
     """One line of the compare-all table from a comparison's summary."""
     s = result.summary
-    row = {"artifact": s["quantized"], "format": s["format"], "file_bytes": s["sizes"]["quantized"]["file_bytes"],
-           "size_ratio": s["sizes"]["ratio"], "logit_mse": s["logits"]["mse"], "kl": s["logits"]["kl"],
-           "cosine": s["logits"]["cosine"]}
+    row = {"artifact": s["quantized"], "format": s["format"], "label": s["label"],
+           "file_bytes": s["sizes"]["quantized"]["file_bytes"], "size_ratio": s["sizes"]["ratio"],
+           "logit_mse": s["logits"]["mse"], "kl": s["logits"]["kl"], "cosine": s["logits"]["cosine"]}
     if s["kind"] == "classifier":
         p = s["predictions"]
         row["agreement"] = p["agreement"]
@@ -57,11 +57,8 @@ def sort_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="qwave compare-all", description=__doc__, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("original", type=Path, help="artifact directory of the original (FP32) model")
-    parser.add_argument("directory", type=Path, help="directory searched for quantized artifacts")
-    add_compare_arguments(parser)
+    parser = compare_parser("qwave compare-all", __doc__, EPILOG, "directory", "directory searched for quantized "
+                            "artifacts")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="write compare_all.csv/json and each model's summary JSON and per-sample CSV here")
     parser.add_argument("--verbose", action="store_true", help="print each model's full report too")
@@ -90,8 +87,7 @@ def run(argv: list[str]) -> int:
         write_json(args.output_dir / "compare_all.json", {"original": str(args.original), "models": summaries})
     print(f"qwave compare-all: {args.original} vs {len(found)} artifacts under {args.directory} "
           f"({len(cache['rows'].X)} rows of {args.data})")
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
-        print(table.to_string(index=False))
+    print(text_table(table.fillna("").to_dict("records"), [c for c in table.columns if c != "format"]))
     if table["fallback_layers"].any():
         print("warning: some layers ran a fallback (dequantize-then-float) path; see fallback_layers / --verbose")
     return 0

@@ -13,8 +13,8 @@ from qwave import atomic
 from qwave.commands.compare import _columns, _unlabelled, feature_names
 from qwave.data import TableSpec
 from qwave.data.source import table_file
-from qwave.errors import ConfigError, DataError
 from qwave.deploy import Classifier, load
+from qwave.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from qwave.size import (
     resident_fields,
     size_table,
 )
-from qwave.tables import text_table
+from qwave.tables import model_label, text_table
 
 EPILOG = """examples:
   qwave size --formats fp32,16,8,4,2,1,bitnet,qesc            # reference MLP 1536 -> 640 -> 320 -> 50
@@ -104,7 +104,7 @@ def _csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
 def _plot(rows: list[dict], path: Path) -> None:
     from qwave.plot import plt, save_figure
 
-    labels = [f"{r['model']}:{r['format']}" for r in rows]
+    labels = [f"{r['model']}: {model_label(r['format'])}" for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, len(rows) * 0.9), 4))
     left.bar(labels, [r["stored_bytes"] / 1e6 for r in rows])
     left.set_ylabel("stored MB")
@@ -171,13 +171,13 @@ def run(argv: list[str]) -> int:
             )
         rows = size_table(spec, args.formats, models=args.models, per_layer=args.per_layer or args.debug)
         columns = COLUMNS
-    print(text_table(rows, columns))
-    flagged = [r.get("artifact") or f"{r['model']}:{r['format']}" for r in rows if r.get("resident_flag")]
+    print(text_table([{**r, "format": model_label(r["format"])} if "format" in r else r for r in rows], columns))
+    flagged = [r.get("artifact") or f"{r['model']}: {model_label(r['format'])}" for r in rows if r.get("resident_flag")]
     if flagged:
         print(f"resident over {RESIDENT_LIMIT}x stored: {', '.join(flagged)} (a kernel layout wider than the stored "
               "codes, or a float copy of the weights)")
     for row in rows if (args.per_layer or args.debug) else ():
-        print(f"\n{row['model']} {row['format']}: per layer")
+        print(f"\n{row['model']} {model_label(row['format'])}: per layer")
         print(text_table(row["layers"], ("layer", "kind", "format", "weights", "bytes")))
         if args.debug:
             print(text_table(row["tensors"], ("name", "dtype", "numel", "bytes", "shared_with")))
