@@ -10,31 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from qwave import atomic, tables
-from qwave.bench.summary import resident_ratio_cell
+from qwave.bench.summary import COLUMNS, table_rows
 from qwave.plot import EngFormatter, NullFormatter, plt, save_figure
-
-COLUMNS = ("model", "method", "runs", "macro-F1", "95% CI", "accuracy", "stored KB", "smaller than FP32",
-           "resident KB", "ms/sample", "speed vs FP32", "resident / stored")
-
-
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The summary rows as a Markdown table (best macro-F1 first, as the rows come)."""
-    cells = [
-        (
-            str(r.get("label", r["model"])), str(r.get("method")), str(r["runs"]), _fmt(r.get("macro_f1_mean"), ".4f"),
-            "±" + _fmt(r.get("macro_f1_ci95"), ".4f") if r.get("macro_f1_ci95") is not None else "-",
-            _fmt(r.get("accuracy_mean"), ".4f"), _fmt(r.get("stored_kb"), ".1f"),
-            _fmt(r.get("reduction_vs_fp32"), ".2f", "x"), _fmt(r.get("resident_kb"), ".1f"),
-            _fmt(r.get("infer_ms_per_sample"), ".4f"), _fmt(r.get("speed_vs_fp32"), ".2f", "x"),
-            resident_ratio_cell(r),
-        )
-        for r in rows
-    ]
-    return tables.markdown_table(COLUMNS, cells)
+    """The summary rows as a Markdown table (``summary.table_rows``, best macro-F1 first, as the rows come)."""
+    return tables.markdown_table(COLUMNS, [list(r.values()) for r in table_rows(rows)])
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

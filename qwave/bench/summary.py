@@ -4,17 +4,15 @@ printed table, gather."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
-from rich.console import Console
-from rich.table import Table
 
 from qwave import atomic
 from qwave.errors import QwaveError
 from qwave.eval.metrics import INTERVAL, aggregate, aggregate_over_folds
 from qwave.size import resident_fields
+from qwave.tables import text_table
 
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "roc_auc_macro", "ece")
 
@@ -129,34 +127,32 @@ def write_tag_summary(root: Path, extra_roots: list[Path] | None = None, models:
     return rows
 
 
-def resident_ratio_cell(row: dict) -> str:
-    """Resident over stored bytes, with the flag when the model holds more than 1.1x what it stores."""
-    if row.get("resident_vs_stored") is None:
-        return "-"
-    flag = f" ({row['resident_flag']})" if row.get("resident_flag") else ""
-    return f"{row['resident_vs_stored']:.2f}x{flag}"
+COLUMNS = ("model", "method", "runs", "macro-F1", "± std", "95% CI", "accuracy", "stored KB", "smaller than FP32",
+           "resident KB", "resident / stored", "train s", "ms/sample", "speed vs FP32")
 
 
-def print_table(rows: list[dict], title: str, console: Console | None = None) -> None:
-    """The summary as a terminal table: macro-F1 (headline) with std and 95% CI, accuracy, stored and resident
-    size, time and warm inference speed relative to FP32."""
-    table = Table(title=title, caption=f"CI95: {INTERVAL}")
-    columns = ("model", "method", "runs", "macro-F1", "± std", "CI95", "accuracy", "stored KB", "vs fp32",
-               "resident KB", "res/stored", "train s", "ms/sample", "speed")
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("model", "method") else "right", no_wrap=True)
-    for r in rows:
-        ci = f"±{r['macro_f1_ci95']:.4f}" if r.get("macro_f1_ci95") is not None else "-"
-        reduction = f"{r['reduction_vs_fp32']:.2f}x" if r.get("reduction_vs_fp32") else "-"
-        resident = f"{r['resident_kb']:.1f}" if r.get("resident_kb") is not None else "-"
-        ratio = resident_ratio_cell(r)
-        speed = f"{r['speed_vs_fp32']:.2f}x" if r.get("speed_vs_fp32") else "-"
-        table.add_row(
-            str(r.get("label", r["model"])), str(r["method"]), str(r["runs"]), f"{r['macro_f1_mean']:.4f}",
-            f"{r['macro_f1_std']:.4f}",
-            ci, f"{r['accuracy_mean']:.4f}", f"{r['stored_kb']:.1f}", reduction, resident, ratio,
-            f"{r['train_s_mean']:.1f}", f"{r['infer_ms_per_sample']:.4f}", speed,
-        )
-    if console is None:
-        console = Console() if sys.stdout.isatty() else Console(width=160)
-    console.print(table)
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def table_rows(rows: list[dict]) -> list[dict]:
+    """The summary rows as the cells people read, keyed by ``COLUMNS`` (in the rows' order, best macro-F1 first):
+    the model by its display name (``label``), macro-F1 with std and 95% CI, accuracy, stored and resident size
+    (flagged above 1.1x stored), train time and warm inference speed relative to FP32."""
+    return [dict(zip(COLUMNS, _cells(r), strict=True)) for r in rows]
+
+
+def _cells(r: dict) -> tuple:
+    flag = f"x ({r['resident_flag']})" if r.get("resident_flag") else "x"
+    ci = "±" + _fmt(r.get("macro_f1_ci95"), ".4f") if r.get("macro_f1_ci95") is not None else "-"
+    return (str(r.get("label", r["model"])), str(r.get("method")), r["runs"], _fmt(r.get("macro_f1_mean"), ".4f"),
+            _fmt(r.get("macro_f1_std"), ".4f"), ci, _fmt(r.get("accuracy_mean"), ".4f"),
+            _fmt(r.get("stored_kb"), ".1f"), _fmt(r.get("reduction_vs_fp32"), ".2f", "x"),
+            _fmt(r.get("resident_kb"), ".1f"), _fmt(r.get("resident_vs_stored"), ".2f", flag),
+            _fmt(r.get("train_s_mean"), ".1f"), _fmt(r.get("infer_ms_per_sample"), ".4f"),
+            _fmt(r.get("speed_vs_fp32") or None, ".2f", "x"))
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    """The summary as a terminal table (``table_rows``) under ``title``."""
+    print(f"{title} (95% CI: {INTERVAL})\n{text_table(table_rows(rows), COLUMNS)}")

@@ -30,13 +30,17 @@ def test_run_writes_a_report_row_per_model_and_the_pareto_picture(fast_config) -
     table = [line for line in lines if line.startswith("| ") and not line.startswith("| model")]
     assert len(table) == 3 and "pareto.png" in "\n".join(lines)
     assert sorted(line.split("|")[1].strip() for line in table) == ["binary", "fp32", "int8"]  # as people say them
+    header = [c.strip() for c in next(line for line in lines if line.startswith("| model")).strip("|").split("|")]
     for line in table:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        row = summary.loc[cells[0]]
-        assert float(cells[3]) == round(row["macro_f1_mean"], 4)
-        assert float(cells[6]) == round(row["stored_kb"], 1)
-        assert float(cells[8]) == round(row["resident_kb"], 1)
-        assert abs(float(cells[10].rstrip("x")) - row["speed_vs_fp32"]) < 0.006  # measured in each job (test_measure)
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+        row = summary.loc[cells["model"]]
+        assert float(cells["macro-F1"]) == round(row["macro_f1_mean"], 4)
+        assert float(cells["± std"]) == round(row["macro_f1_std"], 4)
+        assert float(cells["stored KB"]) == round(row["stored_kb"], 1)
+        assert float(cells["resident KB"]) == round(row["resident_kb"], 1)
+        assert float(cells["train s"]) == round(row["train_s_mean"], 1)
+        # measured in each job (test_measure)
+        assert abs(float(cells["speed vs FP32"].rstrip("x")) - row["speed_vs_fp32"]) < 0.006
     with Image.open(root / "pareto.png") as picture:
         assert picture.format == "PNG" and picture.width > 800 and picture.height > 300
 
