@@ -26,6 +26,7 @@ from qwave.moe.model import MoEClassifier, Trace
 from qwave.moe.routing import standardise, top_k_mask
 from qwave.plot import plt, save_figure
 from qwave.size import report
+from qwave.tables import model_label
 
 COVERAGES = (0.8, 0.9)
 
@@ -135,7 +136,8 @@ def switch_points(model: MoEClassifier, base: torch.Tensor, lo: float, hi: float
 def plot_histogram(scores: dict[str, np.ndarray], correct: np.ndarray, expert: np.ndarray, formats: list[str],
                    measure: str, switches: list[dict], title: str):
     """Distributions of each router uncertainty score for correct and wrong predictions, then the rule's score
-    stacked by first-choice expert with the cascade's switch points (dashed lines) marked."""
+    stacked by first-choice expert (named by ``tables.model_label``) with the cascade's switch points (dashed
+    lines) marked."""
     labels = {"mutual_info": "BALD mutual information (nats)", "variance": "routing variance",
               "max_softmax": "1 - router max probability"}
     fig, axes = plt.subplots(1, len(scores) + 1, figsize=(4 * (len(scores) + 1), 3.5))
@@ -150,10 +152,10 @@ def plot_histogram(scores: dict[str, np.ndarray], correct: np.ndarray, expert: n
     values = scores[measure]
     bins = np.histogram_bin_edges(values, bins=30)
     ax.hist([values[expert == e] for e in range(len(formats))], bins=bins, stacked=True,
-            label=[f"{f} ({int((expert == e).sum())})" for e, f in enumerate(formats)])
+            label=[f"{model_label(f)} ({int((expert == e).sum())})" for e, f in enumerate(formats)])
     for i, point in enumerate(switches):
         ax.axvline(point["u"], ls="--", color="k", lw=1)
-        ax.annotate(f"{point['from']} → {point['to']}", (point["u"], 0.97 - 0.3 * (i % 3)),
+        ax.annotate(f"{model_label(point['from'])} → {model_label(point['to'])}", (point["u"], 0.97 - 0.3 * (i % 3)),
                     xycoords=("data", "axes fraction"), rotation=90, ha="right", va="top", fontsize=7)
     ax.set_xlabel(f"{labels[measure]} (rule's score)")
     ax.set_title("routed expert" + ("" if switches else " (routing does not switch on u)"), fontsize=9)
