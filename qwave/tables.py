@@ -1,12 +1,20 @@
-"""Tables for people, one printer per medium for every command and report: aligned plain text (terminal) and
-Markdown (report.md, the studies' table.md), and the one name each model goes by in them (``model_label``)."""
+"""Tables for people, one printer per medium for every command and report: aligned plain text (terminal),
+Markdown (report.md, the studies' table.md) and CSV files, and the one name each model goes by in them
+(``model_label``)."""
 
 from __future__ import annotations
 
+import csv
+import io
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
+from qwave import atomic
 from qwave.errors import FormatError
 from qwave.formats import canonical_name, get_format
+
+NUMBER = re.compile(r"[-±]?\d")  # a cell that starts like a number is set to the right
 
 
 def cell(value) -> str:
@@ -21,7 +29,7 @@ def text_table(rows: list[dict], columns: Sequence[str]) -> str:
     """Plain aligned text table of ``columns`` of ``rows``: numbers to the right, words to the left."""
     cells = [list(columns)] + [[cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    right = [all(not row[i] or row[i].lstrip("-")[:1].isdigit() for row in cells[1:]) for i in range(len(columns))]
+    right = [all(row[i] in ("", "-") or NUMBER.match(row[i]) for row in cells[1:]) for i in range(len(columns))]
     return "\n".join("  ".join((c.rjust if r else c.ljust)(w) for c, w, r in zip(row, widths, right, strict=True))
                      .rstrip() for row in cells)
 
@@ -31,6 +39,15 @@ def markdown_table(header: Sequence[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str]) -> None:
+    """``columns`` of ``rows`` as a CSV file (a missing cell empty, other keys left out), written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(path, buffer.getvalue())
 
 
 def model_label(name: str, weight_only: bool = False) -> str:

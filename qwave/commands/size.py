@@ -4,8 +4,6 @@ of saved artifacts given as paths."""
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from pathlib import Path
 
 from qwave import atomic
@@ -20,7 +18,7 @@ from qwave.size import (
     resident_fields,
     size_table,
 )
-from qwave.tables import model_label, text_table
+from qwave.tables import model_label, text_table, write_csv
 
 EPILOG = """examples:
   qwave size --formats fp32,16,8,4,2,1,bitnet,qesc            # reference MLP 1536 -> 640 -> 320 -> 50
@@ -91,14 +89,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="bar chart of size and reduction (PNG)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     return p
-
-
-def _csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -182,7 +172,7 @@ def run(argv: list[str]) -> int:
         if args.debug:
             print(text_table(row["tensors"], ("name", "dtype", "numel", "bytes", "shared_with")))
     if args.output:
-        atomic.write_text(args.output, _csv_text(rows, columns))
+        write_csv(args.output, rows, columns)
     if args.plot and not args.paths:
         _plot(rows, args.plot)
     return 0

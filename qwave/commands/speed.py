@@ -17,7 +17,6 @@ capped to AVX2; ONNX Runtime and fbgemm pick their kernels from the CPU and cann
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -31,10 +30,10 @@ import torch
 from torch import nn
 
 from qwave import kernels
-from qwave.atomic import atomic_path, check_writable, write_text
+from qwave.atomic import check_writable, write_text
 from qwave.errors import ConfigError
 from qwave.eval import speed, timing
-from qwave.tables import model_label, text_table
+from qwave.tables import model_label, text_table, write_csv
 
 log = logging.getLogger(__name__)
 DEFAULT_FORMATS = "int8,binary,qesc,int4,int2,ternary,fp16,bf16"
@@ -297,10 +296,7 @@ def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes
            memory: list[dict]) -> None:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "speed.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "speed.csv", rows, list(rows[0]))
     meta = {"threads": args.threads, "isa": args.isa, "clock": args.clock, "kernels": kernels.status(),
             "notes": notes}
     from qwave.commands.doctor import cpu_info
