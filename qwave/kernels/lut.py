@@ -263,18 +263,20 @@ if FAST_KERNELS:
     @njit(cache=True, boundscheck=False, nogil=True)
     def _chain(x, layers, count):
         """Consecutive layers in one compiled call: ``layers`` is ``CHAIN_LAYERS`` entries ``(nibbles, scale, column
-        sums, bias, meta)``, the first ``count`` real, ``meta`` int64 ``[alpha, beta, out, in, padded in, act]``."""
+        sums, bias, meta)``, the first ``count`` real, ``meta`` int64 ``[alpha, beta, out, in, padded in, act, 1, 0]``
+        (the last two: one weight group, serial quantization; values, not constants, so ``quantize_rows`` is called
+        with the types ``wa8`` compiles it for, one signature)."""
         h = x
         for i in range(count):
             nibbles, scale, colsum, bias, meta = layers[i]
-            a, x_scale, zero, sums = quantize_rows(h, meta[3], 1, meta[4], False)
+            a, x_scale, zero, sums = quantize_rows(h, meta[3], meta[6], meta[4], meta[7] != 0)
             out = np.empty((h.shape[0], meta[2]), dtype=np.float32)
             gemm(a, sums, zero, x_scale, nibbles, scale, colsum, meta[0], meta[1], meta[2], bias, meta[5], out)
             h = out
         return h
 
     _EMPTY_LAYER = (np.empty((0, 0), np.uint8), np.empty((0, 0), np.float32), np.empty((0, 0), np.int32),
-                    np.empty(0, np.float32), np.zeros(6, np.int64))
+                    np.empty(0, np.float32), np.zeros(8, np.int64))
 
     def chain_layers(layers: list[tuple[LutWeights, np.ndarray, int]]):
         """A callable ``x float32 [batch, in] -> float32 [batch, out]``: one compiled call over the ``(weights,
@@ -286,7 +288,7 @@ if FAST_KERNELS:
         entries = tuple(
             (w.nibbles, w.wide.scale, w.wide.column_sums, np.ascontiguousarray(bias, np.float32),
              np.array([w.wide.alpha, w.wide.beta, w.wide.out_features, w.wide.in_features,
-                       _padded(w.wide.in_features), act], np.int64))
+                       _padded(w.wide.in_features), act, 1, 0], np.int64))
             for w, bias, act in layers
         ) + (_EMPTY_LAYER,) * (CHAIN_LAYERS - len(layers))
         count = len(layers)
