@@ -22,13 +22,16 @@ the reference MLP's 1536 x 640 layer is 245 KB of nibbles, so the ``LUT_ROWS`` r
 Regime: two exact lookups per pair and 32 columns make one ``vpshufb`` worth 32 products, what one ``vpmaddubsw``
 gives; the tables win only where the register-unpacking kernel pays most for its shifts and activation broadcasts,
 one or two rows (measured in docs/benchmarks.md). From ``LUT_ROWS + 1`` rows ``wa8``'s 4-row tiles share each
-weight load between rows and win, so the state also keeps the ``lowbit`` layout and larger batches run there; on
-AVX-512 VNNI CPUs ``vpdpbusd`` (64 products per instruction) wins at every batch and this kernel is not registered.
+weight load between rows and win, so the state (``LutWeights``, a ``wa8.IntWeights`` of the ``lowbit`` avx2 layout
+plus the nibbles) runs larger batches there; the kernel shares ``wa8.chain_layers``, which runs a chain of table
+layers through ``_chain`` up to ``LUT_ROWS`` rows (``wa8.FEW_ROWS_CHAINS``) and a chain mixing them with other W·A8
+layers through ``wa8`` (still one compiled call). On AVX-512 VNNI CPUs ``vpdpbusd`` (64 products per instruction)
+wins at every batch and this kernel is not registered.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -57,16 +60,20 @@ def pack_nibbles(u: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class LutWeights:
-    """The nibble layout for the tables and the ``lowbit`` avx2 state (larger batches; its scales, column sums and
-    ``unprepare``)."""
+class LutWeights(IntWeights):
+    """The ``lowbit`` avx2 state (every ``wa8`` entry point runs it: larger batches, mixed chains, ``unprepare``) plus
+    the nibble layout of the tables."""
 
     nibbles: np.ndarray  # uint8 [tiles, steps * 128]
-    wide: IntWeights
 
     @property
     def cached_bytes(self) -> int:
-        return int(self.nibbles.nbytes + self.wide.cached_bytes)
+        return int(self.nibbles.nbytes + super().cached_bytes)
+
+
+def with_tables(wide: IntWeights, u: np.ndarray) -> LutWeights:
+    """``wide`` (the ``lowbit`` avx2 state of unsigned codes ``u``) with the nibbles of ``u`` added."""
+    return LutWeights(**{f.name: getattr(wide, f.name) for f in fields(IntWeights)}, nibbles=pack_nibbles(u))
 
 
 if FAST_KERNELS:
@@ -95,8 +102,7 @@ if FAST_KERNELS:
     from qwave.kernels.int8 import ISA
     from qwave.kernels.lowbit import prepare_unsigned
     from qwave.kernels.lowbit import unprepare as unprepare_wide
-    from qwave.kernels.wa8 import CHAIN_LAYERS
-    from qwave.kernels.wa8 import chain_layers as wide_chain
+    from qwave.kernels.wa8 import CHAIN_LAYERS, FEW_ROWS_CHAINS, chain_layers
     from qwave.kernels.wa8 import linear_np as wide_linear
 
     load_i16x16 = _loader(I16x16, "16 int16 of a contiguous 1-D int16 array from element ``start``.")
@@ -251,13 +257,13 @@ if FAST_KERNELS:
     def linear_np(weights: LutWeights, x: np.ndarray, bias: np.ndarray, act: int) -> np.ndarray:
         """``act(W·A8 recipe(x) + bias)`` on float32 rows ``x [batch, in]``: the tables up to ``LUT_ROWS`` rows,
         ``wa8`` above."""
-        wide = weights.wide
         if x.shape[0] > LUT_ROWS:
-            return wide_linear(wide, x, bias, act)
-        a, x_scale, zero, sums = quantize_rows(x, wide.in_features, 1, _padded(wide.in_features), False)
-        out = np.empty((x.shape[0], wide.out_features), np.float32)
-        gemm(a, sums, zero, x_scale, weights.nibbles, wide.scale, wide.column_sums, wide.alpha, wide.beta,
-             wide.out_features, bias, act, out)
+            return wide_linear(weights, x, bias, act)
+        n_in, n_out = weights.in_features, weights.out_features
+        a, x_scale, zero, sums = quantize_rows(x, n_in, 1, _padded(n_in), False)
+        out = np.empty((x.shape[0], n_out), np.float32)
+        gemm(a, sums, zero, x_scale, weights.nibbles, weights.scale, weights.column_sums, weights.alpha, weights.beta,
+             n_out, bias, act, out)
         return out
 
     @njit(cache=True, boundscheck=False, nogil=True)
@@ -278,41 +284,29 @@ if FAST_KERNELS:
     _EMPTY_LAYER = (np.empty((0, 0), np.uint8), np.empty((0, 0), np.float32), np.empty((0, 0), np.int32),
                     np.empty(0, np.float32), np.zeros(8, np.int64))
 
-    def chain_layers(layers: list[tuple[LutWeights, np.ndarray, int]]):
-        """A callable ``x float32 [batch, in] -> float32 [batch, out]``: one compiled call over the ``(weights,
-        bias, act)`` layers, bit for bit ``linear_np`` layer after layer (``wa8``'s chain above ``LUT_ROWS`` rows);
-        ``None`` for more than ``CHAIN_LAYERS`` layers."""
-        wide = wide_chain([(w.wide, bias, act) for w, bias, act in layers])
-        if wide is None:
-            return None
+    def _few_rows_chain(layers: list[tuple[LutWeights, np.ndarray, int]]):
+        """``f(x, entries, count)`` for ``wa8.chain_layers`` (``FEW_ROWS_CHAINS``): the layers through ``_chain``
+        (``wa8``'s own entries unused), bit for bit ``linear_np`` layer after layer."""
         entries = tuple(
-            (w.nibbles, w.wide.scale, w.wide.column_sums, np.ascontiguousarray(bias, np.float32),
-             np.array([w.wide.alpha, w.wide.beta, w.wide.out_features, w.wide.in_features,
-                       _padded(w.wide.in_features), act, 1, 0], np.int64))
+            (w.nibbles, w.scale, w.column_sums, np.ascontiguousarray(bias, np.float32),
+             np.array([w.alpha, w.beta, w.out_features, w.in_features, _padded(w.in_features), act, 1, 0], np.int64))
             for w, bias, act in layers
         ) + (_EMPTY_LAYER,) * (CHAIN_LAYERS - len(layers))
         count = len(layers)
-
-        def run(x):
-            x = np.ascontiguousarray(x, np.float32)
-            return _chain(x, entries, count) if x.shape[0] <= LUT_ROWS else wide(x)
-
-        return run
+        return lambda x, _entries, _count: _chain(x, entries, count)
 
     def prepare(fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> LutWeights:
         """Kernel state of int2 or ternary with one weight group per row: nibbles and the ``lowbit`` avx2 state."""
         q = fmt.unpack(packed, shape)
         u, alpha, beta = fmt.unsigned_codes(q)
         u = u.numpy()
-        return LutWeights(pack_nibbles(u), prepare_unsigned(u, q.scale, shape, None, 2, alpha, beta, "avx2"))
-
-    def unprepare(fmt, weights: LutWeights) -> dict[str, torch.Tensor]:
-        """The format's packed tensors, bit for bit (from the ``lowbit`` state the kernel keeps)."""
-        return unprepare_wide(fmt, weights.wide)
+        return with_tables(prepare_unsigned(u, q.scale, shape, None, 2, alpha, beta, "avx2"), u)
 
     def _supports(fmt) -> bool:
         return (fmt.activations == "int8" and fmt.act_recipe == "zero_point"
                 and getattr(fmt, "group_size", None) is None)
+
+    FEW_ROWS_CHAINS[LutWeights] = (LUT_ROWS, _few_rows_chain)
 
     if ISA == "avx2":  # with AVX-512 VNNI, ``vpdpbusd`` beats the tables at every batch (``lowbit`` serves)
         no_bias = np.empty(0, dtype=np.float32)
@@ -326,8 +320,8 @@ if FAST_KERNELS:
                                                             NO_ACTIVATION)),
                 cached_bytes=lambda weights: weights.cached_bytes,
                 supports=_supports,
-                unprepare=unprepare,
+                unprepare=unprepare_wide,  # the lowbit layout is kept: its inverse
                 run_np=linear_np,
-                chain=chain_layers,
+                chain=chain_layers,  # ``wa8``'s: one compiled call with the other W·A8 layers
             )
         )

@@ -26,7 +26,7 @@ def _state(u: np.ndarray, scale: np.ndarray, alpha: int, beta: int):
 
     out, n = u.shape
     wide = lowbit.prepare_unsigned(u, torch.from_numpy(scale).half(), (out, n), None, 2, alpha, beta, "avx2")
-    return lut.LutWeights(lut.pack_nibbles(u.astype(np.uint8)), wide)
+    return lut.with_tables(wide, u.astype(np.uint8))
 
 
 @pytest.mark.parametrize(("alpha", "beta"), MAPS)
@@ -76,7 +76,7 @@ FORMATS = [("int2", {}), ("int2", {"grid": "symmetric"}), ("ternary", {})]
 @pytest.mark.parametrize(("name", "options"), FORMATS)
 @pytest.mark.parametrize("batch", [1, 2, 5])
 def test_lut_formats_equal_their_reference_recipe_and_unprepare_inverts(name, options, batch):
-    from qwave.kernels import lut
+    from qwave.kernels import lowbit, lut
 
     fmt = get_format(name, **options)
     gen = torch.Generator().manual_seed(batch)
@@ -85,26 +85,32 @@ def test_lut_formats_equal_their_reference_recipe_and_unprepare_inverts(name, op
     state = lut.prepare(fmt, packed, (37, 301))
     got = lut.linear_np(state, x.numpy(), np.empty(0, np.float32), 0)
     assert torch.equal(torch.from_numpy(got), fmt.matmul(x, packed, (37, 301)))
-    restored = lut.unprepare(fmt, state)
+    restored = lowbit.unprepare(fmt, state)
     assert list(restored) == list(packed) and all(torch.equal(restored[k], packed[k]) for k in packed)
 
 
 @pytest.mark.parametrize("batch", [1, 2, 7])
-def test_lut_chain_equals_linear_np_layer_after_layer(batch):
-    from qwave.kernels import lut
+@pytest.mark.parametrize("formats", [["ternary", "int2", "ternary"], ["int8", "ternary", "int4"]])
+def test_wa8_chains_with_table_layers_equal_run_np_layer_after_layer(batch, formats):
+    """All-table chains run the tables up to ``LUT_ROWS`` rows, mixed W·A8 chains run ``wa8`` on every layer (one
+    compiled call either way); both equal the layers' own ``run_np`` one after the other."""
+    from qwave.kernels import int8, lowbit, lut, wa8
 
     gen = torch.Generator().manual_seed(batch)
     widths, acts = (77, 33, 17, 5), (kernels.HARDTANH, kernels.RELU, kernels.NO_ACTIVATION)
-    layers = []
-    for i, name in enumerate(["ternary", "int2", "ternary"]):
+    layers, runs = [], []
+    for i, name in enumerate(formats):
         fmt, shape = get_format(name), (widths[i + 1], widths[i])
         packed = fmt.pack(fmt.quantize(torch.randn(shape, generator=gen)))
-        layers.append((lut.prepare(fmt, packed, shape), torch.randn(shape[0], generator=gen).numpy(), acts[i]))
+        module = lut if name in lut.FORMATS else (int8 if name in int8.FORMATS else lowbit)
+        state = lut.prepare(fmt, packed, shape) if module is lut else module.prepare(fmt, packed, shape, "avx2")
+        layers.append((state, torch.randn(shape[0], generator=gen).numpy(), acts[i]))
+        runs.append(lut.linear_np if module is lut else wa8.linear_np)
     x = np.random.default_rng(batch).standard_normal((batch, widths[0])).astype(np.float32) * 3
     want = x
-    for state, bias, act in layers:
-        want = lut.linear_np(state, want, bias, act)
-    assert np.array_equal(lut.chain_layers(layers)(x), want)
+    for (state, bias, act), run in zip(layers, runs, strict=True):
+        want = run(state, want, bias, act)
+    assert np.array_equal(wa8.chain_layers(layers)(x), want)
 
 
 @pytest.mark.parametrize("name", ["int2", "ternary"])
@@ -115,3 +121,21 @@ def test_the_tables_serve_one_group_formats_on_avx2_only_cpus(name):
     assert kernels.kernel_for(get_format(name), "cpu").name == expected
     if name == "int2":  # grouped weights: the register-unpacking kernel
         assert kernels.kernel_for(get_format(name, group_size=32), "cpu").name.startswith("lowbit-a8")
+
+
+@pytest.mark.parametrize(("formats", "batch", "tables"), [
+    (["ternary", "int2"], 1, True), (["ternary", "int2"], 3, False), (["int4", "ternary"], 1, False)])
+def test_the_chain_runs_the_tables_only_for_all_table_layers_and_few_rows(monkeypatch, formats, batch, tables):
+    from qwave.kernels import lowbit, lut, wa8
+
+    calls = []
+    real = lut._chain
+    monkeypatch.setattr(lut, "_chain", lambda *args: calls.append(1) or real(*args))
+    layers = []
+    for name, shape in zip(formats, [(9, 20), (4, 9)], strict=True):
+        fmt = get_format(name)
+        packed = fmt.pack(fmt.quantize(torch.randn(shape, generator=torch.Generator().manual_seed(shape[0]))))
+        state = lut.prepare(fmt, packed, shape) if name in lut.FORMATS else lowbit.prepare(fmt, packed, shape, "avx2")
+        layers.append((state, np.zeros(shape[0], np.float32), kernels.RELU))
+    wa8.chain_layers(layers)(np.ones((batch, 20), np.float32))
+    assert bool(calls) == tables
