@@ -45,6 +45,7 @@ STEP = 8  # inputs per step: 4 pairs
 HI_STEPS = 5  # steps whose hi lookups add in bytes (4 * 11 * 5 = 220 < 256)
 BLOCK_STEPS = 128  # steps per int16 block (lo: 252 * 128 < 2^15; hi: 44 * 128)
 LUT_ROWS = 2  # batches up to this many rows run the tables, larger ones ``wa8`` (measured crossover: 2 to 4 rows)
+CHAIN_DEPTH = 4  # most layers of a table chain: every call unboxes all its entries (~0.12 us an array, 5 an entry)
 
 
 def pack_nibbles(u: np.ndarray) -> np.ndarray:
@@ -102,7 +103,7 @@ if FAST_KERNELS:
     from qwave.kernels.int8 import ISA
     from qwave.kernels.lowbit import prepare_unsigned
     from qwave.kernels.lowbit import unprepare as unprepare_wide
-    from qwave.kernels.wa8 import CHAIN_LAYERS, FEW_ROWS_CHAINS, chain_layers
+    from qwave.kernels.wa8 import FEW_ROWS_CHAINS, chain_layers
     from qwave.kernels.wa8 import linear_np as wide_linear
 
     load_i16x16 = _loader(I16x16, "16 int16 of a contiguous 1-D int16 array from element ``start``.")
@@ -268,7 +269,7 @@ if FAST_KERNELS:
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _chain(x, layers, count):
-        """Consecutive layers in one compiled call: ``layers`` is ``CHAIN_LAYERS`` entries ``(nibbles, scale, column
+        """Consecutive layers in one compiled call: ``layers`` is ``CHAIN_DEPTH`` entries ``(nibbles, scale, column
         sums, bias, meta)``, the first ``count`` real, ``meta`` int64 ``[alpha, beta, out, in, padded in, act, 1, 0]``
         (the last two: one weight group, serial quantization; values, not constants, so ``quantize_rows`` is called
         with the types ``wa8`` compiles it for, one signature)."""
@@ -286,12 +287,15 @@ if FAST_KERNELS:
 
     def _few_rows_chain(layers: list[tuple[LutWeights, np.ndarray, int]]):
         """``f(x, entries, count)`` for ``wa8.chain_layers`` (``FEW_ROWS_CHAINS``): the layers through ``_chain``
-        (``wa8``'s own entries unused), bit for bit ``linear_np`` layer after layer."""
+        (``wa8``'s own entries unused), bit for bit ``linear_np`` layer after layer; ``None`` (``wa8`` runs them) for
+        more than ``CHAIN_DEPTH`` layers."""
+        if len(layers) > CHAIN_DEPTH:
+            return None
         entries = tuple(
             (w.nibbles, w.scale, w.column_sums, np.ascontiguousarray(bias, np.float32),
              np.array([w.alpha, w.beta, w.out_features, w.in_features, _padded(w.in_features), act, 1, 0], np.int64))
             for w, bias, act in layers
-        ) + (_EMPTY_LAYER,) * (CHAIN_LAYERS - len(layers))
+        ) + (_EMPTY_LAYER,) * (CHAIN_DEPTH - len(layers))
         count = len(layers)
         return lambda x, _entries, _count: _chain(x, entries, count)
 

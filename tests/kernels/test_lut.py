@@ -124,18 +124,23 @@ def test_the_tables_serve_one_group_formats_on_avx2_only_cpus(name):
 
 
 @pytest.mark.parametrize(("formats", "batch", "tables"), [
-    (["ternary", "int2"], 1, True), (["ternary", "int2"], 3, False), (["int4", "ternary"], 1, False)])
+    (["ternary", "int2"], 1, True), (["ternary", "int2"], 3, False), (["int4", "ternary"], 1, False),
+    (["ternary"] * 5, 2, False)])  # deeper than CHAIN_DEPTH: wa8
 def test_the_chain_runs_the_tables_only_for_all_table_layers_and_few_rows(monkeypatch, formats, batch, tables):
     from qwave.kernels import lowbit, lut, wa8
 
     calls = []
     real = lut._chain
     monkeypatch.setattr(lut, "_chain", lambda *args: calls.append(1) or real(*args))
-    layers = []
-    for name, shape in zip(formats, [(9, 20), (4, 9)], strict=True):
+    layers, widths = [], [20] + [9] * (len(formats) - 1) + [4]
+    for name, shape in zip(formats, zip(widths[1:], widths[:-1], strict=True), strict=True):
         fmt = get_format(name)
         packed = fmt.pack(fmt.quantize(torch.randn(shape, generator=torch.Generator().manual_seed(shape[0]))))
         state = lut.prepare(fmt, packed, shape) if name in lut.FORMATS else lowbit.prepare(fmt, packed, shape, "avx2")
         layers.append((state, np.zeros(shape[0], np.float32), kernels.RELU))
-    wa8.chain_layers(layers)(np.ones((batch, 20), np.float32))
+    x = np.ones((batch, 20), np.float32)
+    want = x
+    for state, bias, act in layers:
+        want = (lut.linear_np if isinstance(state, lut.LutWeights) else wa8.linear_np)(state, want, bias, act)
+    assert np.array_equal(wa8.chain_layers(layers)(x), want)
     assert bool(calls) == tables
