@@ -124,7 +124,6 @@ BUILTIN: tuple[str, ...] = (
     "qwave.kernels.half",
     "qwave.kernels.int8",
     "qwave.kernels.lowbit",
-    "qwave.kernels.lut",
     "qwave.kernels.popcount",
     "qwave.kernels.cuda",
 )

@@ -529,10 +529,6 @@ if FAST_KERNELS:
         return gemm
 
     GEMM_AVX2, GEMM_512 = _driver(False), _driver(True)
-    # Subclasses of ``IntWeights`` with their own kernel for small batches (``lut``): type -> (rows, builder), the
-    # builder taking the ``chain_layers`` layers and returning ``f(x, entries, count)`` for batches of up to ``rows``
-    # rows (bit for bit the chain), or None; a chain of layers all of that type uses it, any other chain ``CHAIN``.
-    FEW_ROWS_CHAINS: dict[type, tuple[int, object]] = {}
     GEMM = {"avx2": GEMM_AVX2, "avx512vnni": GEMM_512}
 
     def _chain(wide: bool):
@@ -581,12 +577,7 @@ if FAST_KERNELS:
             for w, bias, act in layers
         ) + (_EMPTY_LAYER,) * (CHAIN_LAYERS - len(layers))
         run, count = CHAIN[layers[0][0].isa], len(layers)
-        kinds = {type(w) for w, _, _ in layers}
-        few = FEW_ROWS_CHAINS.get(kinds.pop()) if len(kinds) == 1 else None
-        rows, small = (0, None) if few is None else (few[0], few[1](layers))
-        if small is None:
-            return lambda x: run(np.ascontiguousarray(x, np.float32), entries, count)
-        return lambda x: (small if x.shape[0] <= rows else run)(np.ascontiguousarray(x, np.float32), entries, count)
+        return lambda x: run(np.ascontiguousarray(x, np.float32), entries, count)
 
     def linear_np(weights: IntWeights, x: np.ndarray, bias: np.ndarray, act: int) -> np.ndarray:
         """``act(W·A8 recipe(x) + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""

@@ -80,8 +80,5 @@ def test_lowbit_formats_equal_their_reference_recipe_bit_for_bit(isa, name, opti
 
 @pytest.mark.parametrize("name", ["int4", "int3", "int2", "ternary"])
 def test_the_registered_kernel_serves_the_default_w_a8_formats_and_leaves_weight_only_ones(name):
-    from qwave.kernels import int8
-
-    tables = name in ("int2", "ternary") and int8.ISA == "avx2"  # one-group 2-bit codes on AVX2: ``lut``
-    assert kernels.kernel_for(get_format(name), "cpu").name.startswith("lut2-a8" if tables else "lowbit-a8")
+    assert kernels.kernel_for(get_format(name), "cpu").name.startswith("lowbit-a8")
     assert kernels.kernel_for(get_format(name, activations="float"), "cpu").name == "dequant-cached-fp32"
