@@ -32,6 +32,7 @@ from torch import nn
 
 from qwave import kernels
 from qwave.data.normalize import Normalize
+from qwave.kernels.work import threads_by_load
 from qwave.nn.packed_linear import PackedLinear
 
 _CPU = torch.device("cpu")
@@ -70,6 +71,7 @@ class FusedMLP:
         self.affine = ((norm.shift.numpy(), norm.scale.numpy()) if isinstance(norm, Normalize)
                        and norm.mode in ("standard", "min_max") else None)
         self.kernel_names = [f"{layer.kernel.name}{FUSED_SUFFIX}" for layer in layers]
+        self.row_macs = max((layer.layer.in_features * layer.layer.out_features for layer in layers), default=0)
         builders = {layer.kernel.chain for layer in layers}
         build = builders.pop() if len(builders) == 1 else None
         # One compiled call for the whole chain when every layer's kernel shares the same chain entry point.
@@ -98,11 +100,12 @@ class FusedMLP:
         rows = x if x.dim() == 2 and x.dtype == torch.float32 and not x.requires_grad else (
             x.detach().reshape(-1, x.shape[-1]).float())
         h = self._normalised(rows)
-        if self.chain is not None:
-            h = self.chain(h)
-        else:
-            for layer in self.layers:
-                h = layer(h)
+        with threads_by_load(h.shape[0] * self.row_macs):
+            if self.chain is not None:
+                h = self.chain(h)
+            else:
+                for layer in self.layers:
+                    h = layer(h)
         for layer, name in zip(self.layers, self.kernel_names, strict=True):
             if layer.layer.last_kernel != name:  # nn.Module.__setattr__ costs a microsecond a layer
                 layer.layer.last_kernel = name

@@ -74,6 +74,17 @@ def test_the_fused_path_takes_3d_float64_inputs_and_sees_a_normaliser_loaded_in_
         assert torch.equal(fused(x), model(x.float()))
 
 
+@pytest.mark.parametrize("fmt", ["int8", "ternary", "binary", "qesc", "fp16"])
+def test_a_crowded_machine_gives_the_same_logits_on_the_calling_thread(fmt, monkeypatch, tmp_path):
+    from qwave.kernels import work
+
+    model = _packed(_mlp("relu"), fmt)
+    want = compile_model(model)(_inputs(3000))
+    (tmp_path / "loadavg").write_text("9.0 9.0 9.0 40/400 1\n")
+    monkeypatch.setattr(work, "LOADAVG", str(tmp_path / "loadavg"))
+    assert torch.equal(compile_model(model)(_inputs(3000)), want)
+
+
 def test_hardtanh_outputs_are_clamped_inside_the_fused_chain():
     """The hidden activations really are clamped: a ReLU model of the same weights gives other logits."""
     x = _inputs(9)
