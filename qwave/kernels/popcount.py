@@ -40,7 +40,7 @@ from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
 PARALLEL_WORDS = 1 << 15  # below this many (row, output, word) triples a call stays on one thread
 ROW_CHUNK, COL_BLOCK = 64, 64
 PAD = 16  # outputs are padded to a multiple of 16 in the transposed planes
-CHAIN_LAYERS = 8  # most layers one compiled chain call runs (``chain_layers``)
+CHAIN_LAYERS = 4  # most layers one compiled chain call runs (``chain_layers``)
 BYTE_WORDS = 31  # avx2: words whose byte counts are summed in bytes before widening (31 * 8 = 248 < 256)
 
 

@@ -49,7 +49,7 @@ BLOCK = 1 << 16  # inputs per int32 accumulation before the int64 spill (see the
 CHAIN4, CHAIN2 = 8, 40  # avx2: steps of 4 inputs summed in int16 before widening (4-bit and 2-bit codes)
 ROW_CHUNK = 64  # batch rows per work item
 COL_BLOCK = 64  # output columns per work item
-CHAIN_LAYERS = 8  # most layers one compiled chain call runs (``chain_layers``)
+CHAIN_LAYERS = 4  # most layers one compiled chain call runs (``chain_layers``)
 PARALLEL_MACS = 1 << 21  # below this many multiply-adds a call stays on the calling thread (``qwave.kernels.work``;
 # measured on 2 threads, forced AVX2: batch 1 and 2 of the reference MLP gain nothing from a second thread, batch 4
 # of its 1536 x 640 layer does)

@@ -9,6 +9,11 @@ to the time it lost, instead of the whole call waiting for that core's fixed hal
 range statically, also with ``set_parallel_chunksize``: measured, 16 items of which one is 100x longer were split
 8 / 8 between 2 threads.)
 
+A call also stays on the calling thread when the machine has no core to spare (``threads_by_load``): measured on 2
+cores beside another busy thread pool (a default ONNX Runtime session in the same process, or other jobs), an OpenMP
+region over 2 threads took 100-200x its quiet time, because its threads wait at the region's barrier, spinning, for
+a thread that is not running; one thread slows only by the share of the core it gets.
+
 Usage inside an ``njit(parallel=True)`` driver::
 
     counter = np.zeros(1, np.int64)
@@ -21,10 +26,75 @@ Usage inside an ``njit(parallel=True)`` driver::
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from qwave.kernels import FAST_KERNELS
 
 MAX_THREADS = 256  # prange iterations of a work-sharing loop: at least the thread count (``prange`` gives each
 # thread a contiguous share of them; a thread's first iteration takes items until none is left, the others find none)
+
+LOADAVG = "/proc/loadavg"  # its 4th field: threads running or runnable now / threads in all (Linux)
+_OPEN: dict[str, int] = {}  # LOADAVG's descriptor, kept open: pread costs 2 us, open + read + close 14 us
+SPLIT_MACS = 1 << 21  # a layer call of fewer multiply-adds stays on one thread in the W·A8 and popcount kernels
+
+
+def others_running(loadavg: str, own_workers: int) -> int:
+    """Threads running on the machine besides this call, from ``/proc/loadavg``'s text: its running count less the
+    calling thread and this process's ``own_workers`` (the pools' worker threads spin a while after each parallel
+    region, so they count as running although they wait for work)."""
+    running = int(loadavg.split()[3].split("/")[0])
+    return max(0, running - 1 - own_workers)
+
+
+def spare_cores(loadavg: str, cpus: int, own_workers: int) -> int:
+    """Cores this call could use beside the calling thread's own: the usable ``cpus`` less the calling thread's
+    core and one per other running thread."""
+    return max(0, cpus - 1 - others_running(loadavg, own_workers))
+
+
+def _loadavg() -> str:
+    """``LOADAVG``'s text now, or "" where it cannot be read."""
+    try:
+        if LOADAVG not in _OPEN:
+            for fd in _OPEN.values():
+                os.close(fd)
+            _OPEN.clear()
+            _OPEN[LOADAVG] = os.open(LOADAVG, os.O_RDONLY)
+        return os.pread(_OPEN[LOADAVG], 256, 0).decode("ascii", "replace")
+    except OSError:
+        return ""
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextmanager
+def threads_by_load(macs: int) -> Iterator[None]:
+    """Run the enclosed kernel calls (``macs``: the multiply-adds of the largest) on as many threads as the machine
+    has cores to spare (``spare_cores``, plus the calling thread's own), at most the threads set; on the calling
+    thread alone when none is spare. Calls too small to split (below ``SPLIT_MACS``), and machines where
+    ``/proc/loadavg`` cannot be read, change nothing."""
+    import numba  # present whenever a kernel runs (``FAST_KERNELS``)
+    import torch
+
+    threads = numba.get_num_threads()
+    if macs < SPLIT_MACS or threads == 1:
+        yield
+        return
+    text = _loadavg()
+    use = min(threads, 1 + spare_cores(text, _usable_cpus(), threads - 1 + torch.get_num_threads() - 1)) if text \
+        else threads
+    if use == threads:
+        yield
+        return
+    numba.set_num_threads(use)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
 
 if FAST_KERNELS:
     from llvmlite import ir

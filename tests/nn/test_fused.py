@@ -25,10 +25,10 @@ IDS = [name + ("-weight-only" if opts else "") for name, opts in CASES]
 BATCHES = [1, 9, 301]  # 301 rows: the kernels' multi-threaded paths
 
 
-def _mlp(activation: str, seed: int = 0) -> MLPClassifier:
+def _mlp(activation: str, seed: int = 0, normalize: str = "standard") -> MLPClassifier:
     torch.manual_seed(seed)
     rows = np.random.default_rng(seed).normal(3.0, 2.0, (64, IN)).astype(np.float32)
-    model = MLPClassifier(IN, CLASSES, hidden=HIDDEN, dropout=0.1, normalize=fit_normalizer(rows, "standard"),
+    model = MLPClassifier(IN, CLASSES, hidden=HIDDEN, dropout=0.1, normalize=fit_normalizer(rows, normalize),
                           activation=activation)
     return model.eval()
 
@@ -56,6 +56,33 @@ def _assert_fused_equals_per_layer(model: nn.Module) -> None:
 @pytest.mark.parametrize("activation", ["relu", "hardtanh"])
 def test_fused_equals_per_layer_path_bit_for_bit(fmt, options, activation):
     _assert_fused_equals_per_layer(_packed(_mlp(activation), fmt, **options))
+
+
+@pytest.mark.parametrize("normalize", ["raw", "min_max", "l2"])
+@pytest.mark.parametrize("fmt", ["int8", "binary", "fp16"])
+def test_every_normaliser_mode_runs_in_the_fused_path_bit_for_bit(fmt, normalize):
+    _assert_fused_equals_per_layer(_packed(_mlp("relu", normalize=normalize), fmt))
+
+
+def test_the_fused_path_takes_3d_float64_inputs_and_sees_a_normaliser_loaded_in_place():
+    model = _packed(_mlp("relu"), "int8")
+    fused = compile_model(model)
+    x = _inputs(12).reshape(3, 4, IN).double()
+    with torch.inference_mode():
+        assert torch.equal(fused(x), model(x.float()))
+        model.norm.shift.copy_(model.norm.shift + 1.0)  # what load_state_dict does to a buffer
+        assert torch.equal(fused(x), model(x.float()))
+
+
+@pytest.mark.parametrize("fmt", ["int8", "ternary", "binary", "qesc", "fp16"])
+def test_a_crowded_machine_gives_the_same_logits_on_the_calling_thread(fmt, monkeypatch, tmp_path):
+    from qwave.kernels import work
+
+    model = _packed(_mlp("relu"), fmt)
+    want = compile_model(model)(_inputs(3000))
+    (tmp_path / "loadavg").write_text("9.0 9.0 9.0 40/400 1\n")
+    monkeypatch.setattr(work, "LOADAVG", str(tmp_path / "loadavg"))
+    assert torch.equal(compile_model(model)(_inputs(3000)), want)
 
 
 def test_hardtanh_outputs_are_clamped_inside_the_fused_chain():
