@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from qwave import kernels
+from qwave.kernels.work import torch_threads
 from qwave.nn.packed_linear import PackedLinear
 
 _CPU = torch.device("cpu")
@@ -50,13 +51,14 @@ class FusedLayer:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.kernel.run_np is not None:
             return self.kernel.run_np(self.state, x, self.bias, self.act)
-        y = self.kernel.run(self.state, torch.from_numpy(x))
-        if self.bias.shape[0]:
-            y = y + torch.from_numpy(self.bias)
-        if self.act == kernels.RELU:
-            y = torch.relu(y)
-        elif self.act == kernels.HARDTANH:
-            y = torch.nn.functional.hardtanh(y)
+        with torch_threads(x.shape[0] * self.layer.in_features * self.layer.out_features):
+            y = self.kernel.run(self.state, torch.from_numpy(x))
+            if self.bias.shape[0]:
+                y = y + torch.from_numpy(self.bias)
+            if self.act == kernels.RELU:
+                y = torch.relu(y)
+            elif self.act == kernels.HARDTANH:
+                y = torch.nn.functional.hardtanh(y)
         return y.numpy()
 
 
@@ -82,7 +84,8 @@ class FusedMLP:
         lead = x.shape[:-1]
         rows = x.reshape(-1, x.shape[-1]).float()
         if self.norm is not None:
-            rows = self.norm(rows)
+            with torch_threads(rows.numel()):  # element-wise: torch would split a batch of 256 over its threads
+                rows = self.norm(rows)
         h = rows.contiguous().numpy()
         if self.chain is not None:
             h = self.chain(h)
