@@ -1,11 +1,15 @@
 """fp16 / bf16 linear layers: the 16-bit weights are converted to float32 inside the kernel, never cached as float32.
 
 The layer holds only its 16-bit weights, transposed per tile of output columns (``[tile, in, columns]``, a
-permutation of the stored bytes). Each work item converts one tile's columns for all inputs into a float32 scratch
-panel (``vcvtph2ps`` for fp16; bf16 is the high half of a float32, a 16-bit shift), once per row chunk, then runs
-an FP32 register-tiled microkernel over it: 6 rows x 16 columns (``avx2``, 12 ``vfmadd231ps`` accumulators) or
-6 rows x 32 columns (``avx512``). ``y[i, j] = sum_k x[i, k] * w[j, k]`` is accumulated in input order with fused
-multiply-adds (float32 rounding differs from PyTorch's GEMM in the last bits), then the bias and the activation.
+permutation of the stored bytes). A batch of 6 rows or more is cut into work items of ROW_CHUNK rows x one column
+tile; an item converts K_BLOCK inputs of its tile at a time into a float32 scratch panel (``vcvtph2ps`` for fp16;
+bf16 is the high half of a float32, a 16-bit shift) and runs an FP32 register-tiled microkernel over it for all
+its rows: 6 rows x 16 columns (``avx2``, 12 ``vfmadd231ps`` accumulators) or 6 rows x 32 columns (``avx512``), the
+sums kept in a scratch block between K blocks. A batch under 6 rows uses each weight at most 5 times, so it
+converts the weights in registers, four column tiles at a time (eight accumulators), and writes no panel.
+Every ``y[i, j] = sum_k x[i, k] * w[j, k]`` is accumulated in input order with fused multiply-adds on every path
+(float32 rounding differs from PyTorch's GEMM in the last bits, but a row gets the same bits in any batch), then
+the bias and the activation.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ ROWS = 6  # rows per register tile
 # for the reference MLP's first layer) stay in L2 while the column tiles pass over them.
 ROW_CHUNK = 66  # a multiple of ROWS
 K_BLOCK = {"avx2": 256, "avx512": 128}
+FEW_TILES = 4  # column tiles per work item when the batch has fewer than ROWS rows (no panel: see ``_few_avx2``)
 PARALLEL_MACS = 1 << 21  # below this many multiply-adds a call stays on the calling thread (``qwave.kernels.work``)
 
 
@@ -81,6 +86,8 @@ if FAST_KERNELS:
         store,
         vadd,
         vfma,
+        zero_f32x8,
+        zero_f32x16,
     )
     from qwave.kernels.work import MAX_THREADS, take
 
@@ -153,6 +160,124 @@ if FAST_KERNELS:
         return (r * n + k0, min(r + 1, last) * n + k0, min(r + 2, last) * n + k0, min(r + 3, last) * n + k0,
                 min(r + 4, last) * n + k0, min(r + 5, last) * n + k0)
 
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _emit16(acc, a, r, c0, n_out, bias, act, outf):
+        """``out[r, c0 : c0 + 16] = act(acc[a : a + 16] + bias)``, clipped at ``n_out`` (``outf``: out, flat)."""
+        o, width = r * n_out + c0, min(16, n_out - c0)
+        if width == 16:
+            lo, hi = load_f32x8(acc, a), load_f32x8(acc, a + 8)
+            if bias.shape[0] > 0:
+                lo, hi = vadd(lo, load_f32x8(bias, c0)), vadd(hi, load_f32x8(bias, c0 + 8))
+            store(outf, o, activate(lo, act)); store(outf, o + 8, activate(hi, act))  # noqa: E702
+        else:
+            for c in range(width):
+                y = acc[a + c]
+                if bias.shape[0] > 0:
+                    y += bias[c0 + c]
+                outf[o + c] = activate(y, act)
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _emit32(acc, a, r, c0, n_out, bias, act, outf):
+        """``out[r, c0 : c0 + 32] = act(acc[a : a + 32] + bias)``, clipped at ``n_out``, 512-bit."""
+        o, width = r * n_out + c0, min(32, n_out - c0)
+        if width == 32:
+            lo, hi = load_f32x16(acc, a), load_f32x16(acc, a + 16)
+            if bias.shape[0] > 0:
+                lo, hi = vadd(lo, load_f32x16(bias, c0)), vadd(hi, load_f32x16(bias, c0 + 16))
+            store(outf, o, activate(lo, act)); store(outf, o + 16, activate(hi, act))  # noqa: E702
+        else:
+            for c in range(width):
+                y = acc[a + c]
+                if bias.shape[0] > 0:
+                    y += bias[c0 + c]
+                outf[o + c] = activate(y, act)
+
+    @njit(cache=True, boundscheck=False, nogil=True)
+    def _few_avx2(x, w, bf16, t0, t1, n_out, bias, act, out, acc):
+        """Every row of a batch under ROWS x column tiles ``t0:t1``, four tiles at a time (eight float32x8 sums in
+        input order, as the panel path): each weight serves at most 5 rows here, so it is converted in registers
+        and no panel is written."""
+        m, n = x.shape
+        xf, outf = x.reshape(-1), out.reshape(-1)
+        for r in range(m):
+            x0, t = r * n, t0
+            while t < t1:
+                if t + 4 <= t1:
+                    w0, w1, w2, w3 = w[t].reshape(-1), w[t + 1].reshape(-1), w[t + 2].reshape(-1), w[t + 3].reshape(-1)
+                    a0 = zero_f32x8(); a1 = zero_f32x8(); a2 = zero_f32x8(); a3 = zero_f32x8()  # noqa: E702
+                    a4 = zero_f32x8(); a5 = zero_f32x8(); a6 = zero_f32x8(); a7 = zero_f32x8()  # noqa: E702
+                    for k in range(n):
+                        v, o = load1_f32x8(xf, x0 + k), 16 * k
+                        if bf16:
+                            a0, a1 = vfma(a0, v, load_bf16x8(w0, o)), vfma(a1, v, load_bf16x8(w0, o + 8))
+                            a2, a3 = vfma(a2, v, load_bf16x8(w1, o)), vfma(a3, v, load_bf16x8(w1, o + 8))
+                            a4, a5 = vfma(a4, v, load_bf16x8(w2, o)), vfma(a5, v, load_bf16x8(w2, o + 8))
+                            a6, a7 = vfma(a6, v, load_bf16x8(w3, o)), vfma(a7, v, load_bf16x8(w3, o + 8))
+                        else:
+                            a0, a1 = vfma(a0, v, load_f16x8(w0, o)), vfma(a1, v, load_f16x8(w0, o + 8))
+                            a2, a3 = vfma(a2, v, load_f16x8(w1, o)), vfma(a3, v, load_f16x8(w1, o + 8))
+                            a4, a5 = vfma(a4, v, load_f16x8(w2, o)), vfma(a5, v, load_f16x8(w2, o + 8))
+                            a6, a7 = vfma(a6, v, load_f16x8(w3, o)), vfma(a7, v, load_f16x8(w3, o + 8))
+                    store(acc, 0, a0); store(acc, 8, a1); store(acc, 16, a2); store(acc, 24, a3)  # noqa: E702
+                    store(acc, 32, a4); store(acc, 40, a5); store(acc, 48, a6); store(acc, 56, a7)  # noqa: E702
+                    count = 4
+                else:
+                    wt = w[t].reshape(-1)
+                    lo, hi = zero_f32x8(), zero_f32x8()
+                    for k in range(n):
+                        v = load1_f32x8(xf, x0 + k)
+                        if bf16:
+                            lo, hi = vfma(lo, v, load_bf16x8(wt, 16 * k)), vfma(hi, v, load_bf16x8(wt, 16 * k + 8))
+                        else:
+                            lo, hi = vfma(lo, v, load_f16x8(wt, 16 * k)), vfma(hi, v, load_f16x8(wt, 16 * k + 8))
+                    store(acc, 0, lo); store(acc, 8, hi)  # noqa: E702
+                    count = 1
+                for j in range(count):
+                    _emit16(acc, 16 * j, r, 16 * (t + j), n_out, bias, act, outf)
+                t += count
+
+    @njit(cache=True, boundscheck=False, nogil=True)
+    def _few_512(x, w, bf16, t0, t1, n_out, bias, act, out, acc):
+        """Every row of a batch under ROWS x column tiles ``t0:t1``, four 32-column tiles at a time, 512-bit."""
+        m, n = x.shape
+        xf, outf = x.reshape(-1), out.reshape(-1)
+        for r in range(m):
+            x0, t = r * n, t0
+            while t < t1:
+                if t + 4 <= t1:
+                    w0, w1, w2, w3 = w[t].reshape(-1), w[t + 1].reshape(-1), w[t + 2].reshape(-1), w[t + 3].reshape(-1)
+                    a0 = zero_f32x16(); a1 = zero_f32x16(); a2 = zero_f32x16(); a3 = zero_f32x16()  # noqa: E702
+                    a4 = zero_f32x16(); a5 = zero_f32x16(); a6 = zero_f32x16(); a7 = zero_f32x16()  # noqa: E702
+                    for k in range(n):
+                        v, o = load1_f32x16(xf, x0 + k), 32 * k
+                        if bf16:
+                            a0, a1 = vfma(a0, v, load_bf16x16(w0, o)), vfma(a1, v, load_bf16x16(w0, o + 16))
+                            a2, a3 = vfma(a2, v, load_bf16x16(w1, o)), vfma(a3, v, load_bf16x16(w1, o + 16))
+                            a4, a5 = vfma(a4, v, load_bf16x16(w2, o)), vfma(a5, v, load_bf16x16(w2, o + 16))
+                            a6, a7 = vfma(a6, v, load_bf16x16(w3, o)), vfma(a7, v, load_bf16x16(w3, o + 16))
+                        else:
+                            a0, a1 = vfma(a0, v, load_f16x16(w0, o)), vfma(a1, v, load_f16x16(w0, o + 16))
+                            a2, a3 = vfma(a2, v, load_f16x16(w1, o)), vfma(a3, v, load_f16x16(w1, o + 16))
+                            a4, a5 = vfma(a4, v, load_f16x16(w2, o)), vfma(a5, v, load_f16x16(w2, o + 16))
+                            a6, a7 = vfma(a6, v, load_f16x16(w3, o)), vfma(a7, v, load_f16x16(w3, o + 16))
+                    store(acc, 0, a0); store(acc, 16, a1); store(acc, 32, a2); store(acc, 48, a3)  # noqa: E702
+                    store(acc, 64, a4); store(acc, 80, a5); store(acc, 96, a6); store(acc, 112, a7)  # noqa: E702
+                    count = 4
+                else:
+                    wt = w[t].reshape(-1)
+                    lo, hi = zero_f32x16(), zero_f32x16()
+                    for k in range(n):
+                        v = load1_f32x16(xf, x0 + k)
+                        if bf16:
+                            lo, hi = vfma(lo, v, load_bf16x16(wt, 32 * k)), vfma(hi, v, load_bf16x16(wt, 32 * k + 16))
+                        else:
+                            lo, hi = vfma(lo, v, load_f16x16(wt, 32 * k)), vfma(hi, v, load_f16x16(wt, 32 * k + 16))
+                    store(acc, 0, lo); store(acc, 16, hi)  # noqa: E702
+                    count = 1
+                for j in range(count):
+                    _emit32(acc, 32 * j, r, 32 * (t + j), n_out, bias, act, outf)
+                t += count
+
     @njit(cache=True, boundscheck=False, nogil=True)
     def _item_avx2(x, w, bf16, r0, r1, t, n_out, bias, act, out, panel, acc):
         """Rows ``r0:r1`` (at most ROW_CHUNK) x column tile ``t`` (16 outputs), with the scratch ``panel``
@@ -174,21 +299,8 @@ if FAST_KERNELS:
                         v = load1_f32x8(xf, x0 + k)
                         lo, hi = vfma(lo, v, load_f32x8(panel, 16 * k)), vfma(hi, v, load_f32x8(panel, 16 * k + 8))
                     store(acc, a, lo); store(acc, a + 8, hi)  # noqa: E702
-        c0 = 16 * t
-        width = min(16, n_out - c0)
         for i in range(r1 - r0):
-            o = (r0 + i) * n_out + c0
-            if width == 16:
-                lo, hi = load_f32x8(acc, 16 * i), load_f32x8(acc, 16 * i + 8)
-                if bias.shape[0] > 0:
-                    lo, hi = vadd(lo, load_f32x8(bias, c0)), vadd(hi, load_f32x8(bias, c0 + 8))
-                store(outf, o, activate(lo, act)); store(outf, o + 8, activate(hi, act))  # noqa: E702
-            else:
-                for c in range(width):
-                    y = acc[16 * i + c]
-                    if bias.shape[0] > 0:
-                        y += bias[c0 + c]
-                    outf[o + c] = activate(y, act)
+            _emit16(acc, 16 * i, r0 + i, 16 * t, n_out, bias, act, outf)
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _item_512(x, w, bf16, r0, r1, t, n_out, bias, act, out, panel, acc):
@@ -210,21 +322,13 @@ if FAST_KERNELS:
                         v = load1_f32x16(xf, x0 + k)
                         lo, hi = vfma(lo, v, load_f32x16(panel, 32 * k)), vfma(hi, v, load_f32x16(panel, 32 * k + 16))
                     store(acc, a, lo); store(acc, a + 16, hi)  # noqa: E702
-        c0 = 32 * t
-        width = min(32, n_out - c0)
         for i in range(r1 - r0):
-            o = (r0 + i) * n_out + c0
-            if width == 32:
-                lo, hi = load_f32x16(acc, 32 * i), load_f32x16(acc, 32 * i + 16)
-                if bias.shape[0] > 0:
-                    lo, hi = vadd(lo, load_f32x16(bias, c0)), vadd(hi, load_f32x16(bias, c0 + 16))
-                store(outf, o, activate(lo, act)); store(outf, o + 16, activate(hi, act))  # noqa: E702
-            else:
-                for c in range(width):
-                    y = acc[32 * i + c]
-                    if bias.shape[0] > 0:
-                        y += bias[c0 + c]
-                    outf[o + c] = activate(y, act)
+            _emit32(acc, 32 * i, r0 + i, 32 * t, n_out, bias, act, outf)
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _count(m, n_tiles):
+        """Work items of a call: (row chunk, column tile) pairs, or groups of FEW_TILES tiles under ROWS rows."""
+        return (n_tiles + FEW_TILES - 1) // FEW_TILES if m < ROWS else ((m + ROW_CHUNK - 1) // ROW_CHUNK) * n_tiles
 
     def _driver(wide: bool):
         """A GEMM of one variant (``wide``: avx512), closing over that constant and never over the item function:
@@ -237,12 +341,18 @@ if FAST_KERNELS:
         def items(x, w, bf16, n_out, bias, act, out, counter):
             """Work items taken from ``counter`` until none is left, with this thread's scratch panel and sums."""
             m, n_tiles = x.shape[0], w.shape[0]
-            n_items = ((m + ROW_CHUNK - 1) // ROW_CHUNK) * n_tiles
             panel, acc = np.empty(kc * tile, np.float32), np.empty(ROW_CHUNK * tile, np.float32)
+            n_items = _count(m, n_tiles)
             item = take(counter)
             while item < n_items:
                 r0, t = (item // n_tiles) * ROW_CHUNK, item % n_tiles
-                if wide:
+                if m < ROWS:  # items of FEW_TILES column tiles, all rows
+                    t0 = item * FEW_TILES
+                    if wide:
+                        _few_512(x, w, bf16, t0, min(n_tiles, t0 + FEW_TILES), n_out, bias, act, out, acc)
+                    else:
+                        _few_avx2(x, w, bf16, t0, min(n_tiles, t0 + FEW_TILES), n_out, bias, act, out, acc)
+                elif wide:
                     _item_512(x, w, bf16, r0, min(m, r0 + ROW_CHUNK), t, n_out, bias, act, out, panel, acc)
                 else:
                     _item_avx2(x, w, bf16, r0, min(m, r0 + ROW_CHUNK), t, n_out, bias, act, out, panel, acc)
@@ -254,8 +364,7 @@ if FAST_KERNELS:
             if not parallel:
                 items(x, w, bf16, n_out, bias, act, out, counter)
                 return
-            n_items = ((x.shape[0] + ROW_CHUNK - 1) // ROW_CHUNK) * w.shape[0]
-            for _ in prange(min(n_items, MAX_THREADS)):
+            for _ in prange(min(_count(x.shape[0], w.shape[0]), MAX_THREADS)):
                 items(x, w, bf16, n_out, bias, act, out, counter)
 
         return gemm

@@ -19,11 +19,12 @@ from .brute import ACTS, variants
 
 pytestmark = pytest.mark.skipif(not kernels.FAST_KERNELS, reason=f"fast kernels unavailable: {kernels.REASON}")
 
-# (out, in, batch): batch 1, K off every tile and K-block multiple (600 = 256 + 256 + 88 for avx2, 4 x 128 + 88 for
-# avx512), row chunks of 66 ending in 1 row (133) and in 2 rows (200, a short 6-row tile), the parallel path (300 and
-# 200 rows are past ``half.PARALLEL_MACS``), a single input, a 6-row multiple.
+# (out, in, batch): batches under 6 rows (converted in registers, 4 column tiles at a time plus single tiles: 90
+# outputs are 6 avx2 tiles, 3 avx512 ones), K off every tile and K-block multiple (600 = 256 + 256 + 88 for avx2,
+# 4 x 128 + 88 for avx512), row chunks of 66 ending in 1 row (133) and in 2 rows (200, a short 6-row tile), the
+# parallel path (300 and 200 rows, and 5 rows x 700 outputs, are past ``half.PARALLEL_MACS``), a single input.
 CASES = [(7, 77, 1), (13, 130, 6), (70, 301, 13), (37, 301, 300), (3, 1, 2), (33, 64, 7), (41, 600, 133),
-         (70, 600, 200), (50, 320, 1)]
+         (70, 600, 200), (50, 320, 1), (90, 300, 5), (700, 600, 5)]
 
 
 def _half_isas() -> list[str]:
