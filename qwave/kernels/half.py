@@ -155,7 +155,7 @@ if FAST_KERNELS:
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
     def _offsets(r, r1, n, k0):
         """Offsets of rows ``r .. r + 5`` at input ``k0``; rows past ``r1`` repeat the last one (their sums land in
-        unused accumulator rows), so a short tile of 2 to 5 rows runs the same 6-row microkernel."""
+        unused accumulator rows), so a short tile runs the same 6-row microkernel."""
         last = r1 - 1
         return (r * n + k0, min(r + 1, last) * n + k0, min(r + 2, last) * n + k0, min(r + 3, last) * n + k0,
                 min(r + 4, last) * n + k0, min(r + 5, last) * n + k0)
@@ -200,41 +200,28 @@ if FAST_KERNELS:
         m, n = x.shape
         xf, outf = x.reshape(-1), out.reshape(-1)
         for r in range(m):
-            x0, t = r * n, t0
-            while t < t1:
-                if t + 4 <= t1:
-                    w0, w1, w2, w3 = w[t].reshape(-1), w[t + 1].reshape(-1), w[t + 2].reshape(-1), w[t + 3].reshape(-1)
-                    a0 = zero_f32x8(); a1 = zero_f32x8(); a2 = zero_f32x8(); a3 = zero_f32x8()  # noqa: E702
-                    a4 = zero_f32x8(); a5 = zero_f32x8(); a6 = zero_f32x8(); a7 = zero_f32x8()  # noqa: E702
-                    for k in range(n):
-                        v, o = load1_f32x8(xf, x0 + k), 16 * k
-                        if bf16:
-                            a0, a1 = vfma(a0, v, load_bf16x8(w0, o)), vfma(a1, v, load_bf16x8(w0, o + 8))
-                            a2, a3 = vfma(a2, v, load_bf16x8(w1, o)), vfma(a3, v, load_bf16x8(w1, o + 8))
-                            a4, a5 = vfma(a4, v, load_bf16x8(w2, o)), vfma(a5, v, load_bf16x8(w2, o + 8))
-                            a6, a7 = vfma(a6, v, load_bf16x8(w3, o)), vfma(a7, v, load_bf16x8(w3, o + 8))
-                        else:
-                            a0, a1 = vfma(a0, v, load_f16x8(w0, o)), vfma(a1, v, load_f16x8(w0, o + 8))
-                            a2, a3 = vfma(a2, v, load_f16x8(w1, o)), vfma(a3, v, load_f16x8(w1, o + 8))
-                            a4, a5 = vfma(a4, v, load_f16x8(w2, o)), vfma(a5, v, load_f16x8(w2, o + 8))
-                            a6, a7 = vfma(a6, v, load_f16x8(w3, o)), vfma(a7, v, load_f16x8(w3, o + 8))
-                    store(acc, 0, a0); store(acc, 8, a1); store(acc, 16, a2); store(acc, 24, a3)  # noqa: E702
-                    store(acc, 32, a4); store(acc, 40, a5); store(acc, 48, a6); store(acc, 56, a7)  # noqa: E702
-                    count = 4
-                else:
-                    wt = w[t].reshape(-1)
-                    lo, hi = zero_f32x8(), zero_f32x8()
-                    for k in range(n):
-                        v = load1_f32x8(xf, x0 + k)
-                        if bf16:
-                            lo, hi = vfma(lo, v, load_bf16x8(wt, 16 * k)), vfma(hi, v, load_bf16x8(wt, 16 * k + 8))
-                        else:
-                            lo, hi = vfma(lo, v, load_f16x8(wt, 16 * k)), vfma(hi, v, load_f16x8(wt, 16 * k + 8))
-                    store(acc, 0, lo); store(acc, 8, hi)  # noqa: E702
-                    count = 1
-                for j in range(count):
+            x0 = r * n
+            for t in range(t0, t1, 4):  # past t1, the last tile again (its sums are not emitted)
+                w0, w1 = w[t].reshape(-1), w[min(t + 1, t1 - 1)].reshape(-1)
+                w2, w3 = w[min(t + 2, t1 - 1)].reshape(-1), w[min(t + 3, t1 - 1)].reshape(-1)
+                a0 = zero_f32x8(); a1 = zero_f32x8(); a2 = zero_f32x8(); a3 = zero_f32x8()  # noqa: E702
+                a4 = zero_f32x8(); a5 = zero_f32x8(); a6 = zero_f32x8(); a7 = zero_f32x8()  # noqa: E702
+                for k in range(n):
+                    v, o = load1_f32x8(xf, x0 + k), 16 * k
+                    if bf16:
+                        a0, a1 = vfma(a0, v, load_bf16x8(w0, o)), vfma(a1, v, load_bf16x8(w0, o + 8))
+                        a2, a3 = vfma(a2, v, load_bf16x8(w1, o)), vfma(a3, v, load_bf16x8(w1, o + 8))
+                        a4, a5 = vfma(a4, v, load_bf16x8(w2, o)), vfma(a5, v, load_bf16x8(w2, o + 8))
+                        a6, a7 = vfma(a6, v, load_bf16x8(w3, o)), vfma(a7, v, load_bf16x8(w3, o + 8))
+                    else:
+                        a0, a1 = vfma(a0, v, load_f16x8(w0, o)), vfma(a1, v, load_f16x8(w0, o + 8))
+                        a2, a3 = vfma(a2, v, load_f16x8(w1, o)), vfma(a3, v, load_f16x8(w1, o + 8))
+                        a4, a5 = vfma(a4, v, load_f16x8(w2, o)), vfma(a5, v, load_f16x8(w2, o + 8))
+                        a6, a7 = vfma(a6, v, load_f16x8(w3, o)), vfma(a7, v, load_f16x8(w3, o + 8))
+                store(acc, 0, a0); store(acc, 8, a1); store(acc, 16, a2); store(acc, 24, a3)  # noqa: E702
+                store(acc, 32, a4); store(acc, 40, a5); store(acc, 48, a6); store(acc, 56, a7)  # noqa: E702
+                for j in range(min(4, t1 - t)):
                     _emit16(acc, 16 * j, r, 16 * (t + j), n_out, bias, act, outf)
-                t += count
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _few_512(x, w, bf16, t0, t1, n_out, bias, act, out, acc):
@@ -242,41 +229,28 @@ if FAST_KERNELS:
         m, n = x.shape
         xf, outf = x.reshape(-1), out.reshape(-1)
         for r in range(m):
-            x0, t = r * n, t0
-            while t < t1:
-                if t + 4 <= t1:
-                    w0, w1, w2, w3 = w[t].reshape(-1), w[t + 1].reshape(-1), w[t + 2].reshape(-1), w[t + 3].reshape(-1)
-                    a0 = zero_f32x16(); a1 = zero_f32x16(); a2 = zero_f32x16(); a3 = zero_f32x16()  # noqa: E702
-                    a4 = zero_f32x16(); a5 = zero_f32x16(); a6 = zero_f32x16(); a7 = zero_f32x16()  # noqa: E702
-                    for k in range(n):
-                        v, o = load1_f32x16(xf, x0 + k), 32 * k
-                        if bf16:
-                            a0, a1 = vfma(a0, v, load_bf16x16(w0, o)), vfma(a1, v, load_bf16x16(w0, o + 16))
-                            a2, a3 = vfma(a2, v, load_bf16x16(w1, o)), vfma(a3, v, load_bf16x16(w1, o + 16))
-                            a4, a5 = vfma(a4, v, load_bf16x16(w2, o)), vfma(a5, v, load_bf16x16(w2, o + 16))
-                            a6, a7 = vfma(a6, v, load_bf16x16(w3, o)), vfma(a7, v, load_bf16x16(w3, o + 16))
-                        else:
-                            a0, a1 = vfma(a0, v, load_f16x16(w0, o)), vfma(a1, v, load_f16x16(w0, o + 16))
-                            a2, a3 = vfma(a2, v, load_f16x16(w1, o)), vfma(a3, v, load_f16x16(w1, o + 16))
-                            a4, a5 = vfma(a4, v, load_f16x16(w2, o)), vfma(a5, v, load_f16x16(w2, o + 16))
-                            a6, a7 = vfma(a6, v, load_f16x16(w3, o)), vfma(a7, v, load_f16x16(w3, o + 16))
-                    store(acc, 0, a0); store(acc, 16, a1); store(acc, 32, a2); store(acc, 48, a3)  # noqa: E702
-                    store(acc, 64, a4); store(acc, 80, a5); store(acc, 96, a6); store(acc, 112, a7)  # noqa: E702
-                    count = 4
-                else:
-                    wt = w[t].reshape(-1)
-                    lo, hi = zero_f32x16(), zero_f32x16()
-                    for k in range(n):
-                        v = load1_f32x16(xf, x0 + k)
-                        if bf16:
-                            lo, hi = vfma(lo, v, load_bf16x16(wt, 32 * k)), vfma(hi, v, load_bf16x16(wt, 32 * k + 16))
-                        else:
-                            lo, hi = vfma(lo, v, load_f16x16(wt, 32 * k)), vfma(hi, v, load_f16x16(wt, 32 * k + 16))
-                    store(acc, 0, lo); store(acc, 16, hi)  # noqa: E702
-                    count = 1
-                for j in range(count):
+            x0 = r * n
+            for t in range(t0, t1, 4):  # past t1, the last tile again (its sums are not emitted)
+                w0, w1 = w[t].reshape(-1), w[min(t + 1, t1 - 1)].reshape(-1)
+                w2, w3 = w[min(t + 2, t1 - 1)].reshape(-1), w[min(t + 3, t1 - 1)].reshape(-1)
+                a0 = zero_f32x16(); a1 = zero_f32x16(); a2 = zero_f32x16(); a3 = zero_f32x16()  # noqa: E702
+                a4 = zero_f32x16(); a5 = zero_f32x16(); a6 = zero_f32x16(); a7 = zero_f32x16()  # noqa: E702
+                for k in range(n):
+                    v, o = load1_f32x16(xf, x0 + k), 32 * k
+                    if bf16:
+                        a0, a1 = vfma(a0, v, load_bf16x16(w0, o)), vfma(a1, v, load_bf16x16(w0, o + 16))
+                        a2, a3 = vfma(a2, v, load_bf16x16(w1, o)), vfma(a3, v, load_bf16x16(w1, o + 16))
+                        a4, a5 = vfma(a4, v, load_bf16x16(w2, o)), vfma(a5, v, load_bf16x16(w2, o + 16))
+                        a6, a7 = vfma(a6, v, load_bf16x16(w3, o)), vfma(a7, v, load_bf16x16(w3, o + 16))
+                    else:
+                        a0, a1 = vfma(a0, v, load_f16x16(w0, o)), vfma(a1, v, load_f16x16(w0, o + 16))
+                        a2, a3 = vfma(a2, v, load_f16x16(w1, o)), vfma(a3, v, load_f16x16(w1, o + 16))
+                        a4, a5 = vfma(a4, v, load_f16x16(w2, o)), vfma(a5, v, load_f16x16(w2, o + 16))
+                        a6, a7 = vfma(a6, v, load_f16x16(w3, o)), vfma(a7, v, load_f16x16(w3, o + 16))
+                store(acc, 0, a0); store(acc, 16, a1); store(acc, 32, a2); store(acc, 48, a3)  # noqa: E702
+                store(acc, 64, a4); store(acc, 80, a5); store(acc, 96, a6); store(acc, 112, a7)  # noqa: E702
+                for j in range(min(4, t1 - t)):
                     _emit32(acc, 32 * j, r, 32 * (t + j), n_out, bias, act, outf)
-                t += count
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _item_avx2(x, w, bf16, r0, r1, t, n_out, bias, act, out, panel, acc):
@@ -290,15 +264,7 @@ if FAST_KERNELS:
             for k in range(0, 16 * kn, 8):  # this block of the tile's weights, converted once for all rows
                 store(panel, k, load_bf16x8(wt, 16 * k0 + k) if bf16 else load_f16x8(wt, 16 * k0 + k))
             for r in range(r0, r1, ROWS):
-                if r1 - r > 1:
-                    _tile6x16(xf, _offsets(r, r1, n, k0), panel, kn, acc, 16 * (r - r0))
-                else:  # one row: two sums (the 6-row tile would cost 6 rows of multiply-adds for it)
-                    a, x0 = 16 * (r - r0), r * n + k0
-                    lo, hi = load_f32x8(acc, a), load_f32x8(acc, a + 8)
-                    for k in range(kn):
-                        v = load1_f32x8(xf, x0 + k)
-                        lo, hi = vfma(lo, v, load_f32x8(panel, 16 * k)), vfma(hi, v, load_f32x8(panel, 16 * k + 8))
-                    store(acc, a, lo); store(acc, a + 8, hi)  # noqa: E702
+                _tile6x16(xf, _offsets(r, r1, n, k0), panel, kn, acc, 16 * (r - r0))
         for i in range(r1 - r0):
             _emit16(acc, 16 * i, r0 + i, 16 * t, n_out, bias, act, outf)
 
@@ -313,15 +279,7 @@ if FAST_KERNELS:
             for k in range(0, 32 * kn, 16):
                 store(panel, k, load_bf16x16(wt, 32 * k0 + k) if bf16 else load_f16x16(wt, 32 * k0 + k))
             for r in range(r0, r1, ROWS):
-                if r1 - r > 1:
-                    _tile6x32(xf, _offsets(r, r1, n, k0), panel, kn, acc, 32 * (r - r0))
-                else:  # one row: two sums (the 6-row tile would cost 6 rows of multiply-adds for it)
-                    a, x0 = 32 * (r - r0), r * n + k0
-                    lo, hi = load_f32x16(acc, a), load_f32x16(acc, a + 16)
-                    for k in range(kn):
-                        v = load1_f32x16(xf, x0 + k)
-                        lo, hi = vfma(lo, v, load_f32x16(panel, 32 * k)), vfma(hi, v, load_f32x16(panel, 32 * k + 16))
-                    store(acc, a, lo); store(acc, a + 16, hi)  # noqa: E702
+                _tile6x32(xf, _offsets(r, r1, n, k0), panel, kn, acc, 32 * (r - r0))
         for i in range(r1 - r0):
             _emit32(acc, 32 * i, r0 + i, 32 * t, n_out, bias, act, outf)
 

@@ -19,7 +19,7 @@ from .brute import ACTS, variants
 
 pytestmark = pytest.mark.skipif(not kernels.FAST_KERNELS, reason=f"fast kernels unavailable: {kernels.REASON}")
 
-# (out, in, batch): batches under 6 rows (converted in registers, 4 column tiles at a time plus single tiles: 90
+# (out, in, batch): batches under 6 rows (converted in registers, 4 column tiles at a time, a short group: 90
 # outputs are 6 avx2 tiles, 3 avx512 ones), K off every tile and K-block multiple (600 = 256 + 256 + 88 for avx2,
 # 4 x 128 + 88 for avx512), row chunks of 66 ending in 1 row (133) and in 2 rows (200, a short 6-row tile), the
 # parallel path (300 and 200 rows, and 5 rows x 700 outputs, are past ``half.PARALLEL_MACS``), a single input.
