@@ -273,6 +273,7 @@ def activate(v, act):
 
 
 def _compare_bits(ordered: bool, pred: str, doc: str):
+    """A lane-wise float32 compare turned into an int bitmask, lane ``i`` -> bit ``i`` (``vmovmskps``)."""
     @intrinsic
     def compare(typingctx, a, b):
         if not (isinstance(a, Vec) and a.real and a == b):
@@ -289,7 +290,7 @@ def _compare_bits(ordered: bool, pred: str, doc: str):
     return compare
 
 
-lt_bits = _compare_bits(True, "<", "Bit ``i`` set where lane ``i`` of ``a`` < ``b`` (float32, false for NaN): ``vmovmskps``.")
+lt_bits = _compare_bits(True, "<", "Bit ``i`` set where lane ``i`` of ``a`` < ``b`` (float32, false for NaN).")
 not_le_bits = _compare_bits(False, ">", "Bit ``i`` set where lane ``i`` of ``a`` is not <= ``b`` (float32: > or NaN).")
 
 

@@ -100,11 +100,12 @@ if FAST_KERNELS:
         """``acc[a : a + 96]`` (6 rows x 16 columns) += rows at offsets ``o`` of ``xf`` x the panel's ``kn`` inputs,
         one fused multiply-add per input in input order (twelve float32x8 accumulators)."""
         o0, o1, o2, o3, o4, o5 = o
-        a00, a01, a10, a11 = load_f32x8(acc, a), load_f32x8(acc, a + 8), load_f32x8(acc, a + 16), load_f32x8(acc, a + 24)
-        a20, a21, a30, a31 = load_f32x8(acc, a + 32), load_f32x8(acc, a + 40), load_f32x8(acc, a + 48), load_f32x8(
-            acc, a + 56)
-        a40, a41, a50, a51 = load_f32x8(acc, a + 64), load_f32x8(acc, a + 72), load_f32x8(acc, a + 80), load_f32x8(
-            acc, a + 88)
+        a00, a01, a10, a11 = (load_f32x8(acc, a), load_f32x8(acc, a + 8), load_f32x8(acc, a + 16),
+                              load_f32x8(acc, a + 24))
+        a20, a21, a30, a31 = (load_f32x8(acc, a + 32), load_f32x8(acc, a + 40), load_f32x8(acc, a + 48),
+                              load_f32x8(acc, a + 56))
+        a40, a41, a50, a51 = (load_f32x8(acc, a + 64), load_f32x8(acc, a + 72), load_f32x8(acc, a + 80),
+                              load_f32x8(acc, a + 88))
         for k in range(kn):
             b0, b1 = load_f32x8(panel, 16 * k), load_f32x8(panel, 16 * k + 8)
             v = load1_f32x8(xf, o0 + k)
