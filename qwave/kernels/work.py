@@ -33,6 +33,8 @@ from qwave.kernels import FAST_KERNELS
 
 SERIAL_WORK = 1 << 21  # multiply-adds (or elements) below which a torch call inside qwave stays on one thread, as
 # ``wa8.PARALLEL_MACS`` does for the kernels
+TORCH_GRAIN = 32768  # ``at::internal::GRAIN_SIZE``: torch runs an element-wise op on fewer elements on the calling
+# thread by itself (no need to pay for ``torch_threads``, about a microsecond)
 MAX_THREADS = 256  # prange iterations of a work-sharing loop: at least the thread count (``prange`` gives each
 # thread a contiguous share of them; a thread's first iteration takes items until none is left, the others find none)
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from qwave import kernels
-from qwave.kernels.work import torch_threads
+from qwave.kernels.work import TORCH_GRAIN, torch_threads
 from qwave.nn.packed_linear import PackedLinear
 
 _CPU = torch.device("cpu")
@@ -83,7 +83,9 @@ class FusedMLP:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         rows = x.reshape(-1, x.shape[-1]).float()
-        if self.norm is not None:
+        if self.norm is not None and rows.numel() < TORCH_GRAIN:
+            rows = self.norm(rows)
+        elif self.norm is not None:
             with torch_threads(rows.numel()):  # element-wise: torch would split a batch of 256 over its threads
                 rows = self.norm(rows)
         h = rows.contiguous().numpy()

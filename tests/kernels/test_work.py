@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from qwave import kernels
-from qwave.kernels.work import SERIAL_WORK, torch_threads
+from qwave.kernels.work import SERIAL_WORK, TORCH_GRAIN, torch_threads
 from qwave.nn.fused import compile_model
 from qwave.nn.mlp import MLPClassifier
 from qwave.nn.surgery import pack_model, quantize_model
@@ -45,13 +45,13 @@ class _Spy(nn.Module):
 
 
 @pytest.mark.skipif(not kernels.FAST_KERNELS, reason=f"fast kernels unavailable: {kernels.REASON}")
-def test_fused_path_runs_a_small_batch_normaliser_on_the_calling_thread(two_threads):
+def test_fused_path_runs_a_small_normalisation_on_the_calling_thread(two_threads):
     torch.manual_seed(0)
     model = pack_model(quantize_model(MLPClassifier(16, 3, hidden=(8,), dropout=0.0).eval(), "fp16"))
     model.norm = _Spy()
     fused = compile_model(model)
     with torch.inference_mode():
-        fused(torch.randn(1, 16))
+        fused(torch.randn(TORCH_GRAIN // 16, 16))  # element-wise work torch would split
         fused(torch.randn(SERIAL_WORK // 16, 16))
     assert model.norm.seen == [1, 2]
     assert torch.get_num_threads() == 2
