@@ -222,6 +222,7 @@ def _lanewise(int_op: str, float_op: str | None, doc: str):
 
 vadd = _lanewise("add", "fadd", "Lane-wise ``a + b`` (integer lanes wrap).")
 vmul = _lanewise("mul", "fmul", "Lane-wise ``a * b`` (float32: one rounding, as scalar code).")
+vdiv = _lanewise("sdiv", "fdiv", "Lane-wise ``a / b`` (float32: one rounding, as scalar code).")
 vsub = _lanewise("sub", "fsub", "Lane-wise ``a - b`` (integer lanes wrap).")
 vand = _lanewise("and_", None, "Bitwise ``a & b``.")
 vxor = _lanewise("xor", None, "Bitwise ``a ^ b``.")
@@ -269,6 +270,28 @@ def activate(v, act):
     if act == HARDTANH:
         return hardtanh(v)
     return v
+
+
+def _compare_bits(ordered: bool, pred: str, doc: str):
+    """A lane-wise float32 compare turned into an int bitmask, lane ``i`` -> bit ``i`` (``vmovmskps``)."""
+    @intrinsic
+    def compare(typingctx, a, b):
+        if not (isinstance(a, Vec) and a.real and a == b):
+            return None
+
+        def codegen(context, builder, sig, args):
+            cmp = builder.fcmp_ordered if ordered else builder.fcmp_unordered
+            lanes = builder.bitcast(cmp(pred, args[0], args[1]), ir.IntType(sig.args[0].count))
+            return builder.zext(lanes, ir.IntType(64))
+
+        return types.uint64(a, b), codegen
+
+    compare.__doc__ = doc
+    return compare
+
+
+lt_bits = _compare_bits(True, "<", "Bit ``i`` set where lane ``i`` of ``a`` < ``b`` (float32, false for NaN).")
+not_le_bits = _compare_bits(False, ">", "Bit ``i`` set where lane ``i`` of ``a`` is not <= ``b`` (float32: > or NaN).")
 
 
 @intrinsic

@@ -105,7 +105,9 @@ if FAST_KERNELS:
         load_f32x16,
         load_i64x4,
         load_i64x8,
+        lt_bits,
         narrow_f32,
+        not_le_bits,
         popcount_bytes,
         popcount_i64,
         splat_f32x8,
@@ -115,6 +117,7 @@ if FAST_KERNELS:
         vadd,
         vadd_i8,
         vand,
+        vdiv,
         vmul,
         vsub,
         vxor,
@@ -147,24 +150,38 @@ if FAST_KERNELS:
                 word |= np.uint64(row[64 * full + j] >= 0) << np.uint64(j)
             out[full] = word
 
-    @njit(cache=True, boundscheck=False, nogil=True)
-    def _trit_word(chunk, s):
-        nz, neg = np.uint64(0), np.uint64(0)
-        for j in range(chunk.shape[0]):
-            v = np.rint(chunk[j] / s)
-            nz |= np.uint64(v != 0) << np.uint64(j)
-            neg |= np.uint64(v < 0) << np.uint64(j)
-        return nz, neg
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _trit_bits(v):
+        """The trit ``clamp(rint(v), -1, 1)`` of a float32 quotient as (nonzero, negative) bits: ``rint`` rounds
+        half to even, so it is nonzero exactly where ``|v| > 0.5`` (and for NaN) and negative where ``v < -0.5``."""
+        return np.uint64(not abs(v) <= 0.5), np.uint64(v < -0.5)
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _trit_row(row, s, nonzero, negative):
+        """The row's trits ``clamp(rint(row / s), -1, 1)`` as nonzero / negative bit-planes: 8 quotients at a time
+        (the same float32 division), their compares turned into bits (``vmovmskps``); the tail one by one."""
         n = row.shape[0]
         if s == 0:
             nonzero[:] = 0
             negative[:] = 0
             return
-        for w in range(nonzero.shape[0]):
-            nonzero[w], negative[w] = _trit_word(row[64 * w : min(n, 64 * w + 64)], s)
+        full = n // 64
+        sv, half, minus = splat_f32x8(s), splat_f32x8(0.5), splat_f32x8(-0.5)
+        for w in range(full):
+            nz, neg = np.uint64(0), np.uint64(0)
+            for q in range(8):
+                v = vdiv(load_f32x8(row, 64 * w + 8 * q), sv)
+                low = lt_bits(v, minus)
+                nz |= (not_le_bits(v, half) | low) << np.uint64(8 * q)
+                neg |= low << np.uint64(8 * q)
+            nonzero[w], negative[w] = nz, neg
+        if full < nonzero.shape[0]:
+            nz, neg = np.uint64(0), np.uint64(0)
+            for j in range(n - 64 * full):
+                a, b = _trit_bits(row[64 * full + j] / s)
+                nz |= a << np.uint64(j)
+                neg |= b << np.uint64(j)
+            nonzero[full], negative[full] = nz, neg
 
     @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
     def pack_signs(x, parallel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from qwave.kernels import HARDTANH, RELU, Kernel, register_kernel
+from qwave.kernels.work import torch_threads
 
 FORMATS = ("fp32", "int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary")
 HALF = ("fp16", "bf16")  # on CPU ``half`` converts them inside its kernel; on GPU they use this copy too
@@ -27,15 +28,24 @@ def prepare(fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> tup
 
 def run_np(state: tuple[torch.Tensor, int], x, bias, act: int):
     """Fused-path entry: ``x @ W.T``, then the bias and the activation in place (the per-layer path's arithmetic and
-    the same torch functions as its modules, no copies)."""
-    y = torch.from_numpy(x) @ state[0].T
-    if bias.shape[0]:
-        y += torch.from_numpy(bias)
-    if act == RELU:
-        y.relu_()
-    elif act == HARDTANH:
-        torch.nn.functional.hardtanh_(y)
+    the same torch functions as its modules, no copies); torch's threads chosen by the call's work."""
+    with torch_threads(x.shape[0] * state[0].numel()):
+        y = torch.from_numpy(x) @ state[0].T
+        if bias.shape[0]:
+            y += torch.from_numpy(bias)
+        if act == RELU:
+            y.relu_()
+        elif act == HARDTANH:
+            torch.nn.functional.hardtanh_(y)
     return y.numpy()
+
+
+def run(state: tuple[torch.Tensor, int], x: torch.Tensor) -> torch.Tensor:
+    """``x @ W.T`` with torch's threads chosen by the call's work on CPU (a GPU call is not affected)."""
+    if x.device.type != "cpu":
+        return x @ state[0].T
+    with torch_threads(x.shape[0] * state[0].numel()):
+        return x @ state[0].T
 
 
 def build(device: str) -> Kernel:
@@ -45,7 +55,7 @@ def build(device: str) -> Kernel:
         formats=FORMATS if device == "cpu" else FORMATS + HALF,
         device=device,
         prepare=prepare,
-        run=lambda state, x: x @ state[0].T,
+        run=run,
         cached_bytes=lambda state: state[1],
         supports=lambda fmt: fmt.activations == "float",
         run_np=run_np if device == "cpu" else None,

@@ -22,6 +22,9 @@ Usage inside an ``njit(parallel=True)`` driver::
         while item < n_items:
             ...  # work item ``item``
             item = take(counter)
+
+torch's own intra-op threads inside a qwave call (a normaliser, a float32 layer, a reference recipe) follow the same
+rule: ``torch_threads(work)`` runs a small call on the calling thread alone and restores the caller's setting after.
 """
 
 from __future__ import annotations
@@ -30,8 +33,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
+
 from qwave.kernels import FAST_KERNELS
 
+SERIAL_WORK = 1 << 21  # multiply-adds (or elements) below which a torch call inside qwave stays on one thread, as
+# ``wa8.PARALLEL_MACS`` does for the kernels
 MAX_THREADS = 256  # prange iterations of a work-sharing loop: at least the thread count (``prange`` gives each
 # thread a contiguous share of them; a thread's first iteration takes items until none is left, the others find none)
 
@@ -78,7 +85,6 @@ def threads_by_load(macs: int) -> Iterator[None]:
     thread alone when none is spare. Calls too small to split (below ``SPLIT_MACS``), and machines where
     ``/proc/loadavg`` cannot be read, change nothing."""
     import numba  # present whenever a kernel runs (``FAST_KERNELS``)
-    import torch
 
     threads = numba.get_num_threads()
     if macs < SPLIT_MACS or threads == 1:
@@ -95,6 +101,23 @@ def threads_by_load(macs: int) -> Iterator[None]:
         yield
     finally:
         numba.set_num_threads(threads)
+
+
+@contextmanager
+def torch_threads(work: int) -> Iterator[None]:
+    """torch's intra-op threads chosen by ``work`` (multiply-adds, or elements for an element-wise step): one below
+    ``SERIAL_WORK``, the caller's setting otherwise, restored on exit. With torch's OpenMP backend the setting is the
+    calling thread's own, so other threads' torch calls are unaffected."""
+    threads = torch.get_num_threads()
+    if threads == 1 or work >= SERIAL_WORK:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
 
 if FAST_KERNELS:
     from llvmlite import ir

@@ -32,7 +32,7 @@ from torch import nn
 
 from qwave import kernels
 from qwave.data.normalize import Normalize
-from qwave.kernels.work import threads_by_load
+from qwave.kernels.work import threads_by_load, torch_threads
 from qwave.nn.packed_linear import PackedLinear
 
 _CPU = torch.device("cpu")
@@ -52,13 +52,14 @@ class FusedLayer:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.kernel.run_np is not None:
             return self.kernel.run_np(self.state, x, self.bias, self.act)
-        y = self.kernel.run(self.state, torch.from_numpy(x))
-        if self.bias.shape[0]:
-            y = y + torch.from_numpy(self.bias)
-        if self.act == kernels.RELU:
-            y = torch.relu(y)
-        elif self.act == kernels.HARDTANH:
-            y = torch.nn.functional.hardtanh(y)
+        with torch_threads(x.shape[0] * self.layer.in_features * self.layer.out_features):
+            y = self.kernel.run(self.state, torch.from_numpy(x))
+            if self.bias.shape[0]:
+                y = y + torch.from_numpy(self.bias)
+            if self.act == kernels.RELU:
+                y = torch.relu(y)
+            elif self.act == kernels.HARDTANH:
+                y = torch.nn.functional.hardtanh(y)
         return y.numpy()
 
 
@@ -92,7 +93,7 @@ class FusedMLP:
             return (rows.numpy() - shift) / scale
         if self.norm is None or (isinstance(self.norm, Normalize) and self.norm.mode == "raw"):
             return np.ascontiguousarray(rows.numpy())
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(rows.numel()):  # element-wise: torch splits a batch of 256
             return np.ascontiguousarray(self.norm(rows).numpy())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ CUDA) keep their buffers.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 
@@ -28,6 +29,7 @@ from qwave import kernels
 from qwave.errors import FormatError
 from qwave.formats import QuantFormat
 from qwave.formats.base import non_finite
+from qwave.kernels.work import torch_threads
 
 _EMPTY = np.empty(0, np.float32)
 
@@ -204,10 +206,12 @@ class PackedLinear(nn.Module):
         rows = x.reshape(-1, self.in_features).float()
         found = self._kernel(rows.device)
         if found is None:
-            y = self.fmt.matmul(rows, self.packed, self.shape)
+            macs = rows.shape[0] * self.in_features * self.out_features
+            with torch_threads(macs) if rows.is_cpu else contextlib.nullcontext():
+                y = self.fmt.matmul(rows, self.packed, self.shape)
+                if self.bias is not None:
+                    y = y + self.bias
             self.last_kernel = kernels.FALLBACK
-            if self.bias is not None:
-                y = y + self.bias
         else:
             kernel, state = found
             y = self._run_kernel(kernel, state, rows)
@@ -220,7 +224,7 @@ class PackedLinear(nn.Module):
             bias = _EMPTY if self.bias is None else self.bias.detach().float().numpy()
             return torch.from_numpy(kernel.run_np(state, rows.detach().contiguous().numpy(), bias,
                                                     kernels.NO_ACTIVATION))
-        y = kernel.run(state, rows)
+        y = kernel.run(state, rows)  # a CPU kernel chooses its threads by the call's work (``qwave.kernels.work``)
         return y if self.bias is None else y + self.bias
 
     @property

@@ -19,7 +19,12 @@ from .brute import ACTS, variants
 
 pytestmark = pytest.mark.skipif(not kernels.FAST_KERNELS, reason=f"fast kernels unavailable: {kernels.REASON}")
 
-CASES = [(7, 77, 1), (13, 130, 6), (70, 301, 13), (37, 301, 300), (3, 1, 2), (33, 64, 7)]
+# (out, in, batch): batches under 6 rows (converted in registers, 4 column tiles at a time, a short group: 90
+# outputs are 6 avx2 tiles, 3 avx512 ones), K off every tile and K-block multiple (600 = 256 + 256 + 88 for avx2,
+# 4 x 128 + 88 for avx512), row chunks of 66 ending in 1 row (133) and in 2 rows (200, a short 6-row tile), the
+# parallel path (300 and 200 rows, and 5 rows x 700 outputs, are past ``half.PARALLEL_MACS``), a single input.
+CASES = [(7, 77, 1), (13, 130, 6), (70, 301, 13), (37, 301, 300), (3, 1, 2), (33, 64, 7), (41, 600, 133),
+         (70, 600, 200), (50, 320, 1), (90, 300, 5), (700, 600, 5)]
 
 
 def _half_isas() -> list[str]:
@@ -44,6 +49,22 @@ def test_half_kernel_matches_float64_products_of_the_stored_values(isa, dtype, o
     bound = n * 2.0**-24 * (np.abs(x).astype(np.float64) @ np.abs(w.double().numpy()).T) + 2.0**-23 * np.abs(exact)
     want = np.maximum(exact, 0) if act == "relu" else np.clip(exact, -1, 1)  # both 1-Lipschitz: the bound holds
     assert np.all(np.abs(got - want) <= bound + 1e-30)
+
+
+@pytest.mark.parametrize("isa", _half_isas())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_kernel_gives_each_row_the_same_bits_in_any_batch(isa, dtype):
+    """Every row is summed in input order whatever tile, chunk or thread it falls in: a batch (parallel, with short
+    tiles and a one-row tail) gives each row the bits it gets alone."""
+    from qwave.kernels import half
+
+    gen = torch.Generator().manual_seed(3)
+    w = half.prepare_weight(torch.randn(70, 600, generator=gen).to(dtype), isa)
+    x = torch.randn(133, 600, generator=gen).numpy()
+    bias = torch.randn(70, generator=gen).numpy()
+    batch = half.linear_np(w, x, bias, ACTS["relu"])
+    alone = np.concatenate([half.linear_np(w, x[i : i + 1], bias, ACTS["relu"]) for i in range(x.shape[0])])
+    assert np.array_equal(batch.view(np.uint32), alone.view(np.uint32))
 
 
 @pytest.mark.parametrize("name", ["fp16", "bf16"])

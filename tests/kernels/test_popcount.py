@@ -81,3 +81,24 @@ def test_popcount_kernels_match_the_format_recipe(isa, name, shape, batch, act):
     y = fmt.matmul(x, packed, shape) + bias
     want = torch.relu(y) if act == "relu" else torch.clamp(y, -1.0, 1.0)
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_qesc_trits_at_the_rounding_boundaries_equal_rint():
+    """Quotients exactly at +-0.5 and +-1.5 (``rint`` rounds half to even: 0 and +-2, clamped to +-1), one float32
+    step either side of +-0.5, zeros, in the vector body (64 per word) and in the tail of a row."""
+    from qwave.kernels import popcount
+
+    near = [0.5, -0.5, 1.5, -1.5, np.nextafter(np.float32(0.5), np.float32(1)),
+            -np.nextafter(np.float32(0.5), np.float32(1)), np.nextafter(np.float32(0.5), np.float32(0)),
+            -np.nextafter(np.float32(0.5), np.float32(0)), 0.0, -0.0, 1.0, -1.0]
+    row = np.resize(np.array(near, np.float32), 64 * 3 + 20)
+    row = np.roll(row, 5)
+    row[-1] = np.float32(row.shape[0]) - (np.abs(row[:-1]).astype(np.float64).sum())  # mean |x| = 1 exactly
+    x = np.stack([row, -row, row[::-1].copy()])
+    nonzero, negative, scale = popcount.pack_trits(x, False)
+    assert np.all(scale == 1.0)
+    trits = np.clip(np.rint(x), -1, 1)
+    bits = np.arange(64, dtype=np.uint64)
+    for plane, want in ((nonzero, trits != 0), (negative, trits < 0)):
+        got = (plane[:, :, None] >> bits) & np.uint64(1)
+        assert np.array_equal(got.reshape(3, -1)[:, : row.shape[0]].astype(bool), want)
