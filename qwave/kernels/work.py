@@ -44,7 +44,7 @@ MAX_THREADS = 256  # prange iterations of a work-sharing loop: at least the thre
 
 LOADAVG = "/proc/loadavg"  # its 4th field: threads running or runnable now / threads in all (Linux)
 _OPEN: dict[str, int] = {}  # LOADAVG's descriptor, kept open: pread costs 2 us, open + read + close 14 us
-SPLIT_MACS = 1 << 21  # a layer call of fewer multiply-adds stays on one thread in the W·A8 and popcount kernels
+SPLIT_MACS = 1 << 21  # a layer call of fewer multiply-adds stays on one thread (W·A8, popcount and half kernels)
 
 
 def others_running(loadavg: str, own_workers: int) -> int:
