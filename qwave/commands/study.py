@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from qwave.atomic import check_writable
-from qwave.bench.options import DEVICE_OPTION, MODEL_OPTIONS, TRAIN_OPTIONS, add_config_options, bench_config
+from qwave.bench.options import DEVICE_OPTION, MODEL_OPTIONS, TRAIN_OPTIONS, add_config_options, bench_config, validated
 from qwave.data.source import add_table_arguments, table_spec
 from qwave.studies import StudyConfig, bit_sweep, ptq_int8, qat_vs_ptq
 
@@ -67,8 +67,9 @@ def run(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     check_writable(Path(args.output_dir) / (args.tag or args.name), "--output-dir", directory=True)
     spec = table_spec(args)
-    bench = bench_config(args, OPTIONS, seeds=args.seeds, threads=args.threads, quiet=True, data__path=spec.path,
-                         data__label=spec.label, data__fold=spec.fold, data__group=spec.group, data__id=spec.id)
+    bench = validated(bench_config(args, OPTIONS, seeds=args.seeds, threads=args.threads, data__path=spec.path,
+                                   data__label=spec.label, data__fold=spec.fold, data__group=spec.group,
+                                   data__id=spec.id), OPTIONS)
     cfg = StudyConfig(bench=bench, tag=args.tag or args.name, folds=args.folds)
     if args.name == "ptq-int8":
         ptq_int8(cfg)

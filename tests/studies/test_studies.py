@@ -89,3 +89,19 @@ def test_a_study_arm_is_the_benchmark_run_of_its_model(cfg, tiny_table, tmp_path
         mine = load_file(cfg.out / "artifacts" / f"fold_{r['fold']}_seed_0" / r["arm"] / "model.safetensors")
         theirs = load_file(fold / "artifact" / "model.safetensors")
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_the_study_command_parses_into_the_benchmarks_config(tiny_table, tmp_path, capsys):
+    from qwave.cli import main
+
+    argv = ["study", "bit-sweep", "--bits", "8", "--data", str(tiny_table), "--folds", "1", "--hidden", "16",
+            "--epochs", "2", "--patience", "2", "--batch-size", "32", "--output-dir", str(tmp_path), "--tag", "cli",
+            "--device", "cpu", "--seeds", "0", "1"]
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "cli" / "results.json").read_text())["config"]
+    expected = BenchConfig()
+    assert config["bench"]["model"]["dropout"] == expected.model.dropout  # not given: the benchmark's default
+    assert config["bench"]["train"]["lr"] == expected.train.lr and config["bench"]["train"]["epochs"] == 2
+    assert config["bench"]["data"]["path"] == str(tiny_table) and config["bench"]["seeds"] == [0, 1]
+    assert config["bench"]["models"] == ["int8"] and config["folds"] == [1]
+    assert main([*argv[:-3], "--epochs", "0"]) == 2 and "--epochs" in capsys.readouterr().err
