@@ -34,6 +34,7 @@ from qwave.data.input_quant import INPUT_QUANT_MODES, InputQuantizer, fit_input_
 from qwave.data.source import table_path
 from qwave.errors import ConfigError
 from qwave.eval.metrics import classification_metrics
+from qwave.eval.speed import set_threads
 from qwave.size import ArtifactSize, artifact_report, resident_bytes, resident_fields
 from qwave.train import TrainResult, predict_logits, resolve_device, train_model
 
@@ -265,7 +266,7 @@ def run_benchmark(cfg: BenchConfig, sweep_plan: Path | None = None) -> list[dict
     """
     validate(cfg)
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)  # numba's too: its OpenMP pool, started by the first packed kernel, resets torch's
     root = Path(cfg.output_dir) / cfg.tag
     atomic.check_writable(root, f"output_dir={cfg.output_dir} (tag {cfg.tag}):", directory=True)
     with provenance.tag_lock(root, shared=sweep_plan is not None):

@@ -71,7 +71,7 @@ def run_arms(cfg: StudyConfig, arms: dict[str, str], artifacts: Path | None = No
     bench.models = list(arms.values())
     validate(bench)
     if bench.threads:
-        set_threads(bench.threads)  # torch's and numba's: numba's OpenMP pool otherwise resets torch's
+        set_threads(bench.threads)  # numba's too, as run_benchmark does
     device = resolve_device(bench.device)
     ds = load_dataset(bench)
     folds = make_folds(ds, bench.cv.folds, bench.cv.n_folds, seed=bench.seed)
