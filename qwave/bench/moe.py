@@ -9,19 +9,19 @@ import copy
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from qwave.bench.models import BuildContext, FoldData, ModelKind
+from qwave.bench.models import BuildContext, FoldData, ModelKind, resolve_kind
+from qwave.bench.runner import fit_model
 from qwave.errors import ConfigError
 from qwave.formats import canonical_name
 from qwave.moe.analysis import evaluate_moe
 from qwave.moe.config import MoEConfig
 from qwave.moe.model import MoEClassifier, quantize_moe
 from qwave.moe.selection import Probe, choose, eligible, rank
-from qwave.nn.mlp import build_mlp
-from qwave.nn.surgery import pack_model, quant_options, quantize_model
+from qwave.nn.surgery import pack_model, quant_options
 from qwave.size import report
-from qwave.train import train_model
 
 
 def _quant_options(ctx: BuildContext) -> dict:
@@ -42,7 +42,7 @@ def build(ctx: BuildContext) -> MoEClassifier:
     options = _quant_options(ctx)
     m = ctx.cfg.model
     hidden = list(cfg.expert_hidden or m.hidden)
-    probes = probe_pool(cfg, ctx, hidden, options) if cfg.pool else []
+    probes = probe_pool(cfg, ctx, hidden) if cfg.pool else []
     formats = [p.format for p in probes if p.selected] if cfg.pool else list(cfg.experts)
     model = MoEClassifier(
         ctx.in_dim, ctx.num_classes, formats, hidden, m.dropout, m.layer_norm, cfg.top_k, cfg.router_hidden,
@@ -65,24 +65,24 @@ def moe_kind(name: str) -> ModelKind:
     return ModelKind(name, build, deploy, "moe", evaluate=evaluate)
 
 
-def probe_pool(cfg: MoEConfig, ctx: BuildContext, hidden: list[int], options: dict) -> list[Probe]:
-    """Probe every format of ``cfg.pool`` on the fold's fit / inner-validation rows and mark the chosen ones
-    (the rules: ``qwave.moe.selection``); ``options``: the experts' ``quantize_model`` options."""
+def probe_pool(cfg: MoEConfig, ctx: BuildContext, hidden: list[int]) -> list[Probe]:
+    """Probe every format of ``cfg.pool`` and mark the chosen ones (the rules: ``qwave.moe.selection``). A probe is
+    the benchmark's fit (``fit_model``) of that format, shaped like an expert (``hidden``, the experts' quantization
+    options: no ``weight_only``), trained for ``moe.selection_epochs`` on the fold's fit rows on the CPU and run on
+    its inner-validation rows. The probes fit in a chain from the fold's seeded RNG state (each builds where the
+    previous one's training left the RNG, and so does the MoE after them)."""
     names = [canonical_name(f) for f in cfg.pool]
     f1: list[float | None] = [None] * len(names)
     sizes: list[int | None] = [None] * len(names)
     if cfg.selection != "order":
-        m = ctx.cfg.model
-        train_cfg = replace(ctx.cfg.train, epochs=cfg.selection_epochs)
+        model = replace(ctx.cfg.model, hidden=hidden, weight_only=False)
+        probe_cfg = replace(ctx.cfg, model=model, train=replace(ctx.cfg.train, epochs=cfg.selection_epochs))
         for i, name in enumerate(names):
-            probe = build_mlp(ctx.in_dim, ctx.num_classes, hidden, m.dropout, m.layer_norm,
-                              copy.deepcopy(ctx.normalize), m.activation, [name])
-            quantize_model(probe, name, **options)
-            result = train_model(
-                probe, ctx.X_fit, ctx.y_fit, ctx.X_val, ctx.y_val, ctx.num_classes, train_cfg, ctx.seed
-            )
-            f1[i] = result.best_val_macro_f1
-            sizes[i] = report(pack_model(probe.cpu())).bytes_under("body")
+            probe_ctx = replace(ctx, cfg=probe_cfg, normalize=copy.deepcopy(ctx.normalize))
+            fit = fit_model(resolve_kind(name), probe_ctx, ctx.X_val, torch.device("cpu"), label=f"probe {name}")
+            torch.set_rng_state(fit.rng_after_training)
+            f1[i] = fit.trained.best_val_macro_f1
+            sizes[i] = report(fit.deployed).bytes_under("body")
     scores = rank(f1, sizes, cfg.selection)
     ok = eligible(f1, cfg.selection, cfg.selection_floor)
     chosen = set(choose(scores, cfg.num_experts, ok, f1))

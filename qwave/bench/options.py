@@ -5,11 +5,12 @@ read from ``BenchConfig()``; ``key=value`` overrides reach every other key, as o
 from __future__ import annotations
 
 import argparse
+import typing
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from qwave.bench.config import BenchConfig
+from qwave.bench.config import BenchConfig, validate
 from qwave.errors import ConfigError
 
 # (flag, dotted key, help, choices)
@@ -36,6 +37,13 @@ def default(key: str):
     return value
 
 
+def value_type(key: str) -> type:
+    """The type of a dotted key's values, from its annotation (``model.group_size: int | None`` -> int)."""
+    parent, _, name = key.rpartition(".")
+    hint = typing.get_type_hints(type(default(parent) if parent else BenchConfig()))[name]
+    return next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+
+
 def add_config_options(parser: argparse.ArgumentParser, options: tuple, overrides: bool = False) -> None:
     """One flag per option (a list key takes several values, a boolean one is a switch); with ``overrides``,
     positional ``key=value`` overrides of any benchmark key."""
@@ -47,7 +55,8 @@ def add_config_options(parser: argparse.ArgumentParser, options: tuple, override
         elif isinstance(value, list):
             parser.add_argument(flag, type=type(value[0]), nargs="+", default=list(value), help=text)
         else:
-            parser.add_argument(flag, type=type(value), default=value, choices=choices, help=text)
+            kind = type(value) if value is not None else value_type(key)
+            parser.add_argument(flag, type=kind, default=value, choices=choices, help=text)
     if overrides:
         parser.add_argument("overrides", nargs="*", metavar="key=value",
                             help="any qwave bench key, e.g. train.weight_decay=0 model.layer_norm=true")
@@ -66,3 +75,15 @@ def bench_config(args: argparse.Namespace, options: tuple, **values) -> BenchCon
         return OmegaConf.to_object(conf)
     except OmegaConfBaseException as err:
         raise ConfigError(f"invalid option: {' '.join(str(err).split())[:300]}") from None
+
+
+def validated(cfg: BenchConfig, options: tuple) -> BenchConfig:
+    """``cfg`` checked by the benchmark's ``validate``; a failure on an option's key names the option's flag too."""
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        flag = next((flag for flag, key, *_ in options if str(err).startswith(key)), None)
+        if flag is None:
+            raise
+        raise ConfigError(f"{flag}: {err}") from None
+    return cfg

@@ -34,6 +34,7 @@ from qwave.data.input_quant import INPUT_QUANT_MODES, InputQuantizer, fit_input_
 from qwave.data.source import table_path
 from qwave.errors import ConfigError
 from qwave.eval.metrics import classification_metrics
+from qwave.eval.timing import set_threads
 from qwave.size import ArtifactSize, artifact_report, resident_bytes, resident_fields
 from qwave.tables import model_label
 from qwave.train import TrainResult, predict_logits, resolve_device, train_model
@@ -91,15 +92,11 @@ def check_agreement(stats: dict, where: str) -> None:
 
 
 @dataclass
-class FoldFit:
-    """One fitted fold: the kind's build context, training result, the deployed model, its saved-and-reloaded
-    artifact (sizes, kernels, resident bytes) and the reloaded model's outputs on the test rows."""
+class ModelFit:
+    """One model built, trained, deployed, saved, reloaded and run on the test rows: the training result, the
+    deployed model, its artifact (sizes, kernels, resident bytes), the reloaded model's outputs and the global
+    torch RNG state training left (``rng_after_training``: where a chain of fits, the MoE's probes, continues)."""
 
-    ctx: BuildContext
-    fit: np.ndarray
-    val: np.ndarray
-    X: np.ndarray  # every row after the input quantizer
-    quantizer: InputQuantizer
     trained: TrainResult
     deployed: nn.Module
     loaded: nn.Module
@@ -109,9 +106,58 @@ class FoldFit:
     agreement: dict
     layers: list
     resident: int
-    memory: dict
     energy: dict
+    rng_after_training: torch.Tensor
+
+
+@dataclass
+class FoldFit(ModelFit):
+    """One fitted fold: the model's fit (``ModelFit``), its build context, the fit and inner-validation rows, every
+    row after the input quantizer, the quantizer, and the fold's memory use."""
+
+    ctx: BuildContext
+    fit: np.ndarray
+    val: np.ndarray
+    X: np.ndarray
+    quantizer: InputQuantizer
+    memory: dict
     cuda_peak_mb: float | None
+
+
+def fit_model(
+    kind: ModelKind, ctx: BuildContext, X_test: np.ndarray, device: torch.device, target: Path | None = None,
+    classes: list[str] | None = None, features: list[str] | None = None, on_epoch=None, label: str = "",
+) -> ModelFit:
+    """Build the kind's model from the current RNG state, train it on the context's rows, deploy it (quantize +
+    pack), save the artifact (to ``target``, or a temporary folder), reload it and run the reloaded artifact on
+    ``X_test`` (timed, sized, checked against the model it was made from)."""
+    label = label or kind.name
+    cfg = ctx.cfg
+    meter = EnergyMeter(cfg.energy)
+    model = kind.build(ctx)
+    with meter:
+        trained = train_model(
+            model, ctx.X_fit, ctx.y_fit, ctx.X_val, ctx.y_val, ctx.num_classes, cfg.train, ctx.seed, device,
+            on_epoch=on_epoch,
+        )
+    rng = torch.get_rng_state()
+    model.cpu().eval()
+    deployed = kind.deploy(model, ctx)
+    X_test = torch.as_tensor(X_test)
+    reference_logits = predict_logits(kind.simulate(model, ctx), X_test)
+    with tempfile.TemporaryDirectory() as tmp:
+        target = target or Path(tmp) / "artifact"
+        artifact.save(deployed, target, classes=classes, config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+                      features=features)
+        sizes = artifact_report(target)
+        loaded = artifact.load(target)
+    timing = timed_inference(loaded, X_test)
+    layers = layer_kernels(loaded)
+    warn_fallbacks(layers, label)
+    agree = agreement(reference_logits, timing.logits)
+    check_agreement(agree, label)
+    return ModelFit(trained, deployed, loaded, sizes, timing, torch.softmax(timing.logits, 1).numpy(), agree, layers,
+                    resident_bytes(loaded), meter.result(), rng)
 
 
 def fit_fold(
@@ -119,10 +165,8 @@ def fit_fold(
     device: torch.device, target: Path | None = None, on_epoch=None, label: str = "",
 ) -> FoldFit:
     """Fit one fold, the one way every caller trains a model: carve the inner split from ``train_rows``, fit the
-    input quantizer and the normaliser on the fit rows, build the kind's model, train it, deploy (quantize + pack),
-    save the artifact (to ``target``, or a temporary folder), reload it, and run the reloaded artifact on
-    ``test_rows`` (timed, sized, checked against the model it was made from)."""
-    label = label or kind.name
+    input quantizer and the normaliser on the fit rows, seed, and fit the kind's model (``fit_model``) with
+    ``test_rows`` as its test rows."""
     fit, val = inner_split(ds, train_rows, cfg.cv.val_fraction, seed)
     quantizer = fit_input_quantizer(ds.X[fit], cfg.data.input_quant)  # fit rows only, like the normaliser
     X = quantizer.quantize(ds.X)
@@ -130,37 +174,14 @@ def fit_fold(
     ctx = BuildContext(ds.n_features, ds.n_classes, normalize, cfg, seed, X[fit], ds.y[fit], X[val], ds.y[val])
     torch.manual_seed(seed)
     np.random.seed(seed)
-    meter = EnergyMeter(cfg.energy)
     memory = JobMemory.begin()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model = kind.build(ctx)
-    with meter:
-        trained = train_model(
-            model, ctx.X_fit, ctx.y_fit, ctx.X_val, ctx.y_val, ds.n_classes, cfg.train, seed, device,
-            on_epoch=on_epoch,
-        )
-    model.cpu().eval()
-    deployed = kind.deploy(model, ctx)
-    X_test = torch.as_tensor(X[test_rows])
-    reference_logits = predict_logits(kind.simulate(model, ctx), X_test)
-    with tempfile.TemporaryDirectory() as tmp:
-        target = target or Path(tmp) / "artifact"
-        artifact.save(deployed, target, classes=ds.classes, config=OmegaConf.to_container(OmegaConf.structured(cfg)),
-                      features=ds.feature_names)
-        sizes = artifact_report(target)
-        loaded = artifact.load(target)
-    timing = timed_inference(loaded, X_test)
-    layers = layer_kernels(loaded)
-    warn_fallbacks(layers, label)
-    resident = resident_bytes(loaded)
+    result = fit_model(kind, ctx, X[test_rows], device, target, ds.classes, ds.feature_names, on_epoch, label)
     memory_used = memory.end()
-    agree = agreement(reference_logits, timing.logits)
-    check_agreement(agree, label)
     cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return FoldFit(ctx, fit, val, X, quantizer, trained, deployed, loaded, sizes, timing,
-                   torch.softmax(timing.logits, 1).numpy(), agree, layers, resident, memory_used, meter.result(),
-                   cuda_peak)
+    return FoldFit(**vars(result), ctx=ctx, fit=fit, val=val, X=X, quantizer=quantizer, memory=memory_used,
+                   cuda_peak_mb=cuda_peak)
 
 
 def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, progress: BenchProgress) -> dict:
@@ -246,7 +267,7 @@ def run_benchmark(cfg: BenchConfig, sweep_plan: Path | None = None) -> list[dict
     """
     validate(cfg)
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)  # numba's too: its OpenMP pool, started by the first packed kernel, resets torch's
     root = Path(cfg.output_dir) / cfg.tag
     atomic.check_writable(root, f"output_dir={cfg.output_dir} (tag {cfg.tag}):", directory=True)
     with provenance.tag_lock(root, shared=sweep_plan is not None):

@@ -1,6 +1,7 @@
 """``qwave quantize``: post-training quantization of an FP32 artifact into one packed artifact per format, each
 gated by its top-1 agreement with the FP32 model on the calibration rows. Every target (format name and output
-folder) is checked, and every model quantized, before the first artifact is written."""
+folder) is checked, and every model quantized, before the first artifact is written. The quantization options are
+the benchmark's (``BenchConfig.model``: their defaults, and the same PTQ as a ``ptq<format>`` model of qwave bench)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from torch import nn
 
 from qwave import artifact
 from qwave.atomic import check_writable
+from qwave.bench.config import ModelConfig
+from qwave.bench.options import add_config_options, bench_config, validated
 from qwave.commands.compare import feature_names
 from qwave.data import load_table
 from qwave.data.source import add_table_arguments, table_file, table_spec
@@ -22,10 +25,18 @@ from qwave.errors import ArtifactError, ConfigError, DataError, FormatError
 from qwave.formats import canonical_name
 from qwave.nn import PackedLinear, ptq
 from qwave.nn.recurrent import PackedRecurrent, pack_recurrent
+from qwave.nn.surgery import quant_options
 
 log = logging.getLogger(__name__)
 
 FLOAT_FORMATS = ("fp32", "fp16", "bf16")
+OPTIONS = (
+    ("--keep-last-fp", "model.keep_last_fp", "keep the last Linear in fp32", None),
+    ("--group-size", "model.group_size", "integer formats: scales per group of inputs", None),
+    ("--weight-only", "model.weight_only", "integer and ternary formats keep float activations", None),
+    ("--min-agreement", "model.ptq_min_agreement", "PTQ gate: least top-1 agreement with the FP32 model", None),
+    ("--strict", "model.ptq_strict", "fail instead of warn below --min-agreement", None),
+)
 EPILOG = """examples:
   qwave quantize models/fp32 --formats 8,4,2,1,bitnet,qesc --calib esc50.csv.gz --label class_id --out models/
   qwave quantize models/fp32 --layer-formats 1,1,8 --calib esc50.csv.gz --out models/   # mixed precision
@@ -59,28 +70,29 @@ def _has_recurrent(model: nn.Module) -> bool:
 
 
 def quantize_one(model: nn.Module, fmt: str, calib: np.ndarray | None, labels: np.ndarray | None,
-                 args: argparse.Namespace, layer_formats: list[str] | None) -> nn.Module:
-    """PTQ of the float ``model``; a GRU/LSTM is packed in ``fmt`` too and the agreement gate then covers it."""
-    options = {"group_size": args.group_size} if args.group_size else {}
+                 m: ModelConfig, layer_formats: list[str] | None) -> nn.Module:
+    """PTQ of the float ``model`` with the options of ``m``, as the benchmark's PTQ; a GRU/LSTM is packed in
+    ``fmt`` too and the agreement gate then covers it."""
+    options = quant_options(keep_last_fp=m.keep_last_fp, group_size=m.group_size, weight_only=m.weight_only,
+                            layer_formats=layer_formats)
     recurrent = _has_recurrent(model)
-    packed = ptq(model, fmt, None if recurrent else calib, keep_last_fp=args.keep_last_fp,
-                 layer_formats=layer_formats, calib_labels=None if recurrent else labels,
-                 min_agreement=args.min_agreement, strict=args.strict, **options)
+    packed = ptq(model, fmt, None if recurrent else calib, calib_labels=None if recurrent else labels,
+                 min_agreement=m.ptq_min_agreement, strict=m.ptq_strict, **options)
     if recurrent:
         report = packed.ptq_report
-        packed = pack_recurrent(packed, fmt, **options)
+        packed = pack_recurrent(packed, fmt, **({"group_size": m.group_size} if m.group_size else {}))
         if calib is not None:
             with torch.no_grad():
                 ref = model.eval()(torch.as_tensor(calib)).argmax(-1)
                 got = packed(torch.as_tensor(calib)).argmax(-1)
             report.update(rows=len(calib), agreement=float((ref == got).float().mean()), unit="frames",
-                          min_agreement=args.min_agreement)
-            report["passed"] = report["agreement"] >= args.min_agreement
+                          min_agreement=m.ptq_min_agreement)
+            report["passed"] = report["agreement"] >= m.ptq_min_agreement
             if not report["passed"]:
                 message = (f"PTQ to {fmt} keeps only {report['agreement']:.1%} frame agreement with the float model "
-                           f"on {len(calib)} calibration rows, below min_agreement={args.min_agreement}; "
+                           f"on {len(calib)} calibration rows, below min_agreement={m.ptq_min_agreement}; "
                            "train this format with QAT instead")
-                if args.strict:
+                if m.ptq_strict:
                     raise FormatError(message)
                 log.warning(message)
         packed.ptq_report = report
@@ -97,18 +109,12 @@ def run(argv: list[str]) -> int:
     add_table_arguments(parser, data_required=False)
     parser.add_argument("--calib", default=None, type=table_file,
                         help="calibration table (same columns options as --data)")
-    parser.add_argument("--keep-last-fp", action="store_true", help="keep the last Linear in fp32")
-    parser.add_argument("--group-size", type=int, default=None, help="integer formats: scales per group of inputs")
-    parser.add_argument("--min-agreement", type=float, default=0.9, help="PTQ gate threshold (default 0.9)")
-    parser.add_argument("--strict", action="store_true", help="fail instead of warn below --min-agreement")
+    add_config_options(parser, OPTIONS)
     args = parser.parse_args(argv)
     if not (args.formats or "").replace(",", "").strip() and not (args.layer_formats or "").replace(",", "").strip():
         raise ConfigError(f"--formats {args.formats!r} names no format; give --formats (e.g. 8,4,1) or "
                           "--layer-formats (e.g. 1,1,8)")
-    if not 0.0 <= args.min_agreement <= 1.0:
-        raise ConfigError(f"--min-agreement must be in [0, 1], got {args.min_agreement}")
-    if args.group_size is not None and args.group_size < 1:
-        raise ConfigError(f"--group-size must be >= 1, got {args.group_size}")
+    m = validated(bench_config(args, OPTIONS), OPTIONS).model
     check_writable(args.out, "--out", directory=True)
     plans: list[tuple[str, str, list[str] | None]] = []
     try:
@@ -127,7 +133,7 @@ def run(argv: list[str]) -> int:
     model = float_model(source, args.artifact)
     calib, labels, note = _calibration_rows(args, source)
     print(f"quantizing {args.artifact} ({note})")
-    packed_models = [(out_name, quantize_one(model, fmt, calib, labels, args, layer_formats))
+    packed_models = [(out_name, quantize_one(model, fmt, calib, labels, m, layer_formats))
                      for out_name, fmt, layer_formats in plans]
     for out_name, packed in packed_models:
         report = packed.ptq_report

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from qwave.atomic import check_writable
-from qwave.bench.options import DEVICE_OPTION, MODEL_OPTIONS, TRAIN_OPTIONS, add_config_options, bench_config
+from qwave.bench.options import DEVICE_OPTION, MODEL_OPTIONS, TRAIN_OPTIONS, add_config_options, bench_config, validated
 from qwave.data.source import add_table_arguments, table_spec
 from qwave.studies import StudyConfig, bit_sweep, ptq_int8, qat_vs_ptq
 
@@ -19,7 +19,8 @@ EPILOG = """examples:
   qwave study moe-curiosity --config docs/studies/moe_curiosity_fsdd.yaml
 """
 
-OPTIONS = (*MODEL_OPTIONS, *TRAIN_OPTIONS, DEVICE_OPTION)  # defaults: qwave bench's (BenchConfig)
+OPTIONS = (*MODEL_OPTIONS, *TRAIN_OPTIONS, DEVICE_OPTION,  # defaults: qwave bench's (BenchConfig)
+           ("--output-dir", "output_dir", "folder receiving TAG/", None))
 
 MOE_EPILOG = """The config is the MoECuriosityConfig dataclass (qwave/studies/moe_curiosity.py): defaults, then the
 --config YAML, then key=value overrides. Keys: tag, singles, moe_arms, alphas, measures, and bench.* (every key
@@ -59,19 +60,17 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--bits", nargs="+", default=None,
                         help="qat-vs-ptq: one format (default 8); bit-sweep: widths (default 32 16 8 4 2 1)")
     parser.add_argument("--tag", default=None, help="output folder name (default: the study name)")
-    parser.add_argument("--output-dir", default="outputs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--folds", type=int, nargs="+", default=None, help="only these folds (default: all)")
     add_config_options(parser, OPTIONS)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: theirs)")
     args = parser.parse_args(argv)
     check_writable(Path(args.output_dir) / (args.tag or args.name), "--output-dir", directory=True)
-    bench = bench_config(args, OPTIONS)
-    cfg = StudyConfig(
-        data=table_spec(args), tag=args.tag or args.name, output_dir=args.output_dir, normalize=bench.data.normalize,
-        hidden=list(bench.model.hidden), dropout=bench.model.dropout, train=bench.train, seeds=args.seeds,
-        folds=args.folds, val_fraction=bench.cv.val_fraction, device=bench.device, threads=args.threads,
-    )
+    spec = table_spec(args)
+    bench = validated(bench_config(args, OPTIONS, seeds=args.seeds, threads=args.threads, data__path=spec.path,
+                                   data__label=spec.label, data__fold=spec.fold, data__group=spec.group,
+                                   data__id=spec.id), OPTIONS)
+    cfg = StudyConfig(bench=bench, tag=args.tag or args.name, folds=args.folds)
     if args.name == "ptq-int8":
         ptq_int8(cfg)
     elif args.name == "qat-vs-ptq":

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from qwave import artifact
-from qwave.bench.config import validate
 from qwave.bench.models import resolve_kind
-from qwave.bench.options import DEVICE_OPTION, MODEL_OPTIONS, TRAIN_OPTIONS, add_config_options, bench_config
+from qwave.bench.options import DEVICE_OPTION, MODEL_OPTIONS, TRAIN_OPTIONS, add_config_options, bench_config, validated
 from qwave.bench.runner import fit_fold
 from qwave.data import load_table
 from qwave.data.source import add_table_arguments, table_spec
@@ -49,7 +48,7 @@ def run(argv: list[str]) -> int:
     spec = table_spec(args)
     cfg = bench_config(args, OPTIONS, models=[str(args.format)], data__path=spec.path, data__label=spec.label,
                        data__fold=spec.fold, data__group=spec.group, data__id=spec.id)
-    validate(cfg)
+    validated(cfg, OPTIONS)
     kind = resolve_kind(args.format)
 
     ds = load_table(spec)

@@ -1,9 +1,10 @@
 """Choosing ``moe.num_experts`` expert formats from ``moe.pool`` before the MoE is built: the ranking rules.
 
-Each pool format is probed (``qwave.bench.moe.probe_pool``): a single classifier of the expert shape in that
-format (with the hidden activation the format needs, ``activation_for``, unless ``model.activation`` names one)
-is trained for ``moe.selection_epochs`` on the fit rows, scored by its macro-F1 on the inner validation rows
-and sized by the stored bytes of its packed body. The rule (``moe.selection``) ranks the probes:
+Each pool format is probed (``qwave.bench.moe.probe_pool``, by the benchmark's fold pipeline): a single classifier
+of the expert shape in that format (with the hidden activation the format needs, ``activation_for``, unless
+``model.activation`` names one) is trained for ``moe.selection_epochs`` on the fit rows, scored by its macro-F1 on
+the inner validation rows and sized by the stored bytes of its packed body. The rule (``moe.selection``) ranks the
+probes:
 
 * ``f1``: inner-validation macro-F1 (the most accurate formats);
 * ``f1_per_byte``: macro-F1 divided by stored bytes (accuracy bought per byte), among the *eligible* probes:

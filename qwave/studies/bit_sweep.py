@@ -1,21 +1,11 @@
-"""``bit-sweep``: one QAT model per bit width (32 = fp32, 16 = fp16, 8..2 = intk, 1 = binary), train and test
-accuracy / macro-F1 of the saved artifacts and the overfitting gap (train - test)."""
+"""``bit-sweep``: one QAT model (a benchmark arm) per bit width (32 = fp32, 16 = fp16, 8..2 = intk, 1 = binary),
+train and test accuracy / macro-F1 of the saved artifacts and the overfitting gap (train - test)."""
 
 from __future__ import annotations
 
 from qwave.errors import ConfigError
 from qwave.plot import plt
-from qwave.studies.common import (
-    StudyConfig,
-    fmt_ci,
-    load,
-    saved,
-    scores,
-    splits,
-    summarise,
-    train_fold,
-    write_outputs,
-)
+from qwave.studies.common import StudyConfig, fmt_ci, run_arms, summarise, write_outputs
 from qwave.tables import markdown_table
 
 BIT_FORMATS = {32: "fp32", 16: "fp16", 1: "binary", **{k: f"int{k}" for k in range(2, 9)}}
@@ -27,20 +17,14 @@ def bit_sweep(cfg: StudyConfig, bits: list[int] | None = None) -> dict:
     unknown = [b for b in bits if b not in BIT_FORMATS]
     if unknown:
         raise ConfigError(f"--bits {unknown}: choose from {sorted(BIT_FORMATS, reverse=True)}")
-    ds = load(cfg)
     records = []
-    for seed in cfg.seeds:
-        for split in splits(ds, cfg, seed):
-            for b in bits:
-                model, seconds = train_fold(ds, split, cfg, seed, BIT_FORMATS[b])
-                loaded, sizes = saved(model, ds)
-                train = scores(loaded, ds.X[split.fit], ds.y[split.fit])
-                test = scores(loaded, ds.X[split.test], ds.y[split.test])
-                records.append({"bits": b, "format": BIT_FORMATS[b], "fold": split.k, "seed": seed,
-                                "train_seconds": seconds, **sizes,
-                                "train_accuracy": train["accuracy"], "test_accuracy": test["accuracy"],
-                                "train_macro_f1": train["macro_f1"], "test_macro_f1": test["macro_f1"],
-                                "gap_accuracy": train["accuracy"] - test["accuracy"]})
+    for run in run_arms(cfg, {str(b): BIT_FORMATS[b] for b in bits}):
+        train, test = run.scores("fit"), run.scores("test")
+        records.append({"bits": int(run.arm), "format": BIT_FORMATS[int(run.arm)], "fold": run.fold.k,
+                        "seed": run.seed, "train_seconds": run.fit.trained.train_seconds, **run.sizes(),
+                        "train_accuracy": train["accuracy"], "test_accuracy": test["accuracy"],
+                        "train_macro_f1": train["macro_f1"], "test_macro_f1": test["macro_f1"],
+                        "gap_accuracy": train["accuracy"] - test["accuracy"]})
     keys = ("train_accuracy", "test_accuracy", "test_macro_f1", "gap_accuracy", "file_bytes", "train_seconds")
     summary = {b: summarise([r for r in records if r["bits"] == b], keys) for b in bits}
     rows = [[b, BIT_FORMATS[b], fmt_ci(s["train_accuracy"]), fmt_ci(s["test_accuracy"]), fmt_ci(s["test_macro_f1"]),

@@ -39,7 +39,6 @@ from qwave.bench.runner import fold_dir, load_dataset, run_benchmark
 from qwave.data import make_folds
 from qwave.errors import ConfigError
 from qwave.eval.metrics import aggregate
-from qwave.eval.timing import set_threads
 from qwave.formats import canonical_name
 from qwave.moe.config import MEASURES
 from qwave.plot import plt, save_figure
@@ -362,10 +361,6 @@ def moe_curiosity(cfg: MoECuriosityConfig) -> dict:
     for i, arm in enumerate(arms, 1):
         log.info("moe-curiosity: arm %d/%d %s (%s)", i, len(arms), arm.name, ", ".join(arm.models))
         t0 = time.perf_counter()
-        if arm.bench.threads:
-            # numba's thread count too: its OpenMP pool, started by the first packed kernel, otherwise resets
-            # torch's (shared) OpenMP thread count to numba's and training then oversubscribes the cores
-            set_threads(arm.bench.threads)
         run_benchmark(arm.bench)
         wall[arm.name] = time.perf_counter() - t0
     total = time.perf_counter() - start

@@ -1,4 +1,5 @@
-"""``qat-vs-ptq``: QAT from scratch against FP32 training then PTQ, same seeds, folds, budget and model.
+"""``qat-vs-ptq``: QAT from scratch against FP32 training then PTQ, same seeds, folds, budget and model: the
+benchmark arms ``<format>`` and ``ptq<format>``.
 
 The winner is decided on the paired macro-F1 difference (QAT - PTQ, paired by fold and seed): its mean with a
 95% t-interval; an interval containing 0 is reported as no clear winner.
@@ -6,42 +7,18 @@ The winner is decided on the paired macro-F1 difference (QAT - PTQ, paired by fo
 
 from __future__ import annotations
 
-import time
-
 from qwave.eval.metrics import aggregate_over_folds
 from qwave.formats import canonical_name
-from qwave.nn import ptq
 from qwave.plot import plt
-from qwave.studies.common import (
-    StudyConfig,
-    fmt_ci,
-    load,
-    saved,
-    scores,
-    splits,
-    summarise,
-    train_fold,
-    write_outputs,
-)
+from qwave.studies.common import StudyConfig, fmt_ci, run_arms, summarise, write_outputs
 from qwave.tables import markdown_table
 
 
 def qat_vs_ptq(cfg: StudyConfig, bits: str = "8") -> dict:
     """Run the study for one format (``bits``: 8, 4, 2, 1, bitnet, ...)."""
     fmt = canonical_name(bits)
-    ds = load(cfg)
-    records = []
-    for seed in cfg.seeds:
-        for split in splits(ds, cfg, seed):
-            qat, qat_seconds = train_fold(ds, split, cfg, seed, fmt)
-            fp32, fp32_seconds = train_fold(ds, split, cfg, seed)
-            start = time.perf_counter()
-            ptq_model = ptq(fp32, fmt, calib=ds.X[split.fit], calib_labels=ds.y[split.fit])
-            ptq_seconds = time.perf_counter() - start
-            for arm, model, seconds in (("qat", qat, qat_seconds), ("ptq", ptq_model, fp32_seconds + ptq_seconds)):
-                loaded, sizes = saved(model, ds)
-                records.append({"arm": arm, "fold": split.k, "seed": seed, "train_seconds": seconds, **sizes,
-                                **scores(loaded, ds.X[split.test], ds.y[split.test])})
+    records = [{"arm": run.arm, "fold": run.fold.k, "seed": run.seed, "train_seconds": run.fit.trained.train_seconds,
+                **run.sizes(), **run.scores()} for run in run_arms(cfg, {"qat": fmt, "ptq": f"ptq{fmt}"})]
     keys = ("accuracy", "macro_f1", "train_seconds", "file_bytes")
     summary = {arm: summarise([r for r in records if r["arm"] == arm], keys) for arm in ("qat", "ptq")}
     by_key = {(r["fold"], r["seed"], r["arm"]): r for r in records}

@@ -67,25 +67,60 @@ def test_moe_with_selection_and_curiosity_runs_end_to_end(table, tmp_path):
 
 def test_probes_train_and_validate_on_training_fold_rows_only(table, tmp_path, monkeypatch):
     seen = []
-    real = moe_kind.train_model
+    real = moe_kind.fit_model
 
-    def spy(model, X_fit, y_fit, X_val, y_val, *args, **kwargs):
-        seen.append((X_fit.copy(), X_val.copy()))
-        return real(model, X_fit, y_fit, X_val, y_val, *args, **kwargs)
+    def spy(kind, ctx, X_test, *args, **kwargs):
+        seen.append((ctx.X_fit.copy(), ctx.X_val.copy(), X_test.copy()))
+        return real(kind, ctx, X_test, *args, **kwargs)
 
-    monkeypatch.setattr(moe_kind, "train_model", spy)
+    monkeypatch.setattr(moe_kind, "fit_model", spy)
     moe = MoEConfig(pool=["bitnet", "4", "8"], num_experts=2, selection="f1", selection_epochs=1)
     run_benchmark(config(table, tmp_path, moe))
     frame = pd.read_csv(table)
     features = frame[[str(i) for i in range(5)]].to_numpy(np.float32)
     assert len(seen) == 2 * 3, "three probes per fold, two folds"
-    for i, (X_fit, X_val) in enumerate(seen):
+    for i, (X_fit, X_val, X_test) in enumerate(seen):
         test_fold = 1 + i // 3
         test_rows = {row.tobytes() for row in features[frame["fold"].to_numpy() == test_fold]}
         train_rows = {row.tobytes() for row in features[frame["fold"].to_numpy() != test_fold]}
-        for rows in (X_fit, X_val):
+        for rows in (X_fit, X_val, X_test):
             assert len(rows) and {row.tobytes() for row in rows} <= train_rows
             assert not {row.tobytes() for row in rows} & test_rows
+
+
+def test_probes_fitted_by_the_fold_pipeline_keep_the_scores_and_rng_chain_of_directly_trained_ones(table, tmp_path):
+    """The reference is the probe loop as it was before the fold pipeline took over (build the expert-shaped MLP,
+    QAT, train on the CPU, pack): same F1, bytes and global RNG state after probing, so the same MoE is built."""
+    import copy
+    from dataclasses import replace
+
+    import torch
+
+    from qwave.bench.models import BuildContext
+    from qwave.data import fit_normalizer
+    from qwave.nn.mlp import build_mlp
+    from qwave.nn.surgery import pack_model, quantize_model
+    from qwave.size import report
+    from qwave.train import train_model
+
+    moe = MoEConfig(pool=["bitnet", "4", "8", "1"], num_experts=2, selection="f1_per_byte", selection_epochs=2)
+    cfg = config(table, tmp_path, moe, dropout=0.5)
+    frame = pd.read_csv(table)
+    X, y = frame[[str(i) for i in range(5)]].to_numpy(np.float32), np.arange(len(frame)) % 3
+    ctx = BuildContext(5, 3, fit_normalizer(X[:40], "standard"), cfg, 3, X[:40], y[:40], X[40:], y[40:])
+    torch.manual_seed(3)
+    probes = moe_kind.probe_pool(moe, ctx, [8])
+    after = torch.get_rng_state()
+    torch.manual_seed(3)
+    f1, sizes = [], []
+    for name in ["ternary", "int4", "int8", "binary"]:
+        probe = build_mlp(5, 3, [8], 0.5, False, copy.deepcopy(ctx.normalize), "auto", [name])
+        quantize_model(probe, name, keep_last_fp=False)
+        f1.append(train_model(probe, X[:40], y[:40], X[40:], y[40:], 3, replace(cfg.train, epochs=2), 3)
+                  .best_val_macro_f1)
+        sizes.append(report(pack_model(probe)).bytes_under("body"))
+    assert [p.val_macro_f1 for p in probes] == f1 and [p.stored_bytes for p in probes] == sizes
+    assert torch.equal(after, torch.get_rng_state())
 
 
 def test_layer_formats_are_refused_for_moe(table, tmp_path):

@@ -332,3 +332,29 @@ def test_a_multirun_over_seeds_gathers_exactly_its_jobs(separable_table, tmp_pat
     assert list(pd.read_csv(tmp_path / "sweep" / "summary.csv").model.astype(str)) == ["fp32"]
     assert main(["gather", str(tmp_path / "sweep")]) == 0  # an explicit gather still merges every model summary
     assert sorted(pd.read_csv(tmp_path / "sweep" / "summary.csv").model.astype(str)) == ["4", "fp32"]
+
+
+def test_threads_hold_after_packed_kernels_ran(fast_config):
+    """``threads`` covers numba's parallel kernels too: their OpenMP pool, started by the first packed kernel (in a
+    fresh process), otherwise resets torch's thread count to numba's, and the next fold trains oversubscribed."""
+    import os
+
+    pytest.importorskip("numba")
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two cores to tell one thread from the default")
+    fast_config.threads, fast_config.plots = 1, False
+    script = f"""
+import torch
+from qwave.bench.config import BenchConfig, CVConfig, DataConfig, ModelConfig
+from qwave.bench.runner import run_benchmark
+from qwave.moe.config import CuriosityConfig, MoEConfig
+from qwave.nn.mlp import build_mlp
+from qwave.nn.surgery import pack_model, quantize_model
+from qwave.train import TrainConfig
+run_benchmark({fast_config!r})
+with torch.no_grad():
+    pack_model(quantize_model(build_mlp(288, 10, [640, 320]), "int4"))(torch.randn(600, 288))
+print(torch.get_num_threads())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split()[-1] == "1"

@@ -53,3 +53,35 @@ def test_formats_naming_no_format_is_an_error_not_a_silent_success(fp32_artifact
     assert main(["quantize", str(fp32_artifact), "--formats", formats, "--out", str(tmp_path / "q")]) == 2
     assert "names no format" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("options", [[], ["--min-agreement", "0.9"], ["--group-size", "4"], ["--weight-only"]])
+def test_quantize_gives_the_benchmarks_ptq_model_with_and_without_explicit_options(tiny_table, tmp_path, options):
+    """An FP32 model of the benchmark's fold pipeline quantized by ``qwave quantize`` on its fit rows is the
+    benchmark's ``ptq4`` model of the same fold and seed, tensor for tensor (defaults and options alike)."""
+    import numpy as np
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    from qwave.bench.config import BenchConfig, DataConfig, ModelConfig
+    from qwave.bench.models import resolve_kind
+    from qwave.bench.runner import fit_fold, load_dataset
+    from qwave.train import TrainConfig
+
+    model = ModelConfig(hidden=[16], group_size=int(options[1]) if "--group-size" in options else None,
+                        weight_only="--weight-only" in options)
+    cfg = BenchConfig(data=DataConfig(str(tiny_table), fold="fold", id="name"), model=model,
+                      train=TrainConfig(epochs=3, patience=3, batch_size=32), device="cpu")
+    ds = load_dataset(cfg)
+    test = ds.fold.astype(str) == "1"
+    rows = (np.flatnonzero(~test), np.flatnonzero(test), cfg, 0, torch.device("cpu"))
+    fp32 = fit_fold(ds, resolve_kind("fp32"), *rows, target=tmp_path / "fp32")
+    ptq4 = fit_fold(ds, resolve_kind("ptq4"), *rows, target=tmp_path / "ptq4")
+    calib = tmp_path / "fit_rows.csv"
+    pd.read_csv(tiny_table).iloc[fp32.fit].to_csv(calib, index=False)
+    out = tmp_path / "q"
+    assert main(["quantize", str(tmp_path / "fp32"), "--formats", "4", "--calib", str(calib), "--out", str(out),
+                 *options]) == 0
+    mine, bench = load_file(out / "int4" / "model.safetensors"), load_file(tmp_path / "ptq4" / "model.safetensors")
+    assert mine.keys() == bench.keys() and all(torch.equal(mine[k], bench[k]) for k in mine)
+    assert json.loads((out / "int4" / "manifest.json").read_text())["extra"]["ptq_report"]["rows"] == len(ptq4.fit)
