@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from qwave.errors import ConfigError, FormatError
-from qwave.formats import canonical_name
+from qwave.formats import QuantPlan
 from qwave.nn.family import family, family_names
 from qwave.nn.packed_linear import PackedLinear
 from qwave.nn.quant_linear import QuantLinear
@@ -235,10 +235,6 @@ class SizeSpec:
     seed: int = 0
 
 
-def _format_label(spec: SizeSpec, fmt: str) -> str:
-    return "mixed[" + ",".join(canonical_name(f) for f in spec.layer_formats or ()) + "]" if fmt == "mixed" else fmt
-
-
 def size_table(
     spec: SizeSpec, formats: Sequence[str], *, models: Sequence[str] = ("mlp",), per_layer: bool = False
 ) -> list[dict]:
@@ -248,29 +244,31 @@ def size_table(
     if unknown:
         known = ", ".join(family_names(need="size_model"))
         raise ConfigError(f"--models: unknown model {unknown[0]!r}; known: {known}")
+    options = {"keep_last_fp": spec.keep_last_fp, "group_size": spec.group_size}
     try:
-        names = [canonical_name(f) for f in formats]
+        plans = [QuantPlan.parse(f, **options) for f in formats]
     except FormatError as err:
         raise ConfigError(f"--formats: {err}") from None
     if spec.layer_formats:
-        names.append("mixed")
+        plans.append(QuantPlan.parse(None, layer_formats=spec.layer_formats, **options))
+    fp32 = QuantPlan.parse("fp32", **options)
     rows = []
     for model_name in models:
         build = family(model_name).size_model
         baseline = None
-        for fmt in ["fp32", *[n for n in names if n != "fp32"]]:
+        for plan in [fp32, *[p for p in plans if p != fp32]]:
             torch.manual_seed(spec.seed)
-            packed = build(copy.deepcopy(spec), fmt)
+            packed = build(copy.deepcopy(spec), plan)
             rep = report(packed)
-            if fmt == "fp32":
+            if plan == fp32:
                 baseline = rep.stored_bytes
-                if "fp32" not in names:
+                if fp32 not in plans:
                     continue
             active = packed.active_bytes(rep) if hasattr(packed, "active_bytes") else rep.stored_bytes
             prepare_kernels(packed)
             row = {
                 "model": model_name,
-                "format": _format_label(spec, fmt),
+                "format": f"mixed[{','.join(plan.formats)}]" if plan.per_layer else plan.formats[0],
                 "bits_per_weight": rep.bits_per_weight,
                 "params": rep.params,
                 "weights": rep.weight_count,

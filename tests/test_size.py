@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from qwave import artifact, kernels
+from qwave.formats import QuantPlan
 from qwave.nn import MLPClassifier, QuantLinear, pack_model, quantize_model
 from qwave.nn.mlp import size_model as build_mlp
 from qwave.size import SizeSpec, artifact_report, report, resident_bytes, resident_fields, size_table
@@ -70,7 +71,7 @@ def test_group_size_keep_last_fp_and_mixed_rows_follow_the_closed_form():
 @pytest.mark.parametrize("fmt", ["fp32", "fp16", "int4", "binary", "ternary", "qesc"])
 def test_report_of_a_loaded_artifact_equals_the_file_bytes(tmp_path, fmt):
     torch.manual_seed(0)
-    model = pack_model(quantize_model(MLPClassifier(70, 6, (33,), layer_norm=True), fmt, group_size=None))
+    model = pack_model(quantize_model(MLPClassifier(70, 6, (33,), layer_norm=True), fmt))
     directory = artifact.save(model, tmp_path / "a")
     sizes = artifact_report(directory)
     from_tensors = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -111,7 +112,7 @@ def test_tied_embedding_transformer_with_16bit_linears_is_1_48x_smaller_not_34x(
     biases = 3 * (768 + 256 + 1024 + 256) * 4
     fp32 = report(float_model)
     assert fp32.stored_bytes == 5000 * 256 * 4 + 3 * block_linear * 4 + biases  # tied head counted once
-    quantized = pack_model(quantize_model(float_model, "fp16", layer_formats=["fp16"] * 12 + ["fp32"]))
+    quantized = pack_model(quantize_model(float_model, QuantPlan.parse("fp16", layer_formats=["fp16"] * 12 + ["fp32"])))
     half = report(quantized)
     assert half.stored_bytes == 5000 * 256 * 4 + 3 * block_linear * 2 + biases
     assert round(fp32.stored_bytes / half.stored_bytes, 2) == 1.48

@@ -13,25 +13,26 @@ from torch import nn
 
 from qwave.bench.models import BuildContext, FoldData, ModelKind
 from qwave.errors import ConfigError
-from qwave.formats import canonical_name
+from qwave.formats import FormatSpec, QuantPlan
 from qwave.moe.analysis import evaluate_moe
 from qwave.moe.config import MoEConfig
 from qwave.moe.model import MoEClassifier, quantize_moe
 from qwave.moe.selection import Probe, choose, eligible, rank
 from qwave.nn.mlp import build_mlp
-from qwave.nn.surgery import pack_model, quant_options, quantize_model
+from qwave.nn.surgery import pack_model, quantize_model
 from qwave.size import report
 from qwave.train import train_model
 
 
-def _quant_options(ctx: BuildContext) -> dict:
+def _plan(ctx: BuildContext) -> QuantPlan:
+    """The experts' quantization options (each expert names its own format)."""
     m = ctx.cfg.model
     if m.layer_formats:
         raise ConfigError(
             f"model.layer_formats={list(m.layer_formats)} does not apply to moe: each expert's format comes from "
             "moe.experts (or moe.pool)"
         )
-    return quant_options(keep_last_fp=m.keep_last_fp, group_size=m.group_size)
+    return QuantPlan.parse(None, keep_last_fp=m.keep_last_fp, group_size=m.group_size)
 
 
 def build(ctx: BuildContext) -> MoEClassifier:
@@ -39,17 +40,17 @@ def build(ctx: BuildContext) -> MoEClassifier:
     from ``model.activation``), quantize experts and router."""
     cfg: MoEConfig = ctx.cfg.moe
     cfg.validate()
-    options = _quant_options(ctx)
+    plan = _plan(ctx)
     m = ctx.cfg.model
     hidden = list(cfg.expert_hidden or m.hidden)
-    probes = probe_pool(cfg, ctx, hidden, options) if cfg.pool else []
+    probes = probe_pool(cfg, ctx, hidden, plan) if cfg.pool else []
     formats = [p.format for p in probes if p.selected] if cfg.pool else list(cfg.experts)
     model = MoEClassifier(
         ctx.in_dim, ctx.num_classes, formats, hidden, m.dropout, m.layer_norm, cfg.top_k, cfg.router_hidden,
         cfg.router_dropout, cfg.balance_weight, cfg.curiosity, mask_seed=ctx.seed, normalize=ctx.normalize,
         selection=[asdict(p) for p in probes], activation=m.activation, router_format=cfg.router_format,
     )
-    return quantize_moe(model, options)
+    return quantize_moe(model, plan)
 
 
 def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
@@ -65,10 +66,10 @@ def moe_kind(name: str) -> ModelKind:
     return ModelKind(name, build, deploy, "moe", evaluate=evaluate)
 
 
-def probe_pool(cfg: MoEConfig, ctx: BuildContext, hidden: list[int], options: dict) -> list[Probe]:
+def probe_pool(cfg: MoEConfig, ctx: BuildContext, hidden: list[int], plan: QuantPlan) -> list[Probe]:
     """Probe every format of ``cfg.pool`` on the fold's fit / inner-validation rows and mark the chosen ones
-    (the rules: ``qwave.moe.selection``); ``options``: the experts' ``quantize_model`` options."""
-    names = [canonical_name(f) for f in cfg.pool]
+    (the rules: ``qwave.moe.selection``); ``plan``: the experts' quantization options."""
+    names = [FormatSpec.parse(f).name for f in cfg.pool]
     f1: list[float | None] = [None] * len(names)
     sizes: list[int | None] = [None] * len(names)
     if cfg.selection != "order":
@@ -77,7 +78,7 @@ def probe_pool(cfg: MoEConfig, ctx: BuildContext, hidden: list[int], options: di
         for i, name in enumerate(names):
             probe = build_mlp(ctx.in_dim, ctx.num_classes, hidden, m.dropout, m.layer_norm,
                               copy.deepcopy(ctx.normalize), m.activation, [name])
-            quantize_model(probe, name, **options)
+            quantize_model(probe, plan.with_format(name))
             result = train_model(
                 probe, ctx.X_fit, ctx.y_fit, ctx.X_val, ctx.y_val, ctx.num_classes, train_cfg, ctx.seed
             )
