@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qwave.errors import ConfigError, FormatError
+from qwave.errors import ConfigError
 from qwave.formats import QuantPlan
 from qwave.nn.family import family, family_names
 from qwave.nn.packed_linear import PackedLinear
@@ -224,45 +224,35 @@ def artifact_report(directory: str | Path) -> ArtifactSize:
 
 @dataclass
 class SizeSpec:
-    """Shape and quantization options of the models the size calculator builds."""
+    """Shape of the models the size calculator builds (random weights drawn from ``seed``)."""
 
     in_dim: int = 1536
     num_classes: int = 50
     hidden: tuple[int, ...] = (640, 320)
-    group_size: int | None = None
-    keep_last_fp: bool = False
-    layer_formats: tuple[str, ...] | None = None
     seed: int = 0
 
 
 def size_table(
-    spec: SizeSpec, formats: Sequence[str], *, models: Sequence[str] = ("mlp",), per_layer: bool = False
+    spec: SizeSpec, plans: Sequence[QuantPlan], *, models: Sequence[str] = ("mlp",), per_layer: bool = False
 ) -> list[dict]:
-    """One row per model x format (plus a ``mixed`` row when ``spec.layer_formats`` is set), measured on the
-    packed model; with ``per_layer``, each row carries its per-layer breakdown under ``layers``."""
+    """One row per model x plan, measured on the packed model (``mixed[...]`` rows for per-layer plans); with
+    ``per_layer``, each row carries its per-layer breakdown under ``layers``."""
     unknown = [m for m in models if getattr(family(m), "size_model", None) is None]
     if unknown:
         known = ", ".join(family_names(need="size_model"))
         raise ConfigError(f"--models: unknown model {unknown[0]!r}; known: {known}")
-    options = {"keep_last_fp": spec.keep_last_fp, "group_size": spec.group_size}
-    try:
-        plans = [QuantPlan.parse(f, **options) for f in formats]
-    except FormatError as err:
-        raise ConfigError(f"--formats: {err}") from None
-    if spec.layer_formats:
-        plans.append(QuantPlan.parse(None, layer_formats=spec.layer_formats, **options))
-    fp32 = QuantPlan.parse("fp32", **options)
+    fp32 = QuantPlan(("fp32",))
     rows = []
     for model_name in models:
         build = family(model_name).size_model
         baseline = None
-        for plan in [fp32, *[p for p in plans if p != fp32]]:
+        for plan in [fp32, *[p for p in plans if p.formats != fp32.formats]]:
             torch.manual_seed(spec.seed)
             packed = build(copy.deepcopy(spec), plan)
             rep = report(packed)
-            if plan == fp32:
+            if plan is fp32:
                 baseline = rep.stored_bytes
-                if fp32 not in plans:
+                if all(p.formats != fp32.formats for p in plans):
                     continue
             active = packed.active_bytes(rep) if hasattr(packed, "active_bytes") else rep.stored_bytes
             prepare_kernels(packed)

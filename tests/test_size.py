@@ -45,7 +45,7 @@ def expected_reference_bytes(fmt: str) -> int:
 
 
 def test_reference_mlp_rows_match_the_closed_form_and_saved_artifacts_byte_for_byte(tmp_path):
-    rows = size_table(SizeSpec(), FORMATS)
+    rows = size_table(SizeSpec(), [QuantPlan.parse(f) for f in FORMATS])
     weights = sum(o * i for o, i in REFERENCE)
     assert [r["format"] for r in rows] == FORMATS
     fp32 = expected_reference_bytes("fp32")
@@ -59,8 +59,8 @@ def test_reference_mlp_rows_match_the_closed_form_and_saved_artifacts_byte_for_b
 
 
 def test_group_size_keep_last_fp_and_mixed_rows_follow_the_closed_form():
-    spec = SizeSpec(group_size=64, keep_last_fp=True, layer_formats=("1", "1", "8"))
-    rows = {r["format"]: r for r in size_table(spec, ["4"])}
+    plans = [QuantPlan.parse(f, group_size=64, keep_last_fp=True) for f in ("4", "1-1-8")]
+    rows = {r["format"]: r for r in size_table(SizeSpec(), plans)}
     groups = sum(o * math.ceil(i / 64) for o, i in REFERENCE[:2])
     int4 = NORM_BYTES + sum(o * i // 2 + 4 * o for o, i in REFERENCE[:2]) + 2 * groups + 4 * 50 * 321
     assert rows["int4"]["stored_bytes"] == int4
@@ -249,7 +249,8 @@ def test_the_weight_only_float_option_holds_its_stored_tensors_and_a_float_copy_
 
 def test_size_table_resident_bytes_are_those_after_a_real_forward_and_only_wider_layouts_are_flagged():
     spec = SizeSpec()  # the reference MLP (a small one pads its last layer to a whole register tile)
-    rows = {r["format"]: r for r in size_table(spec, ["fp32", "int8", "ternary", "binary"])}
+    plans = [QuantPlan.parse(f) for f in ("fp32", "int8", "ternary", "binary")]
+    rows = {r["format"]: r for r in size_table(spec, plans)}
     for fmt, row in rows.items():
         torch.manual_seed(spec.seed)
         model = build_mlp(spec, fmt)

@@ -87,19 +87,13 @@ def plan_for(name: str, m: ModelConfig) -> QuantPlan:
         raise ConfigError(f"model.layer_formats: {err}") from None
 
 
-def _qat_kind(name: str, plan: QuantPlan) -> ModelKind:
+def _format_kind(name: str, plan: QuantPlan) -> ModelKind:
+    """QAT: the MLP trains quantized and is packed. PTQ: the float MLP trains, then is calibrated, packed, gated."""
+
     def build(ctx: BuildContext) -> nn.Module:
         full = plan_for(name, ctx.cfg.model)
         return quantize_model(mlp(ctx, list(full.formats)), full)
 
-    def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
-        return pack_model(model)
-
-    method = "fp32" if plan.formats == ("fp32",) and not plan.per_layer else "qat"
-    return ModelKind(name, build, deploy, method)
-
-
-def _ptq_kind(name: str) -> ModelKind:
     def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
         m = ctx.cfg.model
         return ptq(model, plan_for(name, m), calib=ctx.X_fit, calib_labels=ctx.y_fit,
@@ -108,7 +102,10 @@ def _ptq_kind(name: str) -> ModelKind:
     def simulate(model: nn.Module, ctx: BuildContext) -> nn.Module:
         return calibrate(model, plan_for(name, ctx.cfg.model), ctx.X_fit)
 
-    return ModelKind(name, mlp, deploy, "ptq", simulate)
+    if plan.method == "ptq":
+        return ModelKind(name, mlp, deploy, "ptq", simulate)
+    method = "fp32" if plan.formats == ("fp32",) and not plan.per_layer else "qat"
+    return ModelKind(name, build, lambda model, ctx: pack_model(model), method)
 
 
 def resolve_kind(name: str) -> ModelKind:
@@ -127,7 +124,7 @@ def resolve_kind(name: str) -> ModelKind:
         kinds = family_names(need="kind")
         extra = f"; other model kinds: {', '.join(kinds)}" if kinds else ""
         raise ConfigError(f"models: {err}{extra}") from None
-    return _ptq_kind(key) if plan.method == "ptq" else _qat_kind(key, plan)
+    return _format_kind(key, plan)
 
 
 def model_label(name: str, weight_only: bool = False) -> str:
@@ -142,7 +139,7 @@ def model_label(name: str, weight_only: bool = False) -> str:
         return key
     names = plan.formats
     if len(names) > 1:
-        label = plan.label
+        label = "-".join(names)
     else:
         fmt = get_format(names[0])
         weights = "1.58" if names[0] == "ternary" else f"{fmt.bits:g}"

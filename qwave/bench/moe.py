@@ -24,24 +24,18 @@ from qwave.size import report
 from qwave.train import train_model
 
 
-def _plan(ctx: BuildContext) -> QuantPlan:
-    """The experts' quantization options (each expert names its own format)."""
+def build(ctx: BuildContext) -> MoEClassifier:
+    """Select the experts (from ``moe.pool`` if set), build the MoE with the fold's normaliser (expert activations
+    from ``model.activation``), quantize experts and router."""
+    cfg: MoEConfig = ctx.cfg.moe
+    cfg.validate()
     m = ctx.cfg.model
     if m.layer_formats:
         raise ConfigError(
             f"model.layer_formats={list(m.layer_formats)} does not apply to moe: each expert's format comes from "
             "moe.experts (or moe.pool)"
         )
-    return QuantPlan.parse(None, keep_last_fp=m.keep_last_fp, group_size=m.group_size)
-
-
-def build(ctx: BuildContext) -> MoEClassifier:
-    """Select the experts (from ``moe.pool`` if set), build the MoE with the fold's normaliser (expert activations
-    from ``model.activation``), quantize experts and router."""
-    cfg: MoEConfig = ctx.cfg.moe
-    cfg.validate()
-    plan = _plan(ctx)
-    m = ctx.cfg.model
+    plan = QuantPlan.parse(None, keep_last_fp=m.keep_last_fp, group_size=m.group_size)  # experts name formats
     hidden = list(cfg.expert_hidden or m.hidden)
     probes = probe_pool(cfg, ctx, hidden, plan) if cfg.pool else []
     formats = [p.format for p in probes if p.selected] if cfg.pool else list(cfg.experts)

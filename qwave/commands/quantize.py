@@ -67,7 +67,6 @@ def quantize_one(model: nn.Module, plan: QuantPlan, calib: np.ndarray | None, la
                  min_agreement=args.min_agreement, strict=args.strict)
     if recurrent:
         report = packed.ptq_report
-        fmt = plan.default.name
         packed = pack_recurrent(packed, plan.default.build())
         if calib is not None:
             with torch.no_grad():
@@ -77,9 +76,9 @@ def quantize_one(model: nn.Module, plan: QuantPlan, calib: np.ndarray | None, la
                           min_agreement=args.min_agreement)
             report["passed"] = report["agreement"] >= args.min_agreement
             if not report["passed"]:
-                message = (f"PTQ to {fmt} keeps only {report['agreement']:.1%} frame agreement with the float model "
-                           f"on {len(calib)} calibration rows, below min_agreement={args.min_agreement}; "
-                           "train this format with QAT instead")
+                message = (f"PTQ to {plan.default.name} keeps only {report['agreement']:.1%} frame agreement with "
+                           f"the float model on {len(calib)} calibration rows, below min_agreement="
+                           f"{args.min_agreement}; train this format with QAT instead")
                 if args.strict:
                     raise FormatError(message)
                 log.warning(message)

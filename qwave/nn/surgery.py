@@ -44,16 +44,11 @@ def _set_module(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
     return model
 
 
-def as_plan(plan: QuantPlan | str | int) -> QuantPlan:
-    """``plan`` itself, or the plan of a format or model name (no options)."""
-    return plan if isinstance(plan, QuantPlan) else QuantPlan.parse(plan)
-
-
 def quantize_model(model: nn.Module, plan: QuantPlan | str | int) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` in place by a ``QuantLinear`` (sharing its Parameters) of the
     plan's format for that layer; returns the model (a new object only when ``model`` itself is a Linear)."""
-    paths = linear_paths(model)
-    for path, spec in zip(paths, as_plan(plan).layer_specs(len(paths)), strict=True):
+    paths, plan = linear_paths(model), plan if isinstance(plan, QuantPlan) else QuantPlan.parse(plan)
+    for path, spec in zip(paths, plan.layer_specs(len(paths)), strict=True):
         linear = model.get_submodule(path) if path else model
         model = _set_module(model, path, QuantLinear.from_linear(linear, spec.build()))
     return model
@@ -178,7 +173,7 @@ def ptq(
     ``qwave.ptq`` logger pointing to QAT, or raises FormatError when ``strict``. The measurements are attached
     as ``packed.ptq_report`` (a dict).
     """
-    plan = as_plan(plan)
+    plan = plan if isinstance(plan, QuantPlan) else QuantPlan.parse(plan)
     sim = calibrate(model, plan, calib)
     packed = pack_model(sim)
     names = sorted({layer.fmt.name for layer in packed.modules() if isinstance(layer, PackedLinear)})
@@ -194,7 +189,7 @@ def ptq(
                 f"PTQ to {label} keeps only {report['agreement']:.1%} top-1 agreement with the float model on "
                 f"{report['rows']} calibration rows (accuracy drop "
                 f"{'unknown, no labels' if drop is None else f'{drop:.1%}'}), below min_agreement={min_agreement}; "
-                f"train this format with QAT instead (models=[{plan.label}])"
+                f"train this format with QAT instead (models=[{'-'.join(plan.formats)}])"
             )
             if strict:
                 raise FormatError(message)
