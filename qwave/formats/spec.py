@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import lru_cache
 
 from qwave.errors import ConfigError, FormatError
 from qwave.formats.base import _REGISTRY, QuantFormat, canonical_name, get_format
@@ -66,7 +66,7 @@ class FormatSpec:
         key = canonical_name(name)
         return cls(key, _options(key, {**LEGACY_OPTIONS.get(key, {}), **options}))
 
-    @cache  # noqa: B019  (a spec is a value: equal specs share one format, formats hold no per-layer state)
+    @lru_cache(maxsize=256)  # noqa: B019  (a spec is a value: equal specs share one format; formats hold no state)
     def build(self) -> QuantFormat:
         """The format object."""
         return get_format(self.name, **dict(self.options))
