@@ -32,11 +32,11 @@ def option_names(name: str) -> frozenset[str]:
     return frozenset(inspect.signature(_REGISTRY[name]).parameters)  # e.g. group_size for the integer formats
 
 
-def _options(name: str, options: dict) -> Options:
+def _options(owner: str, options: dict) -> Options:
     """``options`` sorted into a tuple (specs hash and compare by value); values must be JSON scalars."""
     for key, value in options.items():
         if value is not None and not isinstance(value, (bool, int, float, str)):
-            raise FormatError(f"format {name!r} option {key!r} must be a number, string, bool or null; got {value!r}")
+            raise FormatError(f"{owner} option {key!r} must be a number, string, bool or null; got {value!r}")
     known = frozenset().union(*map(option_names, _REGISTRY))
     unknown = sorted(set(options) - known)
     if unknown:
@@ -57,14 +57,14 @@ class FormatSpec:
         only other formats take are dropped (an fp32 last layer has no groups), options no format takes refused."""
         name = canonical_name(value)
         taken = option_names(name)
-        return cls(name, tuple(kv for kv in _options(name, options) if kv[0] in taken))
+        return cls(name, tuple(kv for kv in _options(f"format {name!r}", options) if kv[0] in taken))
 
     @classmethod
     def from_manifest(cls, name: str, options: dict) -> FormatSpec:
         """A manifest's format: its stored ``options`` (all kept; ``build`` refuses one the format does not take),
         and for those it lacks their meaning when it was written (``LEGACY_OPTIONS``), never today's defaults."""
         key = canonical_name(name)
-        return cls(key, _options(key, {**LEGACY_OPTIONS.get(key, {}), **options}))
+        return cls(key, _options(f"format {key!r}", {**LEGACY_OPTIONS.get(key, {}), **options}))
 
     @lru_cache(maxsize=256)  # noqa: B019  (a spec is a value: equal specs share one format; formats hold no state)
     def build(self) -> QuantFormat:
@@ -99,7 +99,7 @@ class QuantPlan:
         body = key[3:] if method == "ptq" else key
         names = body.split("-") if "-" in body else layer_formats
         formats = tuple(canonical_name(n) for n in (names or ([] if model is None else [body])))
-        return cls(formats, _options("", options), bool(keep_last_fp), bool(names), method)
+        return cls(formats, _options("quantization", options), bool(keep_last_fp), bool(names), method)
 
     def with_format(self, fmt: str | int) -> QuantPlan:
         """This plan with every Linear in ``fmt`` (an MoE expert, a probe)."""
