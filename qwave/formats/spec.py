@@ -32,15 +32,16 @@ def option_names(name: str) -> frozenset[str]:
     return frozenset(inspect.signature(_REGISTRY[name]).parameters)  # e.g. group_size for the integer formats
 
 
-def _options(owner: str, options: dict) -> Options:
-    """``options`` sorted into a tuple (specs hash and compare by value); values must be JSON scalars."""
+def _options(owner: str, options: dict, user: bool = True) -> Options:
+    """``options`` sorted into a tuple (specs hash and compare by value) of JSON scalars; a ``user``'s options are
+    ones some format takes (a manifest's unknown option fails in ``build`` instead, as an artifact error)."""
+    known = frozenset().union(*map(option_names, _REGISTRY))
+    if user and set(options) - known:
+        raise ConfigError(f"quantization option(s) {sorted(set(options) - known)} are taken by no format; known "
+                          f"options: {sorted(known)}")
     for key, value in options.items():
         if value is not None and not isinstance(value, (bool, int, float, str)):
             raise FormatError(f"{owner} option {key!r} must be a number, string, bool or null; got {value!r}")
-    known = frozenset().union(*map(option_names, _REGISTRY))
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"quantization option(s) {unknown} are taken by no format; known options: {sorted(known)}")
     return tuple(sorted(options.items()))
 
 
@@ -64,7 +65,7 @@ class FormatSpec:
         """A manifest's format: its stored ``options`` (all kept; ``build`` refuses one the format does not take),
         and for those it lacks their meaning when it was written (``LEGACY_OPTIONS``), never today's defaults."""
         key = canonical_name(name)
-        return cls(key, _options(f"format {key!r}", {**LEGACY_OPTIONS.get(key, {}), **options}))
+        return cls(key, _options(f"format {key!r}", {**LEGACY_OPTIONS.get(key, {}), **options}, user=False))
 
     @lru_cache(maxsize=256)  # noqa: B019  (a spec is a value: equal specs share one format; formats hold no state)
     def build(self) -> QuantFormat:
