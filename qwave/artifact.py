@@ -45,7 +45,8 @@ from qwave.atomic import atomic_dir, check_writable, umask
 from qwave.data.normalize import Normalize
 from qwave.errors import ArtifactError, FormatError, QwaveError
 from qwave.formats import PackedSpec
-from qwave.formats.base import format_from_manifest, non_finite
+from qwave.formats.base import non_finite
+from qwave.formats.spec import FormatSpec
 from qwave.nn.family import family, family_names, family_of
 from qwave.nn.packed_linear import PackedLinear
 
@@ -390,7 +391,7 @@ def _spec(info: dict) -> PackedSpec:
 def _layer_specs(path: str, spec: dict, where: Path) -> dict[str, PackedSpec]:
     """The state entries of one packed layer as its format lays them out for its shape, bias included."""
     try:
-        fmt = format_from_manifest(spec["format"], spec.get("options", {}))
+        fmt = FormatSpec.from_manifest(spec["format"], spec.get("options", {})).build()
         layout = fmt.layout(tuple(spec["shape"]))
     except FormatError as err:
         raise ArtifactError(f"{where}: packed layer {path!r}: {err}") from None
@@ -557,7 +558,7 @@ def load(directory: str | Path, allow_unverified: bool = False) -> nn.Module:
         packed = {name: state[f"{path}.{name}"] for name in spec["tensors"]}
         bias = state[f"{path}.bias"] if spec["bias"] else None
         try:
-            layer = PackedLinear(format_from_manifest(spec["format"], spec.get("options", {})), packed,
+            layer = PackedLinear(FormatSpec.from_manifest(spec["format"], spec.get("options", {})).build(), packed,
                                  tuple(spec["shape"]), bias)
         except FormatError as err:
             raise ArtifactError(f"{directory / WEIGHTS}: packed layer {path!r}: {err}") from None

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qwave.errors import ConfigError, FormatError
-from qwave.formats import canonical_name
+from qwave.errors import ConfigError
+from qwave.formats import QuantPlan
 from qwave.nn.family import family, family_names
 from qwave.nn.packed_linear import PackedLinear
 from qwave.nn.quant_linear import QuantLinear
@@ -224,53 +224,41 @@ def artifact_report(directory: str | Path) -> ArtifactSize:
 
 @dataclass
 class SizeSpec:
-    """Shape and quantization options of the models the size calculator builds."""
+    """Shape of the models the size calculator builds (random weights drawn from ``seed``)."""
 
     in_dim: int = 1536
     num_classes: int = 50
     hidden: tuple[int, ...] = (640, 320)
-    group_size: int | None = None
-    keep_last_fp: bool = False
-    layer_formats: tuple[str, ...] | None = None
     seed: int = 0
 
 
-def _format_label(spec: SizeSpec, fmt: str) -> str:
-    return "mixed[" + ",".join(canonical_name(f) for f in spec.layer_formats or ()) + "]" if fmt == "mixed" else fmt
-
-
 def size_table(
-    spec: SizeSpec, formats: Sequence[str], *, models: Sequence[str] = ("mlp",), per_layer: bool = False
+    spec: SizeSpec, plans: Sequence[QuantPlan], *, models: Sequence[str] = ("mlp",), per_layer: bool = False
 ) -> list[dict]:
-    """One row per model x format (plus a ``mixed`` row when ``spec.layer_formats`` is set), measured on the
-    packed model; with ``per_layer``, each row carries its per-layer breakdown under ``layers``."""
+    """One row per model x plan, measured on the packed model (``mixed[...]`` rows for per-layer plans); with
+    ``per_layer``, each row carries its per-layer breakdown under ``layers``."""
     unknown = [m for m in models if getattr(family(m), "size_model", None) is None]
     if unknown:
         known = ", ".join(family_names(need="size_model"))
         raise ConfigError(f"--models: unknown model {unknown[0]!r}; known: {known}")
-    try:
-        names = [canonical_name(f) for f in formats]
-    except FormatError as err:
-        raise ConfigError(f"--formats: {err}") from None
-    if spec.layer_formats:
-        names.append("mixed")
+    fp32 = QuantPlan(("fp32",))
     rows = []
     for model_name in models:
         build = family(model_name).size_model
         baseline = None
-        for fmt in ["fp32", *[n for n in names if n != "fp32"]]:
+        for plan in [fp32, *[p for p in plans if p.formats != fp32.formats]]:
             torch.manual_seed(spec.seed)
-            packed = build(copy.deepcopy(spec), fmt)
+            packed = build(copy.deepcopy(spec), plan)
             rep = report(packed)
-            if fmt == "fp32":
+            if plan is fp32:
                 baseline = rep.stored_bytes
-                if "fp32" not in names:
+                if all(p.formats != fp32.formats for p in plans):
                     continue
             active = packed.active_bytes(rep) if hasattr(packed, "active_bytes") else rep.stored_bytes
             prepare_kernels(packed)
             row = {
                 "model": model_name,
-                "format": _format_label(spec, fmt),
+                "format": f"mixed[{','.join(plan.formats)}]" if plan.per_layer else plan.formats[0],
                 "bits_per_weight": rep.bits_per_weight,
                 "params": rep.params,
                 "weights": rep.weight_count,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from qwave import atomic
 from qwave.errors import FormatError
-from qwave.formats import canonical_name, get_format
+from qwave.formats import QuantPlan, get_format
 
 NUMBER = re.compile(r"[-±]?\d")  # a cell that starts like a number is set to the right
 
@@ -56,12 +56,11 @@ def model_label(name: str, weight_only: bool = False) -> str:
     ``1-1-8`` -> ``binary-binary-int8``; with ``weight_only`` the integer and ternary formats say ``(W4, float
     activations)``. Names that are no format (``moe``) are returned unchanged."""
     key = str(name).strip()
-    ptq_name = key.lower().startswith("ptq")
-    spec = key[3:] if ptq_name else key
     try:
-        names = [canonical_name(part) for part in spec.split("-")]
+        plan = QuantPlan.parse(key)
     except FormatError:
         return key
+    names = plan.formats
     if len(names) > 1:
         label = "-".join(names)
     else:
@@ -73,4 +72,4 @@ def model_label(name: str, weight_only: bool = False) -> str:
             label = f"{names[0]} (W{weights}, float activations)"
         else:
             label = names[0] if names[0] == "int8" else f"{names[0]} (W{weights}A8)"
-    return f"{label} PTQ" if ptq_name else label
+    return f"{label} PTQ" if plan.method == "ptq" else label

@@ -13,6 +13,7 @@ import torch
 from qwave import artifact
 from qwave.data import TableSpec, fit_normalizer, load_table
 from qwave.data.source import table_path
+from qwave.formats import QuantPlan
 from qwave.formats.base import quantize_rows_int8
 from qwave.nn import MLPClassifier, pack_model, quantize_model
 from qwave.nn.mlp import activation_for
@@ -61,7 +62,7 @@ class Trained:
                                   normalize=fit_normalizer(ds.X, self.normalize),
                                   activation=activation_for([name]))
             if name != "fp32":
-                model = quantize_model(model, name, **options)
+                model = quantize_model(model, QuantPlan.parse(name, **options))
             fit = np.random.default_rng(0).permutation(len(ds.y))[:TRAIN_ROWS]  # a small model, quickly trained
             train_model(model, ds.X[fit], ds.y[fit], ds.X[fit[:100]], ds.y[fit[:100]], ds.n_classes,
                         TrainConfig(epochs=2, batch_size=256, patience=2, warmup_epochs=0), seed=0)

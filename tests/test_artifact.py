@@ -18,14 +18,14 @@ from torch import nn
 import qwave
 from qwave import artifact
 from qwave.errors import ArtifactError
-from qwave.formats import registered_formats
+from qwave.formats import QuantPlan, registered_formats
 from qwave.nn import MLPClassifier, PackedLinear, pack_model, ptq, quantize_model
 from qwave.nn.family import register_family
 
 
 def packed_mlp(fmt="4", seed: int = 0, **options) -> nn.Module:
     torch.manual_seed(seed)
-    return pack_model(quantize_model(MLPClassifier(40, 5, (24, 12), layer_norm=True), fmt, **options))
+    return pack_model(quantize_model(MLPClassifier(40, 5, (24, 12), layer_norm=True), QuantPlan.parse(fmt, **options)))
 
 
 @pytest.mark.parametrize("fmt", registered_formats())
@@ -110,7 +110,8 @@ def test_an_artifact_written_before_the_activation_and_grid_options_keeps_its_ol
 
 def test_mixed_precision_and_ptq_report_survive_a_round_trip(tmp_path):
     torch.manual_seed(0)
-    packed = ptq(MLPClassifier(40, 5, (24, 12)), "4", torch.randn(30, 40), layer_formats=["1", "qesc", "8"])
+    plan = QuantPlan.parse("4", layer_formats=["1", "qesc", "8"])
+    packed = ptq(MLPClassifier(40, 5, (24, 12)), plan, torch.randn(30, 40))
     assert isinstance(packed.ptq_report, dict)
     loaded = artifact.load(artifact.save(packed, tmp_path / "m"))
     assert [loaded.body[i].fmt.name for i in (0, 3, 6)] == ["binary", "qesc", "int8"]
@@ -144,7 +145,7 @@ def test_a_registered_composite_model_round_trips(tmp_path):
     register_family("two-experts-test", TwoExperts)
     torch.manual_seed(0)
     model = TwoExperts(20, 3)
-    quantize_model(model, "8", layer_formats=["2", "4", "1", "bitnet", "qesc", "8"])
+    quantize_model(model, QuantPlan.parse("8", layer_formats=["2", "4", "1", "bitnet", "qesc", "8"]))
     packed = pack_model(model)
     loaded = artifact.load(artifact.save(packed, tmp_path / "moe"))
     assert loaded.manifest["architecture"]["name"] == "two-experts-test"
@@ -180,7 +181,7 @@ class Tied(nn.Module):
 def test_tied_storage_is_stored_once_and_tied_again_on_load(tmp_path):
     register_family("tied-test", Tied)
     torch.manual_seed(0)
-    packed = pack_model(quantize_model(Tied(), "fp32", layer_formats=["8", "fp32"]))
+    packed = pack_model(quantize_model(Tied(), QuantPlan.parse("fp32", layer_formats=["8", "fp32"])))
     assert packed.head.weight.data_ptr() == packed.embed.weight.data_ptr()
     artifact.save(packed, tmp_path / "t")
     stored = load_file(tmp_path / "t" / "model.safetensors")
@@ -430,7 +431,7 @@ def moe_model():
 
     torch.manual_seed(0)
     model = MoEClassifier(40, 10, ["bitnet", "4", "8"], (16,), curiosity={"enabled": True, "mc_samples": 2})
-    return pack_model(quantize_moe(model, {}))
+    return pack_model(quantize_moe(model))
 
 
 @pytest.mark.parametrize("case", sorted(MOE_CONFIG_EDITS))

@@ -32,7 +32,7 @@ def moe() -> torch.nn.Module:
 
     torch.manual_seed(0)
     model = MoEClassifier(12, 4, ["bitnet", "4", "8"], (8,), curiosity={"enabled": True, "mc_samples": 3})
-    return pack_model(quantize_moe(model, {}))
+    return pack_model(quantize_moe(model))
 
 
 def refused(directory: Path, *words: str) -> str:

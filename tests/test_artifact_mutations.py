@@ -46,7 +46,7 @@ from torch import nn
 from qwave import artifact
 from qwave.data.normalize import Normalize
 from qwave.errors import ArtifactError
-from qwave.formats import registered_formats
+from qwave.formats import QuantPlan, registered_formats
 from qwave.nn import MLPClassifier, PackedLinear, pack_model, quantize_model
 from qwave.nn.recurrent import RecurrentCTC, pack_recurrent
 
@@ -65,15 +65,15 @@ def _models() -> dict[str, nn.Module]:
         torch.manual_seed(i)
         mlp = MLPClassifier(40, 6, (70, 24))
         if name == "int4-g32":
-            model = quantize_model(mlp, "int4", group_size=32)
+            model = quantize_model(mlp, QuantPlan.parse("int4", group_size=32))
         elif name == "mixed":
-            model = quantize_model(mlp, "fp32", layer_formats=["binary", "qesc", "int8"])
+            model = quantize_model(mlp, QuantPlan.parse("fp32", layer_formats=["binary", "qesc", "int8"]))
         else:
             model = quantize_model(mlp, name)
         models[name] = pack_model(model)
     torch.manual_seed(100)
     moe = MoEClassifier(40, 6, ["bitnet", "4", "8"], (16,), curiosity={"enabled": True, "mc_samples": 2})
-    models["moe"] = pack_model(quantize_moe(moe, {}))
+    models["moe"] = pack_model(quantize_moe(moe))
     torch.manual_seed(101)
     ctc = RecurrentCTC(frame_dim=8, frames=5, num_classes=6, hidden=12)
     models["recurrent"] = pack_model(pack_recurrent(ctc, "int8"))

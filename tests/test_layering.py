@@ -96,7 +96,7 @@ def test_loading_an_artifact_imports_nothing_above_the_model(tmp_path, kind):
 
     torch.manual_seed(0)
     if kind == "moe":
-        model = pack_model(quantize_moe(MoEClassifier(12, 3, ["bitnet", "int8"], hidden=(8,)), {}))
+        model = pack_model(quantize_moe(MoEClassifier(12, 3, ["bitnet", "int8"], hidden=(8,))))
     else:
         model = pack_model(quantize_model(MLPClassifier(12, 3, (8,)), "int4"))
     artifact.save(model, tmp_path / "art", classes=["a", "b", "c"])

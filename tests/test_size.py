@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from qwave import artifact, kernels
+from qwave.formats import QuantPlan
 from qwave.nn import MLPClassifier, QuantLinear, pack_model, quantize_model
 from qwave.nn.mlp import size_model as build_mlp
 from qwave.size import SizeSpec, artifact_report, report, resident_bytes, resident_fields, size_table
@@ -44,7 +45,7 @@ def expected_reference_bytes(fmt: str) -> int:
 
 
 def test_reference_mlp_rows_match_the_closed_form_and_saved_artifacts_byte_for_byte(tmp_path):
-    rows = size_table(SizeSpec(), FORMATS)
+    rows = size_table(SizeSpec(), [QuantPlan.parse(f) for f in FORMATS])
     weights = sum(o * i for o, i in REFERENCE)
     assert [r["format"] for r in rows] == FORMATS
     fp32 = expected_reference_bytes("fp32")
@@ -58,8 +59,8 @@ def test_reference_mlp_rows_match_the_closed_form_and_saved_artifacts_byte_for_b
 
 
 def test_group_size_keep_last_fp_and_mixed_rows_follow_the_closed_form():
-    spec = SizeSpec(group_size=64, keep_last_fp=True, layer_formats=("1", "1", "8"))
-    rows = {r["format"]: r for r in size_table(spec, ["4"])}
+    plans = [QuantPlan.parse(f, group_size=64, keep_last_fp=True) for f in ("4", "1-1-8")]
+    rows = {r["format"]: r for r in size_table(SizeSpec(), plans)}
     groups = sum(o * math.ceil(i / 64) for o, i in REFERENCE[:2])
     int4 = NORM_BYTES + sum(o * i // 2 + 4 * o for o, i in REFERENCE[:2]) + 2 * groups + 4 * 50 * 321
     assert rows["int4"]["stored_bytes"] == int4
@@ -70,7 +71,7 @@ def test_group_size_keep_last_fp_and_mixed_rows_follow_the_closed_form():
 @pytest.mark.parametrize("fmt", ["fp32", "fp16", "int4", "binary", "ternary", "qesc"])
 def test_report_of_a_loaded_artifact_equals_the_file_bytes(tmp_path, fmt):
     torch.manual_seed(0)
-    model = pack_model(quantize_model(MLPClassifier(70, 6, (33,), layer_norm=True), fmt, group_size=None))
+    model = pack_model(quantize_model(MLPClassifier(70, 6, (33,), layer_norm=True), fmt))
     directory = artifact.save(model, tmp_path / "a")
     sizes = artifact_report(directory)
     from_tensors = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -111,7 +112,7 @@ def test_tied_embedding_transformer_with_16bit_linears_is_1_48x_smaller_not_34x(
     biases = 3 * (768 + 256 + 1024 + 256) * 4
     fp32 = report(float_model)
     assert fp32.stored_bytes == 5000 * 256 * 4 + 3 * block_linear * 4 + biases  # tied head counted once
-    quantized = pack_model(quantize_model(float_model, "fp16", layer_formats=["fp16"] * 12 + ["fp32"]))
+    quantized = pack_model(quantize_model(float_model, QuantPlan.parse("fp16", layer_formats=["fp16"] * 12 + ["fp32"])))
     half = report(quantized)
     assert half.stored_bytes == 5000 * 256 * 4 + 3 * block_linear * 2 + biases
     assert round(fp32.stored_bytes / half.stored_bytes, 2) == 1.48
@@ -248,7 +249,8 @@ def test_the_weight_only_float_option_holds_its_stored_tensors_and_a_float_copy_
 
 def test_size_table_resident_bytes_are_those_after_a_real_forward_and_only_wider_layouts_are_flagged():
     spec = SizeSpec()  # the reference MLP (a small one pads its last layer to a whole register tile)
-    rows = {r["format"]: r for r in size_table(spec, ["fp32", "int8", "ternary", "binary"])}
+    plans = [QuantPlan.parse(f) for f in ("fp32", "int8", "ternary", "binary")]
+    rows = {r["format"]: r for r in size_table(spec, plans)}
     for fmt, row in rows.items():
         torch.manual_seed(spec.seed)
         model = build_mlp(spec, fmt)

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from qwave.bench.config import BenchConfig
+from qwave.bench.config import BenchConfig, ModelConfig
 from qwave.data.normalize import Normalize
 from qwave.errors import ConfigError, FormatError
-from qwave.formats import canonical_name
+from qwave.formats import QuantPlan
 from qwave.nn.family import family, family_names, resolve
 from qwave.nn.mlp import MLPClassifier, build_mlp
-from qwave.nn.surgery import calibrate, pack_model, ptq, quant_options, quantize_model
+from qwave.nn.surgery import calibrate, pack_model, ptq, quantize_model
 
 
 @dataclass
@@ -77,60 +77,51 @@ def mlp(ctx: BuildContext, formats: list[str] | None = None) -> MLPClassifier:
                      formats)
 
 
-def _quant_options(ctx: BuildContext, layer_formats: list[str] | None = None) -> dict:
-    m = ctx.cfg.model
-    return quant_options(keep_last_fp=m.keep_last_fp, group_size=m.group_size, weight_only=m.weight_only,
-                         layer_formats=layer_formats or m.layer_formats)
+def plan_for(name: str, m: ModelConfig) -> QuantPlan:
+    """The quantization plan of model ``name`` under the ``model.*`` options (``model.layer_formats`` unless the
+    name is itself mixed)."""
+    try:
+        return QuantPlan.parse(name, layer_formats=m.layer_formats, keep_last_fp=m.keep_last_fp,
+                               group_size=m.group_size, weight_only=m.weight_only)
+    except FormatError as err:  # the name itself was checked by resolve_kind
+        raise ConfigError(f"model.layer_formats: {err}") from None
 
 
-def _qat_kind(name: str, fmt: str, layer_formats: list[str] | None = None) -> ModelKind:
+def _format_kind(name: str, plan: QuantPlan) -> ModelKind:
+    """QAT: the MLP trains quantized and is packed. PTQ: the float MLP trains, then is calibrated, packed, gated."""
+
     def build(ctx: BuildContext) -> nn.Module:
-        options = _quant_options(ctx, layer_formats)
-        return quantize_model(mlp(ctx, options.get("layer_formats") or [fmt]), fmt, **options)
+        full = plan_for(name, ctx.cfg.model)
+        return quantize_model(mlp(ctx, list(full.formats)), full)
 
-    def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
-        return pack_model(model)
-
-    method = "fp32" if fmt == "fp32" and not layer_formats else "qat"
-    return ModelKind(name, build, deploy, method)
-
-
-def _ptq_kind(name: str, fmt: str, layer_formats: list[str] | None = None) -> ModelKind:
     def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
         m = ctx.cfg.model
-        return ptq(
-            model, fmt, calib=ctx.X_fit, calib_labels=ctx.y_fit, min_agreement=m.ptq_min_agreement,
-            strict=m.ptq_strict, **_quant_options(ctx, layer_formats),
-        )
+        return ptq(model, plan_for(name, m), calib=ctx.X_fit, calib_labels=ctx.y_fit,
+                   min_agreement=m.ptq_min_agreement, strict=m.ptq_strict)
 
     def simulate(model: nn.Module, ctx: BuildContext) -> nn.Module:
-        return calibrate(model, fmt, ctx.X_fit, **_quant_options(ctx, layer_formats))
+        return calibrate(model, plan_for(name, ctx.cfg.model), ctx.X_fit)
 
-    return ModelKind(name, mlp, deploy, "ptq", simulate)
-
-
-def _mixed(spec: str) -> list[str]:
-    """``"1-1-8"`` -> ``["binary", "binary", "int8"]``: one format per linear layer, in order."""
-    return [canonical_name(part) for part in spec.split("-")]
+    if plan.method == "ptq":
+        return ModelKind(name, mlp, deploy, "ptq", simulate)
+    method = "fp32" if plan.formats == ("fp32",) and not plan.per_layer else "qat"
+    return ModelKind(name, build, lambda model, ctx: pack_model(model), method)
 
 
 def resolve_kind(name: str) -> ModelKind:
     """The ModelKind for a config name: ``fp32``, ``4``, ``bitnet``, ``ptq8``, ``moe``, ...
 
     A name of formats joined by ``-`` (``1-1-8``; ``ptq1-1-8`` for PTQ) gives each linear layer its own format
-    (mixed precision), in module order.
+    (mixed precision), in module order (``QuantPlan.parse``).
     """
     key = str(name).strip()
     found = family(key)
     if found is not None and found.kind is not None:
         return resolve(found.kind)(key)
     try:
-        ptq_name = key.lower().startswith("ptq") and key[3:]
-        spec = key[3:] if ptq_name else key
-        layer_formats = _mixed(spec) if "-" in spec else None
-        fmt = layer_formats[0] if layer_formats else canonical_name(spec)
-        return (_ptq_kind if ptq_name else _qat_kind)(key, fmt, layer_formats)
+        plan = QuantPlan.parse(key)
     except FormatError as err:
         kinds = family_names(need="kind")
         extra = f"; other model kinds: {', '.join(kinds)}" if kinds else ""
         raise ConfigError(f"models: {err}{extra}") from None
+    return _format_kind(key, plan)

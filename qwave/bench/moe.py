@@ -15,23 +15,13 @@ from torch import nn
 from qwave.bench.models import BuildContext, FoldData, ModelKind, resolve_kind
 from qwave.bench.runner import fit_model
 from qwave.errors import ConfigError
-from qwave.formats import canonical_name
+from qwave.formats import FormatSpec, QuantPlan
 from qwave.moe.analysis import evaluate_moe
 from qwave.moe.config import MoEConfig
 from qwave.moe.model import MoEClassifier, quantize_moe
 from qwave.moe.selection import Probe, choose, eligible, rank
-from qwave.nn.surgery import pack_model, quant_options
+from qwave.nn.surgery import pack_model
 from qwave.size import report
-
-
-def _quant_options(ctx: BuildContext) -> dict:
-    m = ctx.cfg.model
-    if m.layer_formats:
-        raise ConfigError(
-            f"model.layer_formats={list(m.layer_formats)} does not apply to moe: each expert's format comes from "
-            "moe.experts (or moe.pool)"
-        )
-    return quant_options(keep_last_fp=m.keep_last_fp, group_size=m.group_size)
 
 
 def build(ctx: BuildContext) -> MoEClassifier:
@@ -39,8 +29,13 @@ def build(ctx: BuildContext) -> MoEClassifier:
     from ``model.activation``), quantize experts and router."""
     cfg: MoEConfig = ctx.cfg.moe
     cfg.validate()
-    options = _quant_options(ctx)
     m = ctx.cfg.model
+    if m.layer_formats:
+        raise ConfigError(
+            f"model.layer_formats={list(m.layer_formats)} does not apply to moe: each expert's format comes from "
+            "moe.experts (or moe.pool)"
+        )
+    plan = QuantPlan.parse(None, keep_last_fp=m.keep_last_fp, group_size=m.group_size)  # experts name formats
     hidden = list(cfg.expert_hidden or m.hidden)
     probes = probe_pool(cfg, ctx, hidden) if cfg.pool else []
     formats = [p.format for p in probes if p.selected] if cfg.pool else list(cfg.experts)
@@ -49,7 +44,7 @@ def build(ctx: BuildContext) -> MoEClassifier:
         cfg.router_dropout, cfg.balance_weight, cfg.curiosity, mask_seed=ctx.seed, normalize=ctx.normalize,
         selection=[asdict(p) for p in probes], activation=m.activation, router_format=cfg.router_format,
     )
-    return quantize_moe(model, options)
+    return quantize_moe(model, plan)
 
 
 def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
@@ -71,7 +66,7 @@ def probe_pool(cfg: MoEConfig, ctx: BuildContext, hidden: list[int]) -> list[Pro
     options: no ``weight_only``), trained for ``moe.selection_epochs`` on the fold's fit rows on the CPU and run on
     its inner-validation rows. The probes fit in a chain from the fold's seeded RNG state (each builds where the
     previous one's training left the RNG, and so does the MoE after them)."""
-    names = [canonical_name(f) for f in cfg.pool]
+    names = [FormatSpec.parse(f).name for f in cfg.pool]
     f1: list[float | None] = [None] * len(names)
     sizes: list[int | None] = [None] * len(names)
     if cfg.selection != "order":

@@ -22,10 +22,9 @@ from qwave.commands.compare import feature_names
 from qwave.data import load_table
 from qwave.data.source import add_table_arguments, table_file, table_spec
 from qwave.errors import ArtifactError, ConfigError, DataError, FormatError
-from qwave.formats import canonical_name
+from qwave.formats import QuantPlan
 from qwave.nn import PackedLinear, ptq
 from qwave.nn.recurrent import PackedRecurrent, pack_recurrent
-from qwave.nn.surgery import quant_options
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +68,16 @@ def _has_recurrent(model: nn.Module) -> bool:
     return any(type(m) in (nn.GRU, nn.LSTM) for m in model.modules())
 
 
-def quantize_one(model: nn.Module, fmt: str, calib: np.ndarray | None, labels: np.ndarray | None,
-                 m: ModelConfig, layer_formats: list[str] | None) -> nn.Module:
-    """PTQ of the float ``model`` with the options of ``m``, as the benchmark's PTQ; a GRU/LSTM is packed in
-    ``fmt`` too and the agreement gate then covers it."""
-    options = quant_options(keep_last_fp=m.keep_last_fp, group_size=m.group_size, weight_only=m.weight_only,
-                            layer_formats=layer_formats)
+def quantize_one(model: nn.Module, plan: QuantPlan, calib: np.ndarray | None, labels: np.ndarray | None,
+                 m: ModelConfig) -> nn.Module:
+    """PTQ of the float ``model`` with the gate settings of ``m``, as the benchmark's PTQ; a GRU/LSTM is packed in
+    the plan's first format too and the agreement gate then covers it."""
     recurrent = _has_recurrent(model)
-    packed = ptq(model, fmt, None if recurrent else calib, calib_labels=None if recurrent else labels,
-                 min_agreement=m.ptq_min_agreement, strict=m.ptq_strict, **options)
+    packed = ptq(model, plan, None if recurrent else calib, calib_labels=None if recurrent else labels,
+                 min_agreement=m.ptq_min_agreement, strict=m.ptq_strict)
     if recurrent:
         report = packed.ptq_report
-        packed = pack_recurrent(packed, fmt, **({"group_size": m.group_size} if m.group_size else {}))
+        packed = pack_recurrent(packed, plan.default.build())
         if calib is not None:
             with torch.no_grad():
                 ref = model.eval()(torch.as_tensor(calib)).argmax(-1)
@@ -89,9 +86,9 @@ def quantize_one(model: nn.Module, fmt: str, calib: np.ndarray | None, labels: n
                           min_agreement=m.ptq_min_agreement)
             report["passed"] = report["agreement"] >= m.ptq_min_agreement
             if not report["passed"]:
-                message = (f"PTQ to {fmt} keeps only {report['agreement']:.1%} frame agreement with the float model "
-                           f"on {len(calib)} calibration rows, below min_agreement={m.ptq_min_agreement}; "
-                           "train this format with QAT instead")
+                message = (f"PTQ to {plan.default.name} keeps only {report['agreement']:.1%} frame agreement with "
+                           f"the float model on {len(calib)} calibration rows, below min_agreement="
+                           f"{m.ptq_min_agreement}; train this format with QAT instead")
                 if m.ptq_strict:
                     raise FormatError(message)
                 log.warning(message)
@@ -116,25 +113,25 @@ def run(argv: list[str]) -> int:
                           "--layer-formats (e.g. 1,1,8)")
     m = validated(bench_config(args, OPTIONS), OPTIONS).model
     check_writable(args.out, "--out", directory=True)
-    plans: list[tuple[str, str, list[str] | None]] = []
+    options = {"keep_last_fp": m.keep_last_fp, "group_size": m.group_size, "weight_only": m.weight_only}
+    plans: list[QuantPlan] = []
     try:
         for name in filter(None, (args.formats or "").split(",")):
-            plans.append((canonical_name(name), name.strip(), None))
+            plans.append(QuantPlan.parse(name, **options))
         if args.layer_formats:
-            layer_formats = [f.strip() for f in args.layer_formats.split(",")]
-            label = "mixed_" + "_".join(canonical_name(f) for f in layer_formats)
-            plans.append((label, layer_formats[0], layer_formats))
+            plans.append(QuantPlan.parse(None, layer_formats=[f.strip() for f in args.layer_formats.split(",")],
+                                         **options))
     except FormatError as err:
         raise ConfigError(f"--formats/--layer-formats: {err}") from None
-    for out_name, _, _ in plans:
+    targets = [("mixed_" + "_".join(p.formats) if p.per_layer else p.formats[0], p) for p in plans]
+    for out_name, _ in targets:
         artifact.check_target(args.out / out_name, "--out")
 
     source = artifact.load(args.artifact)
     model = float_model(source, args.artifact)
     calib, labels, note = _calibration_rows(args, source)
     print(f"quantizing {args.artifact} ({note})")
-    packed_models = [(out_name, quantize_one(model, fmt, calib, labels, m, layer_formats))
-                     for out_name, fmt, layer_formats in plans]
+    packed_models = [(out_name, quantize_one(model, plan, calib, labels, m)) for out_name, plan in targets]
     for out_name, packed in packed_models:
         report = packed.ptq_report
         extra = {"source": str(args.artifact), "method": "ptq", "format": out_name, "ptq_report": report,

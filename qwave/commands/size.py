@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 from qwave import atomic
-from qwave.errors import ConfigError
+from qwave.errors import ConfigError, FormatError
+from qwave.formats import QuantPlan
 from qwave.size import (
     RESIDENT_LIMIT,
     SizeSpec,
@@ -145,21 +146,19 @@ def run(argv: list[str]) -> int:
         rows = _artifact_rows(args.paths)
         columns = tuple(rows[0]) if rows else ()
     else:
-        spec = SizeSpec(
-            in_dim=args.in_dim,
-            num_classes=args.num_classes,
-            hidden=args.hidden,
-            group_size=args.group_size,
-            keep_last_fp=args.keep_last_fp,
-            layer_formats=tuple(args.layer_formats) if args.layer_formats else None,
-            seed=args.seed,
-        )
-        if spec.layer_formats and len(spec.layer_formats) != len(spec.hidden) + 1:
+        spec = SizeSpec(in_dim=args.in_dim, num_classes=args.num_classes, hidden=args.hidden, seed=args.seed)
+        if args.layer_formats and len(args.layer_formats) != len(spec.hidden) + 1:
             raise ConfigError(
-                f"--layer-formats has {len(spec.layer_formats)} entries; "
+                f"--layer-formats has {len(args.layer_formats)} entries; "
                 f"the MLP has {len(spec.hidden) + 1} Linear layers"
             )
-        rows = size_table(spec, args.formats, models=args.models, per_layer=args.per_layer or args.debug)
+        options = {"group_size": args.group_size, "keep_last_fp": args.keep_last_fp}
+        try:
+            plans = [QuantPlan.parse(f, **options) for f in args.formats]
+            plans += [QuantPlan.parse(None, layer_formats=args.layer_formats, **options)] if args.layer_formats else []
+        except FormatError as err:
+            raise ConfigError(f"--formats/--layer-formats: {err}") from None
+        rows = size_table(spec, plans, models=args.models, per_layer=args.per_layer or args.debug)
         columns = COLUMNS
     print(text_table([{**r, "format": model_label(r["format"])} if "format" in r else r for r in rows], columns))
     flagged = [r.get("artifact") or f"{r['model']}: {model_label(r['format'])}" for r in rows if r.get("resident_flag")]

@@ -44,11 +44,11 @@ def hidden_activation(model: nn.Module) -> str:
     return found.pop() if len(found) == 1 else ("mixed" if found else "none")
 
 
-def packed_reference(model: nn.Module, fmt: str, **options) -> nn.Module:
+def packed_reference(model: nn.Module, fmt: str) -> nn.Module:
     """A packed copy of a float model in format ``fmt`` (every Linear layer), ready for inference."""
     from qwave.nn.surgery import pack_model, quantize_model
 
-    return pack_model(quantize_model(copy.deepcopy(model), fmt, **options))
+    return pack_model(quantize_model(copy.deepcopy(model), fmt))
 
 
 def float_twin(model: nn.Module) -> nn.Module:

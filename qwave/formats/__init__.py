@@ -13,18 +13,19 @@ from qwave.formats.base import (
     QuantFormat,
     QuantizedTensor,
     canonical_name,
-    format_option_names,
     get_format,
     register,
     registered_formats,
 )
+from qwave.formats.spec import FormatSpec, QuantPlan
 
 __all__ = [
+    "FormatSpec",
     "PackedSpec",
     "QuantFormat",
+    "QuantPlan",
     "QuantizedTensor",
     "canonical_name",
-    "format_option_names",
     "get_format",
     "register",
     "registered_formats",

@@ -30,8 +30,7 @@ exact in every kernel variant) and compute exact integer dots (``int8_activation
 ``float`` (fp formats, and the explicit weight-only option ``activations="float"`` of int2..int7 and ternary)
 multiply float inputs by the dequantized weight; binary / qesc binarise / ternarise them.
 
-Artifacts written before an option existed mean what the format did then: ``format_from_manifest`` fills the
-missing options from ``LEGACY_OPTIONS`` (the one place that mapping lives).
+A format with its options is named by a ``qwave.formats.spec.FormatSpec`` (which also reads old manifests).
 
 ``layout(shape)`` states each format's packed tensors (dtype and exact shape) and ``check_packed`` refuses any
 tensor that is not exactly that layout, or whose values lie outside it, before a kernel reads it: the kernels do
@@ -40,7 +39,6 @@ no bounds checks, so a wrong shape, an out-of-range code or a set padding bit wo
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -149,32 +147,9 @@ def get_format(name: str | int, **options) -> QuantFormat:
         raise FormatError(f"format {key!r} does not take the options {sorted(options)}: {err}") from None
 
 
-def format_option_names(name: str | int) -> set[str]:
-    """Names of the options the format ``name`` takes (e.g. ``{"group_size"}`` for integer formats)."""
-    return set(inspect.signature(_REGISTRY[canonical_name(name)]).parameters)
-
-
 def registered_formats() -> list[str]:
     """Canonical names of every registered format, in registration order."""
     return list(_REGISTRY)
-
-
-# Options formats gained after artifacts were first written, with the meaning an artifact that lacks them has:
-# int2..int7 and ternary ran float activations (weight-only), int2 used three levels (-1, 0, 1), and int8
-# activations were symmetric (-127..127, before the 128-level zero-point recipe).
-LEGACY_OPTIONS: dict[str, dict] = {
-    "int8": {"act_recipe": "symmetric"},
-    **{f"int{k}": {"activations": "float", "act_recipe": "symmetric"} for k in range(3, 8)},
-    "int2": {"activations": "float", "grid": "symmetric", "act_recipe": "symmetric"},
-    "ternary": {"activations": "float", "act_recipe": "symmetric"},
-}
-
-
-def format_from_manifest(name: str, options: dict) -> QuantFormat:
-    """The format an artifact manifest names: its stored ``options``, and for the options it lacks the meaning
-    they had when it was written (``LEGACY_OPTIONS``), never today's defaults."""
-    key = canonical_name(name)
-    return get_format(key, **{**LEGACY_OPTIONS.get(key, {}), **options})
 
 
 ACTIVATIONS = ("int8", "float")  # the choices of the ``activations`` option of integer-weight formats

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from qwave.data.normalize import Normalize
 from qwave.errors import ArtifactError, ConfigError
-from qwave.formats import canonical_name, get_format
+from qwave.formats import QuantPlan, canonical_name, get_format
 from qwave.moe.config import MEASURES, CuriosityConfig
 from qwave.moe.router import BayesianRouter, Router, keep_masks
 from qwave.moe.routing import (
@@ -44,7 +44,7 @@ from qwave.moe.routing import (
 )
 from qwave.nn.family import register_family
 from qwave.nn.mlp import ACTIVATIONS, activation_for, build_mlp, check_linear_chain
-from qwave.nn.surgery import pack_model, quant_options, quantize_model
+from qwave.nn.surgery import pack_model, quantize_model
 from qwave.settings import need_bool, need_choice, need_float, need_int, need_keys
 
 if TYPE_CHECKING:
@@ -391,22 +391,23 @@ def warn_tied_ranks(formats: list[str], keys: list) -> None:
         log.warning("moe.curiosity: experts %s share one precision rank; %s", names, effect)
 
 
-def quantize_moe(model: MoEClassifier, options: dict) -> MoEClassifier:
-    """Quantize expert ``e`` to ``model.formats[e]`` (with the format ``options``) and the router to
-    ``model.router_format``, in place (QAT)."""
+def quantize_moe(model: MoEClassifier, plan: QuantPlan | None = None) -> MoEClassifier:
+    """Quantize expert ``e`` to ``model.formats[e]`` (with the ``plan``'s options and ``keep_last_fp``; default
+    none) and the router to ``model.router_format``, in place (QAT)."""
+    plan = plan or QuantPlan.parse(None)
     for expert, fmt in zip(model.experts, model.formats, strict=True):
-        quantize_model(expert, fmt, **options)
+        quantize_model(expert, plan.with_format(fmt))
     quantize_model(model.router, model.router_format)
     return model
 
 
-def size_model(spec, fmt: str) -> nn.Module:
-    """Size-calculator row: ``SIZE_EXPERTS`` experts of ``spec``'s shape (``qwave.size.SizeSpec``), all in
-    ``fmt``, an int8 router, top-1 routing (active size under uniform usage)."""
-    if fmt == "mixed":
+def size_model(spec, plan: QuantPlan) -> nn.Module:
+    """Size-calculator row: ``SIZE_EXPERTS`` experts of ``spec``'s shape (``qwave.size.SizeSpec``), all in the
+    ``plan``'s format, an int8 router, top-1 routing (active size under uniform usage)."""
+    if plan.per_layer:
         raise ConfigError("the moe size row takes one format per expert set; drop --layer-formats for --models moe")
-    model = MoEClassifier(spec.in_dim, spec.num_classes, [fmt] * SIZE_EXPERTS, spec.hidden)
-    return pack_model(quantize_moe(model, quant_options(keep_last_fp=spec.keep_last_fp, group_size=spec.group_size)))
+    model = MoEClassifier(spec.in_dim, spec.num_classes, [plan.formats[0]] * SIZE_EXPERTS, spec.hidden)
+    return pack_model(quantize_moe(model, plan))
 
 
 register_family("moe", MoEClassifier, size_model=size_model, kind="qwave.bench.moe:moe_kind")

@@ -1,8 +1,8 @@
 """Model families: the classes an artifact may hold, each registered by the module where it lives.
 
 A family names its class (``config() -> dict``, classmethod ``from_config(cfg)``: ``qwave.artifact`` saves and
-rebuilds it), ``size_model(spec, fmt)``, the packed model with random weights ``qwave size`` measures (``fmt`` is
-``"mixed"`` when ``spec.layer_formats`` is set), and ``kind``, the ``"module:function"`` of its benchmark kind,
+rebuilds it), ``size_model(spec, plan)``, the packed model with random weights ``qwave size`` measures (``plan``: a
+``qwave.formats.QuantPlan``), and ``kind``, the ``"module:function"`` of its benchmark kind,
 imported only when a benchmark names the family. A model with ``active_bytes(report) -> int`` reports the bytes
 one inference touches. Built-in families are imported on first use, so loading an artifact imports the model's
 own module and nothing above it.

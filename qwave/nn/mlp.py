@@ -13,8 +13,9 @@ from torch import nn
 
 from qwave.data.normalize import Normalize
 from qwave.errors import ConfigError
+from qwave.formats import QuantPlan
 from qwave.nn.family import register_family
-from qwave.nn.surgery import pack_model, quant_options, quantize_model
+from qwave.nn.surgery import pack_model, quantize_model
 from qwave.settings import need_bool, need_choice, need_float, need_int, need_keys
 
 ACTIVATIONS = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh}
@@ -152,12 +153,11 @@ def build_mlp(
     return MLPClassifier(in_dim, num_classes, hidden, dropout, layer_norm, normalize, activation)
 
 
-def size_model(spec, fmt: str) -> nn.Module:
-    """Size-calculator row: the packed MLP of ``spec`` (``qwave.size.SizeSpec``, random weights) in ``fmt``."""
+def size_model(spec, plan: QuantPlan | str) -> nn.Module:
+    """Size-calculator row: the packed MLP of ``spec`` (``qwave.size.SizeSpec``, random weights) quantized by
+    ``plan``."""
     model = build_mlp(spec.in_dim, spec.num_classes, spec.hidden, activation="relu")
-    layer_formats = spec.layer_formats if fmt == "mixed" else None
-    options = quant_options(keep_last_fp=spec.keep_last_fp, group_size=spec.group_size, layer_formats=layer_formats)
-    return pack_model(quantize_model(model, "fp32" if fmt == "mixed" else fmt, **options))
+    return pack_model(quantize_model(model, plan))
 
 
 register_family("mlp", MLPClassifier, size_model=size_model)

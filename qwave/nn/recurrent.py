@@ -53,14 +53,14 @@ class PackedRecurrent(nn.Module):
         self.layers = nn.ModuleDict(layers)
 
     @classmethod
-    def from_rnn(cls, rnn: nn.RNNBase, fmt: str | int | QuantFormat = "int8", **fmt_options) -> PackedRecurrent:
+    def from_rnn(cls, rnn: nn.RNNBase, fmt: str | int | QuantFormat = "int8") -> PackedRecurrent:
         """Quantize and pack every weight matrix of a trained ``nn.GRU`` or ``nn.LSTM`` (biases stay float32)."""
         cell = next((name for name, (kind, _) in CELLS.items() if type(rnn) is kind), None)
         if cell is None:
             raise FormatError(f"cannot pack {type(rnn).__name__}; only nn.GRU and nn.LSTM are supported")
         if getattr(rnn, "proj_size", 0):
             raise FormatError("cannot pack an LSTM with proj_size > 0")
-        fmt = as_format(fmt, **fmt_options)
+        fmt = as_format(fmt)
         layers = {}
         for suffix in _suffixes(rnn):
             for kind in ("ih", "hh"):
@@ -161,16 +161,16 @@ class PackedRecurrent(nn.Module):
                 f"num_layers={self.num_layers}, bidirectional={self.bidirectional}")
 
 
-def pack_recurrent(model: nn.Module, fmt: str | int | QuantFormat = "int8", **fmt_options) -> nn.Module:
+def pack_recurrent(model: nn.Module, fmt: str | int | QuantFormat = "int8") -> nn.Module:
     """A copy of ``model`` with every ``nn.GRU``/``nn.LSTM`` replaced by a ``PackedRecurrent`` of format ``fmt``."""
     model = copy.deepcopy(model)
     if type(model) in (nn.GRU, nn.LSTM):
-        return PackedRecurrent.from_rnn(model, fmt, **fmt_options)
+        return PackedRecurrent.from_rnn(model, fmt)
     for name, child in list(model.named_modules()):
         if type(child) in (nn.GRU, nn.LSTM):
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, attr, PackedRecurrent.from_rnn(child, fmt, **fmt_options))
+            setattr(parent, attr, PackedRecurrent.from_rnn(child, fmt))
     return model
 
 

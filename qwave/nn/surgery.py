@@ -1,15 +1,14 @@
 """Model surgery over any ``nn.Module``: quantize its Linear layers (QAT), pack them (inference), or both after
 training (PTQ, with an optional calibration pass and an agreement gate).
 
-Format options (e.g. ``group_size``) apply to every layer whose format takes them and are ignored by the
-others (an fp32 last layer has no groups); an option that no registered format takes is a ConfigError.
+A ``QuantPlan`` (``qwave.formats.spec``) says which format each Linear gets, with which options; a bare format
+name stands for the plan of that name (``"4"``, ``"ptq4"`` and ``"1-1-8"`` read as ``qwave bench`` reads them).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qwave.errors import ConfigError, FormatError
-from qwave.formats import QuantFormat, canonical_name, format_option_names, get_format, registered_formats
+from qwave.formats import QuantPlan, get_format
 from qwave.nn.packed_linear import PackedLinear
 from qwave.nn.quant_linear import QuantLinear
 
@@ -45,75 +44,13 @@ def _set_module(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
     return model
 
 
-def _build_format(name: str | int, options: dict) -> QuantFormat:
-    """``get_format(name)`` with the subset of ``options`` this format takes."""
-    accepted = format_option_names(name)
-    return get_format(name, **{k: v for k, v in options.items() if k in accepted})
-
-
-def _check_options(options: dict) -> None:
-    known = set().union(*(format_option_names(n) for n in registered_formats()))
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"quantization option(s) {unknown} are taken by no format; known options: {sorted(known)}")
-
-
-def layer_format_names(
-    model: nn.Module, fmt: str | int, *, keep_last_fp: bool = False, layer_formats: Sequence | None = None
-) -> dict[str, str]:
-    """Canonical format name per Linear path: ``layer_formats`` (one per Linear) or ``fmt`` everywhere, with
-    the last Linear at fp32 when ``keep_last_fp``."""
-    paths = linear_paths(model)
-    if layer_formats:
-        if len(layer_formats) != len(paths):
-            raise ConfigError(
-                f"model.layer_formats has {len(layer_formats)} entries {list(layer_formats)} but the model has "
-                f"{len(paths)} Linear layers; give one format per layer"
-            )
-        names = [str(f) for f in layer_formats]
-    else:
-        names = [str(fmt)] * len(paths)
-    try:
-        names = [canonical_name(n) for n in names]
-    except FormatError as err:
-        raise ConfigError(f"model.layer_formats: {err}") from None
-    if keep_last_fp and names:
-        names[-1] = "fp32"
-    return dict(zip(paths, names, strict=True))
-
-
-def quant_options(
-    *, keep_last_fp: bool = False, group_size: int | None = None, weight_only: bool = False,
-    layer_formats: Sequence | None = None,
-) -> dict:
-    """The ``quantize_model`` / ``ptq`` keyword arguments of a model's quantization settings, assembled in one
-    place: ``layer_formats`` only when given, ``group_size`` only when set, ``weight_only`` as the formats' option
-    ``activations="float"``."""
-    options: dict = {"keep_last_fp": keep_last_fp}
-    if layer_formats is not None:
-        options["layer_formats"] = list(layer_formats)
-    if group_size:
-        options["group_size"] = group_size
-    if weight_only:
-        options["activations"] = "float"
-    return options
-
-
-def quantize_model(
-    model: nn.Module,
-    fmt: str | int,
-    *,
-    keep_last_fp: bool = False,
-    layer_formats: Sequence | None = None,
-    **fmt_options,
-) -> nn.Module:
+def quantize_model(model: nn.Module, plan: QuantPlan | str | int) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` in place by a ``QuantLinear`` (sharing its Parameters) of the
-    chosen format; returns the model (a new object only when ``model`` itself is a Linear)."""
-    _check_options(fmt_options)
-    names = layer_format_names(model, fmt, keep_last_fp=keep_last_fp, layer_formats=layer_formats)
-    for path, name in names.items():
+    plan's format for that layer; returns the model (a new object only when ``model`` itself is a Linear)."""
+    paths, plan = linear_paths(model), plan if isinstance(plan, QuantPlan) else QuantPlan.parse(plan)
+    for path, spec in zip(paths, plan.layer_specs(len(paths)), strict=True):
         linear = model.get_submodule(path) if path else model
-        model = _set_module(model, path, QuantLinear.from_linear(linear, _build_format(name, fmt_options)))
+        model = _set_module(model, path, QuantLinear.from_linear(linear, spec.build()))
     return model
 
 
@@ -178,15 +115,7 @@ def _layer_inputs(model: nn.Module, x: torch.Tensor, paths: list[str]) -> dict[s
     return seen
 
 
-def calibrate(
-    model: nn.Module,
-    fmt: str | int,
-    calib=None,
-    *,
-    keep_last_fp: bool = False,
-    layer_formats: Sequence | None = None,
-    **fmt_options,
-) -> nn.Module:
+def calibrate(model: nn.Module, plan: QuantPlan | str | int, calib=None) -> nn.Module:
     """A QuantLinear copy of the trained float ``model``, weights clipped per layer to fit the calibration rows.
 
     Rule: for every layer whose format has fewer than 16 bits, each ratio ``r`` in ``CLIP_RATIOS`` clips the
@@ -196,9 +125,7 @@ def calibrate(
     calibration rows. ``r = 1`` is a candidate, so calibration never increases that error. The clipped weight
     is written into the layer, so packing it reproduces the choice. The choices are in ``model.calibration``.
     """
-    sim = quantize_model(
-        copy.deepcopy(model), fmt, keep_last_fp=keep_last_fp, layer_formats=layer_formats, **fmt_options
-    )
+    sim = quantize_model(copy.deepcopy(model), plan)
     sim.calibration = {}
     if calib is None:
         return sim
@@ -231,15 +158,12 @@ def calibrate(
 
 def ptq(
     model: nn.Module,
-    fmt: str | int,
+    plan: QuantPlan | str | int,
     calib=None,
     *,
-    keep_last_fp: bool = False,
-    layer_formats: Sequence | None = None,
     calib_labels=None,
     min_agreement: float = 0.9,
     strict: bool = False,
-    **fmt_options,
 ) -> nn.Module:
     """Post-training quantization of a trained float ``model``: calibrate (see :func:`calibrate`), pack, and
     gate the result.
@@ -249,10 +173,11 @@ def ptq(
     ``qwave.ptq`` logger pointing to QAT, or raises FormatError when ``strict``. The measurements are attached
     as ``packed.ptq_report`` (a dict).
     """
-    sim = calibrate(model, fmt, calib, keep_last_fp=keep_last_fp, layer_formats=layer_formats, **fmt_options)
+    plan = plan if isinstance(plan, QuantPlan) else QuantPlan.parse(plan)
+    sim = calibrate(model, plan, calib)
     packed = pack_model(sim)
     names = sorted({layer.fmt.name for layer in packed.modules() if isinstance(layer, PackedLinear)})
-    label = "+".join(names) if layer_formats else canonical_name(fmt)
+    label = "+".join(names) if plan.per_layer else plan.default.name
     report: dict = {"format": label, "calibrated": calib is not None, "layers": sim.calibration}
     if calib is not None:
         report.update(_agreement(model, packed, calib, calib_labels))
@@ -264,7 +189,7 @@ def ptq(
                 f"PTQ to {label} keeps only {report['agreement']:.1%} top-1 agreement with the float model on "
                 f"{report['rows']} calibration rows (accuracy drop "
                 f"{'unknown, no labels' if drop is None else f'{drop:.1%}'}), below min_agreement={min_agreement}; "
-                f"train this format with QAT instead (models=[{fmt}])"
+                f"train this format with QAT instead (models=[{'-'.join(plan.formats)}])"
             )
             if strict:
                 raise FormatError(message)

@@ -11,6 +11,7 @@ import qwave
 from qwave import artifact
 from qwave.cli import main
 from qwave.errors import ArtifactError, DataError
+from qwave.formats import QuantPlan
 from qwave.nn.mlp import MLPClassifier
 from qwave.nn.surgery import pack_model, quantize_model
 
@@ -118,7 +119,7 @@ def test_non_finite_logits_are_an_error_not_a_number(saved, tmp_path, capsys) ->
     with pytest.raises(ArtifactError, match="bias has a non-finite value"):  # refused on load, before any kernel
         qwave.load(tmp_path / "inf_bias")
     torch.manual_seed(0)
-    broken = pack_model(quantize_model(MLPClassifier(12, 4, (16,)), "8", keep_last_fp=True)).eval()
+    broken = pack_model(quantize_model(MLPClassifier(12, 4, (16,)), QuantPlan.parse("8", keep_last_fp=True))).eval()
     with torch.no_grad():
         broken.body[-1].weight.fill_(3e38)  # finite stored weights whose products overflow to inf
     artifact.save(broken, tmp_path / "broken", classes=CLASSES)

@@ -52,7 +52,7 @@ def test_artifact_paths_report_stored_and_file_bytes(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--hidden", "8", "--formats", "4,int9"], "--formats: unknown quantization format 'int9'"),
+        (["--hidden", "8", "--formats", "4,int9"], "--formats/--layer-formats: unknown quantization format 'int9'"),
         (["--hidden", "8,8", "--layer-formats", "1,8"], "--layer-formats has 2 entries"),
         (["--hidden", "8", "--models", "resnet"], "--models: unknown model 'resnet'"),
     ],

@@ -125,7 +125,7 @@ def test_a_moe_artifact_is_refused_naming_what_is_missing(tmp_path, capsys):
     from qwave.nn.surgery import pack_model
 
     torch.manual_seed(0)
-    moe = quantize_moe(MoEClassifier(6, 3, ["8", "bitnet"], hidden=[8], router_hidden=8), {})
+    moe = quantize_moe(MoEClassifier(6, 3, ["8", "bitnet"], hidden=[8], router_hidden=8))
     artifact.save(pack_model(moe.eval()), tmp_path / "moe", classes=["a", "b", "c"])
     assert main(["export", str(tmp_path / "moe"), "--to", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip()

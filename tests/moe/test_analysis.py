@@ -45,7 +45,7 @@ def test_evaluate_writes_consistent_curiosity_files(tmp_path):
     torch.manual_seed(0)
     model = MoEClassifier(6, 3, ["bitnet", "4", "8"], hidden=[8], top_k=2, router_dropout=0.4,
                           curiosity=CuriosityConfig(enabled=True, alpha=1.0, mc_samples=6), mask_seed=1)
-    packed = pack_model(quantize_moe(model, {}))
+    packed = pack_model(quantize_moe(model))
     X = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
     y = np.arange(50) % 3
     ids = np.array([f"s{i}" for i in range(50)])
@@ -97,7 +97,7 @@ def test_switch_points_are_where_the_typical_samples_first_choice_changes_in_clo
 
 def test_a_plain_moe_reports_no_curiosity_ablation_and_no_switch(tmp_path):
     torch.manual_seed(0)
-    packed = pack_model(quantize_moe(MoEClassifier(6, 3, ["bitnet", "8"], hidden=[8]), {}))
+    packed = pack_model(quantize_moe(MoEClassifier(6, 3, ["bitnet", "8"], hidden=[8])))
     X = np.random.default_rng(1).normal(size=(30, 6)).astype(np.float32)
     extra = evaluate_moe(packed, X, np.arange(30) % 3, np.arange(30).astype(str), ["a", "b", "c"], tmp_path,
                          plots=False)

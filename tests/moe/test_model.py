@@ -243,7 +243,7 @@ def test_a_config_of_the_earlier_curiosity_rule_is_refused_and_an_older_plain_on
 
 @pytest.mark.parametrize("curiosity", [None, CuriosityConfig(enabled=True, alpha=1.0, mc_samples=4)])
 def test_packed_moe_survives_an_artifact_round_trip(tmp_path, curiosity):
-    model = quantize_moe(make(top_k=2, curiosity=curiosity, router_dropout=0.3, dropout=0.1), {})
+    model = quantize_moe(make(top_k=2, curiosity=curiosity, router_dropout=0.3, dropout=0.1))
     model.train()
     model(inputs())  # sets the uncertainty statistics of the curious model
     model.eval()
@@ -258,7 +258,7 @@ def test_packed_moe_survives_an_artifact_round_trip(tmp_path, curiosity):
 
 
 def test_active_bytes_count_the_router_and_the_routed_experts_by_usage():
-    packed = pack_model(quantize_moe(make(), {}))
+    packed = pack_model(quantize_moe(make()))
     size = report(packed)
     state = packed.state_dict()
     expert = [sum(t.nbytes for k, t in state.items() if k.startswith(f"experts.{e}.")) for e in range(3)]

@@ -35,7 +35,7 @@ def train(formats: list[str], top_k: int, curiosity: CuriosityConfig | None = No
     model = MoEClassifier(DIM, CLASSES, formats, hidden=[32], dropout=0.0, top_k=top_k, router_hidden=16,
                           router_dropout=0.3, curiosity=curiosity, mask_seed=3,
                           normalize=fit_normalizer(X, "standard"), activation=activation)
-    quantize_moe(model, {})
+    quantize_moe(model)
     train_model(model, X, y, Xv, yv, CLASSES, TrainConfig(epochs=epochs, batch_size=64, patience=epochs), seed=0)
     return model.eval()
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from qwave import kernels
 from qwave.data.normalize import fit_normalizer
-from qwave.formats import registered_formats
+from qwave.formats import QuantPlan, registered_formats
 from qwave.nn.fused import compile_model
 from qwave.nn.mlp import MLPClassifier, activation_for
 from qwave.nn.packed_linear import PackedLinear
@@ -34,7 +34,7 @@ def _mlp(activation: str, seed: int = 0, normalize: str = "standard") -> MLPClas
 
 
 def _packed(model: nn.Module, fmt: str, **options) -> nn.Module:
-    return pack_model(quantize_model(model, fmt, **options))
+    return pack_model(quantize_model(model, QuantPlan.parse(fmt, **options)))
 
 
 def _inputs(batch: int) -> torch.Tensor:
@@ -97,7 +97,8 @@ def test_hardtanh_outputs_are_clamped_inside_the_fused_chain():
 @pytest.mark.parametrize("layer_formats", [["int8", "binary", "qesc"], ["binary", "int4", "fp16"]])
 def test_mixed_format_chains_with_their_deployed_activation_equal_the_per_layer_path(layer_formats):
     model = _mlp(activation_for(layer_formats))
-    _assert_fused_equals_per_layer(pack_model(quantize_model(model, "int8", layer_formats=layer_formats)))
+    plan = QuantPlan.parse("int8", layer_formats=layer_formats)
+    _assert_fused_equals_per_layer(pack_model(quantize_model(model, plan)))
 
 
 def test_a_plain_sequential_fuses_too():
@@ -135,7 +136,8 @@ def test_fused_refuses_layer_norm_and_a_hardtanh_with_other_bounds():
     (["int8", "binary", "qesc"], False), (["fp16"] * 3, False),
 ])
 def test_a_chain_of_one_kernel_family_runs_as_one_compiled_call_with_the_same_logits(layer_formats, chained):
-    model = pack_model(quantize_model(_mlp(activation_for(layer_formats)), "int8", layer_formats=layer_formats))
+    plan = QuantPlan.parse("int8", layer_formats=layer_formats)
+    model = pack_model(quantize_model(_mlp(activation_for(layer_formats)), plan))
     assert (compile_model(model).chain is not None) == chained
     _assert_fused_equals_per_layer(model)
 

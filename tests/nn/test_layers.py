@@ -14,7 +14,7 @@ from torch import nn
 
 from qwave import kernels
 from qwave.errors import FormatError
-from qwave.formats import get_format, registered_formats
+from qwave.formats import QuantPlan, get_format, registered_formats
 from qwave.nn import MLPClassifier, PackedLinear, QuantLinear, pack_model, quantize_model
 
 CASES = [(name, {}) for name in registered_formats()] + [("int4", {"group_size": 64}), ("int8", {"group_size": 32})]
@@ -62,7 +62,7 @@ def test_packed_layer_matches_the_qat_layer_for_every_format(name, options):
 @pytest.mark.parametrize(("name", "options"), CASES, ids=IDS)
 def test_packed_mlp_keeps_top1_predictions_of_the_qat_mlp(name, options):
     torch.manual_seed(0)
-    qat = quantize_model(MLPClassifier(96, 12, (64, 32)), name, **options).eval()
+    qat = quantize_model(MLPClassifier(96, 12, (64, 32)), QuantPlan.parse(name, **options)).eval()
     packed = pack_model(qat)
     x = randn(400, 96, seed=4)
     with torch.no_grad():

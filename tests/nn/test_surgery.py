@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qwave.errors import ConfigError, FormatError
+from qwave.formats import QuantPlan
 from qwave.nn import MLPClassifier, PackedLinear, QuantLinear, calibrate, pack_model, ptq, quantize_model
 from qwave.nn.surgery import CLIP_RATIOS
 
@@ -34,24 +35,23 @@ def test_quantize_model_replaces_every_linear_in_place_sharing_parameters():
 
 
 def test_layer_formats_keep_last_fp_and_options_apply_per_layer():
-    model = quantize_model(mlp(), "fp32", layer_formats=["1", "bitnet", "8"], group_size=16)
+    model = quantize_model(mlp(), QuantPlan.parse("fp32", layer_formats=["1", "bitnet", "8"], group_size=16))
     assert formats_of(model) == ["binary", "ternary", "int8"]
     assert model.body[6].fmt.group_size == 16
-    model = quantize_model(mlp(), "4", keep_last_fp=True, group_size=16)
+    model = quantize_model(mlp(), QuantPlan.parse("4", keep_last_fp=True, group_size=16))
     assert formats_of(model) == ["int4", "int4", "fp32"]
     assert model.body[0].fmt.group_size == 16
 
 
 def test_wrong_layer_format_count_names_the_option_and_the_counts():
     with pytest.raises(ConfigError, match=r"model\.layer_formats has 2 entries .* 3 Linear layers"):
-        quantize_model(mlp(), "4", layer_formats=["1", "8"])
+        quantize_model(mlp(), QuantPlan.parse("4", layer_formats=["1", "8"]))
 
 
-def test_unknown_option_and_unknown_layer_format_are_config_errors():
-    with pytest.raises(ConfigError, match="group_sise"):
-        quantize_model(mlp(), "4", group_sise=8)
-    with pytest.raises(ConfigError, match="layer_formats.*'int9'"):
-        quantize_model(mlp(), "4", layer_formats=["1", "int9", "8"])
+def test_a_format_name_stands_for_its_plan():
+    assert formats_of(quantize_model(mlp(), "ptq1-1-8")) == ["binary", "binary", "int8"]
+    with pytest.raises(FormatError, match="'int9'"):
+        quantize_model(mlp(), "int9")
 
 
 def test_pack_model_is_a_copy_whose_linears_are_all_packed():
