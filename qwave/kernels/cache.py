@@ -8,12 +8,20 @@ sources: numba invalidates a cached function only when its own file changes, not
 from another file does, so a cache kept across an upgrade or an edit could run machine code built against the old
 callee (seen as segfaults). A folder per source digest makes every change of the kernels compile afresh.
 ``NUMBA_CACHE_DIR``, when set, is the user's choice and always wins (used as it is).
+
+Several processes may compile into one folder at once (``qwave doctor --jobs``, a multirun's parallel jobs, two
+commands on a cold cache). numba names a new entry's data file after the entries its index holds when it reads it,
+so two processes adding different entries of one function (two signatures, or the native and the AVX2 target) can
+both take ``name.1.nbc``: one index then points at the other's machine code, which segfaults when loaded (seen in
+this project's worktrees). ``serialize_cache_writes`` makes each save (read the index, pick the name, write the index
+and the data) hold an exclusive lock on the folder's ``.qwave-lock``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,4 +73,37 @@ def configure() -> Path:
     from numba.core import config
 
     os.environ["NUMBA_CACHE_DIR"] = config.CACHE_DIR = str(folder)
+    serialize_cache_writes()
     return folder
+
+
+LOCK_NAME = ".qwave-lock"
+
+
+def serialize_cache_writes() -> bool:
+    """Make every numba cache save exclusive between processes and threads (an ``flock`` on ``LOCK_NAME`` in the
+    entry's folder, held while numba reads its index, names the data file and writes both). Returns whether saves
+    are locked: not on a system without ``fcntl`` (Windows), where concurrent cold compiles stay numba's own."""
+    if sys.platform == "win32":
+        return False
+    import fcntl
+
+    from numba.core.caching import IndexDataCacheFile
+
+    save = IndexDataCacheFile.save
+    if getattr(save, "locked", False):
+        return True
+
+    def locked_save(self, key, data) -> None:
+        os.makedirs(self._cache_path, exist_ok=True)
+        with open(os.path.join(self._cache_path, LOCK_NAME), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                save(self, key, data)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    locked_save.locked = True
+    locked_save.__wrapped__ = save
+    IndexDataCacheFile.save = locked_save
+    return True

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from qwave.kernels import cache
 from qwave.kernels.cache import PACKAGE_DIR, choose_cache_dir, source_digest, user_cache_dir
 
 
@@ -88,3 +89,45 @@ def test_by_default_the_kernels_cache_in_their_source_digest_folder(tmp_path):
                            check=True).stdout.split()
     folder = PACKAGE_DIR / "__pycache__" / f"numba-{source_digest()}"
     assert lines[0].startswith(str(folder)) and lines[1] == str(folder)
+
+
+def _race(tmp_path, save) -> dict:
+    """Two threads add different entries of one function to one cache folder, each reading the index before the
+    other writes it (the window widened by a pause after each index read); returns key -> loaded data."""
+    import threading
+    import time
+
+    from numba.core.caching import IndexDataCacheFile
+
+    load_index = IndexDataCacheFile._load_index
+
+    def slow_load_index(self):
+        found = load_index(self)
+        time.sleep(0.2)
+        return found
+
+    tmp_path.mkdir()
+    files = [IndexDataCacheFile(str(tmp_path), "kernel", ("stamp", 1)) for _ in range(2)]
+    IndexDataCacheFile._load_index = slow_load_index
+    try:
+        threads = [threading.Thread(target=save, args=(f, key, f"code of {key}"))
+                   for f, key in zip(files, "ab", strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        IndexDataCacheFile._load_index = load_index
+    reader = IndexDataCacheFile(str(tmp_path), "kernel", ("stamp", 1))
+    return {key: reader.load(key) for key in "ab"}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
+def test_concurrent_cache_saves_of_one_function_keep_each_entry_its_own_data(tmp_path):
+    pytest.importorskip("numba")
+    from numba.core.caching import IndexDataCacheFile
+
+    assert cache.serialize_cache_writes()
+    assert _race(tmp_path / "locked", IndexDataCacheFile.save) == {"a": "code of a", "b": "code of b"}
+    # numba's own save, unlocked, loses an entry or points it at the other's data: the race the lock closes
+    assert _race(tmp_path / "unlocked", IndexDataCacheFile.save.__wrapped__) != {"a": "code of a", "b": "code of b"}
