@@ -115,7 +115,7 @@ def test_probes_fitted_by_the_fold_pipeline_keep_the_scores_and_rng_chain_of_dir
     f1, sizes = [], []
     for name in ["ternary", "int4", "int8", "binary"]:
         probe = build_mlp(5, 3, [8], 0.5, False, copy.deepcopy(ctx.normalize), "auto", [name])
-        quantize_model(probe, name, keep_last_fp=False)
+        quantize_model(probe, name)  # the old loop: the format alone, keep_last_fp off
         f1.append(train_model(probe, X[:40], y[:40], X[40:], y[40:], 3, replace(cfg.train, epochs=2), 3)
                   .best_val_macro_f1)
         sizes.append(report(pack_model(probe)).bytes_under("body"))
