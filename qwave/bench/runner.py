@@ -30,9 +30,8 @@ from qwave.bench.models import BuildContext, FoldData, ModelKind, resolve_kind
 from qwave.bench.overview import write_overview
 from qwave.bench.progress import BenchProgress
 from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
-from qwave.data.input_quant import INPUT_QUANT_MODES, InputQuantizer, fit_input_quantizer
+from qwave.data.input_quant import InputQuantizer, fit_input_quantizer
 from qwave.data.source import table_path
-from qwave.errors import ConfigError
 from qwave.eval.metrics import classification_metrics
 from qwave.eval.timing import set_threads
 from qwave.size import ArtifactSize, artifact_report, resident_bytes, resident_fields
@@ -58,16 +57,8 @@ class FoldJob:
 def load_dataset(cfg: BenchConfig) -> Dataset:
     """The configured table (the bundled ESC-50 table when ``data.path`` is unset, see ``table_path``)."""
     d = cfg.data
-    spec = TableSpec(
-        path=table_path(d.path),
-        label=d.label,
-        fold=d.fold,
-        group=d.group,
-        id=d.id,
-        features=list(d.features) if d.features else None,
-        drop=list(d.drop),
-    )
-    return load_table(spec)
+    return load_table(TableSpec(path=table_path(d.path), label=d.label, fold=d.fold, group=d.group, id=d.id,
+                                features=list(d.features) if d.features else None, drop=list(d.drop)))
 
 
 def fold_dir(root: Path, model: str, fold: int, seed: int) -> Path:
@@ -237,13 +228,7 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
 
 
 def plan(cfg: BenchConfig, ds: Dataset) -> list[FoldJob]:
-    """Every (model, seed, fold) job of the run, validated before any training starts."""
-    if not cfg.models:
-        raise ConfigError("models is empty; name at least one model, e.g. models=[fp32]")
-    if cfg.data.input_quant not in INPUT_QUANT_MODES:
-        raise ConfigError(
-            f"data.input_quant={cfg.data.input_quant!r} is not one of {', '.join(INPUT_QUANT_MODES)}"
-        )
+    """Every (model, seed, fold) job of the run (``cfg`` validated), each with its fingerprint."""
     kinds = [resolve_kind(name) for name in cfg.models]
     seeds = cfg.seed_list()
     folds = make_folds(ds, cfg.cv.folds, cfg.cv.n_folds, seed=cfg.seed)
