@@ -115,10 +115,9 @@ class FoldFit(ModelFit):
     cuda_peak_mb: float | None
 
 
-def fit_model(
-    kind: ModelKind, ctx: BuildContext, X_test: np.ndarray, device: torch.device, target: Path | None = None,
-    classes: list[str] | None = None, features: list[str] | None = None, on_epoch=None, label: str = "",
-) -> ModelFit:
+def fit_model(kind: ModelKind, ctx: BuildContext, X_test: np.ndarray, device: torch.device, target: Path | None = None,
+              classes: list[str] | None = None, features: list[str] | None = None, on_epoch=None, label: str = ""
+              ) -> ModelFit:
     """Build the kind's model from the current RNG state, train it on the context's rows, deploy it (quantize +
     pack), save the artifact (to ``target``, or a temporary folder), reload it and run the reloaded artifact on
     ``X_test`` (timed, sized, checked against the model it was made from)."""
@@ -127,10 +126,8 @@ def fit_model(
     meter = EnergyMeter(cfg.energy)
     model = kind.build(ctx)
     with meter:
-        trained = train_model(
-            model, ctx.X_fit, ctx.y_fit, ctx.X_val, ctx.y_val, ctx.num_classes, cfg.train, ctx.seed, device,
-            on_epoch=on_epoch,
-        )
+        trained = train_model(model, ctx.X_fit, ctx.y_fit, ctx.X_val, ctx.y_val, ctx.num_classes, cfg.train, ctx.seed,
+                              device, on_epoch=on_epoch)
     rng = torch.get_rng_state()
     model.cpu().eval()
     deployed = kind.deploy(model, ctx)
@@ -151,10 +148,8 @@ def fit_model(
                     resident_bytes(loaded), meter.result(), rng)
 
 
-def fit_fold(
-    ds: Dataset, kind: ModelKind, train_rows: np.ndarray, test_rows: np.ndarray, cfg: BenchConfig, seed: int,
-    device: torch.device, target: Path | None = None, on_epoch=None, label: str = "",
-) -> FoldFit:
+def fit_fold(ds: Dataset, kind: ModelKind, train_rows: np.ndarray, test_rows: np.ndarray, cfg: BenchConfig, seed: int,
+             device: torch.device, target: Path | None = None, on_epoch=None, label: str = "") -> FoldFit:
     """Fit one fold, the one way every caller trains a model: carve the inner split from ``train_rows``, fit the
     input quantizer and the normaliser on the fit rows, seed, and fit the kind's model (``fit_model``) with
     ``test_rows`` as its test rows."""
