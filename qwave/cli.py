@@ -79,13 +79,10 @@ def _main(argv: list[str] | None) -> int:
             code = int(module.run(rest) or 0)
         _show(held)
         return code
-    except QwaveError as err:  # the one line is the whole story: warnings on the way to it are not shown
-        print(f"qwave {name}: error: {err}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         raise
-    except OSError as err:  # a file that could not be written after all (disk full, removed folder, ...)
-        print(f"qwave {name}: error: {err}", file=sys.stderr)
+    except (QwaveError, OSError) as err:  # OSError: a file that could not be written after all (disk full, ...)
+        print(f"qwave {name}: error: {err}", file=sys.stderr)  # the one line is the whole story: no warnings
         return 2
     except KeyboardInterrupt:
         print(f"qwave {name}: interrupted", file=sys.stderr)

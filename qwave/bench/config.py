@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
 
+from qwave.data.input_quant import INPUT_QUANT_MODES
 from qwave.data.normalize import Normalize
 from qwave.data.table import AUTO
 from qwave.errors import ConfigError
@@ -128,6 +129,7 @@ def validate(cfg: BenchConfig) -> None:
         if role is not None:
             raise ConfigError(f"data.drop={list(d.drop)} drops {name!r}, the {role} column (data.{role})")
     need_choice("data.normalize", d.normalize, Normalize.MODES, ConfigError)
+    need_choice("data.input_quant", d.input_quant, INPUT_QUANT_MODES, ConfigError)
     need_choice("cv.folds", cfg.cv.folds, ("auto", "official", "stratified"), ConfigError)
     need_int("cv.n_folds", cfg.cv.n_folds, 2, error=ConfigError)
     need_float("cv.val_fraction", cfg.cv.val_fraction, 0.0, 1.0, low_open=True, high_open=True, error=ConfigError)

@@ -19,12 +19,10 @@ class EnergyMeter:
             try:
                 from codecarbon import OfflineEmissionsTracker
             except ImportError:
-                raise ConfigError(
-                    "energy=true needs CodeCarbon; install it with: pip install 'qwave[energy]'"
-                ) from None
-            self._tracker = OfflineEmissionsTracker(
-                country_iso_code="USA", save_to_file=False, log_level="error", measure_power_secs=1
-            )
+                raise ConfigError("energy=true needs CodeCarbon; install it with: "
+                                  "pip install 'qwave[energy]'") from None
+            self._tracker = OfflineEmissionsTracker(country_iso_code="USA", save_to_file=False, log_level="error",
+                                                    measure_power_secs=1)
 
     def __enter__(self) -> EnergyMeter:
         if self._tracker is not None:

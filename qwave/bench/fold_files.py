@@ -55,9 +55,8 @@ def plot_curves(history: list[dict], best_epoch: int, title: str):
     return fig
 
 
-def write_fold(
-    out_dir: Path, record: dict, ids: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str], plots: bool
-) -> None:
+def write_fold(out_dir: Path, record: dict, ids: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str],
+               plots: bool) -> None:
     """Write one fold's files; metrics.json last, so its presence marks the fold finished (``resume=true``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = predictions_frame(ids, y, proba, classes)

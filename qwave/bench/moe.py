@@ -47,17 +47,13 @@ def build(ctx: BuildContext) -> MoEClassifier:
     return quantize_moe(model, plan)
 
 
-def deploy(model: nn.Module, ctx: BuildContext) -> nn.Module:
-    return pack_model(model)
-
-
 def evaluate(loaded: nn.Module, fold: FoldData, out_dir: Path) -> dict:
     return evaluate_moe(loaded, fold.X, fold.y, fold.ids, fold.classes, out_dir, plots=fold.ctx.cfg.plots)
 
 
 def moe_kind(name: str) -> ModelKind:
     """The ``moe`` kind: MoE of quantized experts (QAT), configured by the ``moe.*`` keys."""
-    return ModelKind(name, build, deploy, "moe", evaluate=evaluate)
+    return ModelKind(name, build, lambda model, ctx: pack_model(model), "moe", evaluate=evaluate)
 
 
 def probe_pool(cfg: MoEConfig, ctx: BuildContext, hidden: list[int]) -> list[Probe]:

@@ -14,10 +14,8 @@ class BenchProgress:
 
     def __enter__(self) -> BenchProgress:
         if not self.quiet:
-            self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("{task.fields[status]}"), transient=True,
-            )
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TextColumn("{task.fields[status]}"), transient=True)
             self._progress.start()
             self._jobs = self._progress.add_task("folds", total=self.jobs, status="")
             self._epochs = self._progress.add_task("epochs", total=self.epochs, status="")

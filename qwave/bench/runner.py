@@ -30,9 +30,8 @@ from qwave.bench.models import BuildContext, FoldData, ModelKind, resolve_kind
 from qwave.bench.overview import write_overview
 from qwave.bench.progress import BenchProgress
 from qwave.data import Dataset, Fold, TableSpec, fit_normalizer, inner_split, load_table, make_folds
-from qwave.data.input_quant import INPUT_QUANT_MODES, InputQuantizer, fit_input_quantizer
+from qwave.data.input_quant import InputQuantizer, fit_input_quantizer
 from qwave.data.source import table_path
-from qwave.errors import ConfigError
 from qwave.eval.metrics import classification_metrics
 from qwave.eval.timing import set_threads
 from qwave.size import ArtifactSize, artifact_report, resident_bytes, resident_fields
@@ -58,16 +57,8 @@ class FoldJob:
 def load_dataset(cfg: BenchConfig) -> Dataset:
     """The configured table (the bundled ESC-50 table when ``data.path`` is unset, see ``table_path``)."""
     d = cfg.data
-    spec = TableSpec(
-        path=table_path(d.path),
-        label=d.label,
-        fold=d.fold,
-        group=d.group,
-        id=d.id,
-        features=list(d.features) if d.features else None,
-        drop=list(d.drop),
-    )
-    return load_table(spec)
+    return load_table(TableSpec(path=table_path(d.path), label=d.label, fold=d.fold, group=d.group, id=d.id,
+                                features=list(d.features) if d.features else None, drop=list(d.drop)))
 
 
 def fold_dir(root: Path, model: str, fold: int, seed: int) -> Path:
@@ -124,10 +115,9 @@ class FoldFit(ModelFit):
     cuda_peak_mb: float | None
 
 
-def fit_model(
-    kind: ModelKind, ctx: BuildContext, X_test: np.ndarray, device: torch.device, target: Path | None = None,
-    classes: list[str] | None = None, features: list[str] | None = None, on_epoch=None, label: str = "",
-) -> ModelFit:
+def fit_model(kind: ModelKind, ctx: BuildContext, X_test: np.ndarray, device: torch.device, target: Path | None = None,
+              classes: list[str] | None = None, features: list[str] | None = None, on_epoch=None, label: str = ""
+              ) -> ModelFit:
     """Build the kind's model from the current RNG state, train it on the context's rows, deploy it (quantize +
     pack), save the artifact (to ``target``, or a temporary folder), reload it and run the reloaded artifact on
     ``X_test`` (timed, sized, checked against the model it was made from)."""
@@ -136,10 +126,8 @@ def fit_model(
     meter = EnergyMeter(cfg.energy)
     model = kind.build(ctx)
     with meter:
-        trained = train_model(
-            model, ctx.X_fit, ctx.y_fit, ctx.X_val, ctx.y_val, ctx.num_classes, cfg.train, ctx.seed, device,
-            on_epoch=on_epoch,
-        )
+        trained = train_model(model, ctx.X_fit, ctx.y_fit, ctx.X_val, ctx.y_val, ctx.num_classes, cfg.train, ctx.seed,
+                              device, on_epoch=on_epoch)
     rng = torch.get_rng_state()
     model.cpu().eval()
     deployed = kind.deploy(model, ctx)
@@ -160,10 +148,8 @@ def fit_model(
                     resident_bytes(loaded), meter.result(), rng)
 
 
-def fit_fold(
-    ds: Dataset, kind: ModelKind, train_rows: np.ndarray, test_rows: np.ndarray, cfg: BenchConfig, seed: int,
-    device: torch.device, target: Path | None = None, on_epoch=None, label: str = "",
-) -> FoldFit:
+def fit_fold(ds: Dataset, kind: ModelKind, train_rows: np.ndarray, test_rows: np.ndarray, cfg: BenchConfig, seed: int,
+             device: torch.device, target: Path | None = None, on_epoch=None, label: str = "") -> FoldFit:
     """Fit one fold, the one way every caller trains a model: carve the inner split from ``train_rows``, fit the
     input quantizer and the normaliser on the fit rows, seed, and fit the kind's model (``fit_model``) with
     ``test_rows`` as its test rows."""
@@ -237,13 +223,7 @@ def run_fold(ds: Dataset, job: FoldJob, cfg: BenchConfig, device: torch.device, 
 
 
 def plan(cfg: BenchConfig, ds: Dataset) -> list[FoldJob]:
-    """Every (model, seed, fold) job of the run, validated before any training starts."""
-    if not cfg.models:
-        raise ConfigError("models is empty; name at least one model, e.g. models=[fp32]")
-    if cfg.data.input_quant not in INPUT_QUANT_MODES:
-        raise ConfigError(
-            f"data.input_quant={cfg.data.input_quant!r} is not one of {', '.join(INPUT_QUANT_MODES)}"
-        )
+    """Every (model, seed, fold) job of the run (``cfg`` validated), each with its fingerprint."""
     kinds = [resolve_kind(name) for name in cfg.models]
     seeds = cfg.seed_list()
     folds = make_folds(ds, cfg.cv.folds, cfg.cv.n_folds, seed=cfg.seed)

@@ -104,19 +104,15 @@ def summary_row(summary: dict, fp32_bytes: int | None) -> dict:
     return row
 
 
-def collect_summaries(roots: list[Path]) -> list[dict]:
-    """Every ``<root>/<model>/summary.json`` below the given run directories (e.g. a tag or a multirun)."""
-    found = sorted({p for root in roots for p in Path(root).rglob("summary.json") if p.parent != Path(root)})
-    return [json.loads(p.read_text()) for p in found]
-
-
 def write_tag_summary(root: Path, extra_roots: list[Path] | None = None, models: list[str] | None = None) -> list[dict]:
     """Write ``<root>/summary.csv`` and return its rows (best macro-F1 first): from the summaries of ``models``
     (the current plan's) when given, else from every model summary found below ``root`` and ``extra_roots``."""
-    if models is None:
-        summaries = collect_summaries([root, *(extra_roots or [])])
+    if models is None:  # every <dir>/<model>/summary.json below the directories (e.g. a tag or a multirun)
+        dirs = [Path(d) for d in (root, *(extra_roots or []))]
+        found = sorted({p for d in dirs for p in d.rglob("summary.json") if p.parent != d})
     else:
-        summaries = [json.loads((Path(root) / m / "summary.json").read_text()) for m in models]
+        found = [Path(root) / m / "summary.json" for m in models]
+    summaries = [json.loads(p.read_text()) for p in found]
     if not summaries:
         raise QwaveError(f"no model summaries (summary.json) found under {root}")
     fp32 = next((s["stored_bytes"] for s in summaries if s["model"] in ("fp32", "esc")), None)

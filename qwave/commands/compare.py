@@ -242,13 +242,6 @@ def render(result: Comparison) -> str:
     return "\n".join(lines + ["    " + line for line in table.splitlines()])
 
 
-def check_outputs(args: argparse.Namespace) -> None:
-    """The per-sample CSV and summary JSON targets can be written (checked before any model runs)."""
-    for option, path in (("--output-csv", args.output_csv), ("--output-json", args.output_json)):
-        if path:
-            check_writable(path, option)
-
-
 def write_outputs(result: Comparison, csv_path: str | None, json_path: str | None) -> None:
     """Per-sample CSV and summary JSON, each written atomically when a path is given."""
     if csv_path:
@@ -262,7 +255,9 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--output-csv", default=None, help="per-sample CSV")
     parser.add_argument("--output-json", default=None, help="summary JSON")
     args = parser.parse_args(argv)
-    check_outputs(args)
+    for option, path in (("--output-csv", args.output_csv), ("--output-json", args.output_json)):
+        if path:  # checked before any model runs
+            check_writable(path, option)
     result = run_pair(args.original, args.quantized, args)
     write_outputs(result, args.output_csv, args.output_json)
     print(render(result))

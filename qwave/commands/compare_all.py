@@ -49,11 +49,8 @@ def table_row(result: Comparison) -> dict:
 def sort_table(rows: list[dict]) -> pd.DataFrame:
     """Best first: by macro-F1 (or error rate, or agreement when unlabelled), then smaller files."""
     frame = pd.DataFrame(rows)
-    if "macro_f1" in frame:
-        return frame.sort_values(["macro_f1", "file_bytes"], ascending=[False, True], ignore_index=True)
-    if "error_rate" in frame:
-        return frame.sort_values(["error_rate", "file_bytes"], ascending=[True, True], ignore_index=True)
-    return frame.sort_values(["agreement", "file_bytes"], ascending=[False, True], ignore_index=True)
+    key = next(k for k in ("macro_f1", "error_rate", "agreement") if k in frame)  # every row has an agreement
+    return frame.sort_values([key, "file_bytes"], ascending=[key == "error_rate", True], ignore_index=True)
 
 
 def run(argv: list[str]) -> int:

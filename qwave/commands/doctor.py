@@ -61,8 +61,6 @@ def cpu_info() -> dict:
         except ImportError:
             pass
     flags = {f.replace("_", "") for f in flags}
-    import os
-
     return {
         "model": model,
         "machine": platform.machine(),

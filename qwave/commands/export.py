@@ -18,10 +18,6 @@ refused with what their export still needs.
 """
 
 
-def _kb(n: int) -> str:
-    return f"{n / 1000:.1f} KB"
-
-
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="qwave export", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,8 +31,8 @@ def run(argv: list[str]) -> int:
         from qwave.export.onnx import export_onnx
 
         done = export_onnx(args.artifact, args.out)
-        print(f"wrote {done.path}: {done.bytes:,} bytes ({_kb(done.bytes)}) against {done.stored_bytes:,} stored "
-              f"tensor bytes in the artifact ({done.bytes / done.stored_bytes:.2f}x); weights: "
+        print(f"wrote {done.path}: {done.bytes:,} bytes ({done.bytes / 1000:.1f} KB) against {done.stored_bytes:,} "
+              f"stored tensor bytes in the artifact ({done.bytes / done.stored_bytes:.2f}x); weights: "
               f"{'; '.join(dict.fromkeys(done.storage))}")
         return 0
     from qwave.export.c import FILES, export_c

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from qwave.extract import BACKBONES, LAYOUTS, ExtractConfig, extract_table
@@ -91,18 +92,9 @@ def parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    config = ExtractConfig(
-        input_dir=args.input_dir, out=args.out, layout=args.layout, frontend=args.frontend, backbone=args.backbone,
-        weights=args.weights, device=args.device, sample_rate=args.sample_rate, n_mels=args.n_mels,
-        n_fft=args.n_fft, hop=args.hop, fmin=args.fmin, fmax=args.fmax, duration=args.duration, crop=args.crop,
-        level=args.level, trim_db=args.trim_db,
-        n_mfcc=args.n_mfcc, segments=args.segments, colormap=args.colormap, crop_axes=not args.no_crop_axes,
-        input_size=args.input_size,
-        batch_size=args.batch_size, chunk_files=args.chunk_files, dtype=args.dtype, seed=args.seed,
-        metadata=args.metadata, skip_bad=args.skip_bad, resume=args.resume, workers=args.workers, pool=args.pool,
-        windows=args.windows, pad_seconds=args.pad_seconds, top_db=args.top_db,
-        extra_sidecar={"command": "qwave extract " + " ".join(argv)},
-    )
+    known = {f.name for f in fields(ExtractConfig)}
+    config = ExtractConfig(**{k: v for k, v in vars(args).items() if k in known}, crop_axes=not args.no_crop_axes,
+                           extra_sidecar={"command": "qwave extract " + " ".join(argv)})
     if args.quiet or not sys.stderr.isatty():
         result = extract_table(config)
     else:

@@ -64,15 +64,11 @@ def float_model(model: nn.Module, source: Path) -> nn.Module:
     return model
 
 
-def _has_recurrent(model: nn.Module) -> bool:
-    return any(type(m) in (nn.GRU, nn.LSTM) for m in model.modules())
-
-
 def quantize_one(model: nn.Module, plan: QuantPlan, calib: np.ndarray | None, labels: np.ndarray | None,
                  m: ModelConfig) -> nn.Module:
     """PTQ of the float ``model`` with the gate settings of ``m``, as the benchmark's PTQ; a GRU/LSTM is packed in
     the plan's first format too and the agreement gate then covers it."""
-    recurrent = _has_recurrent(model)
+    recurrent = any(type(m) in (nn.GRU, nn.LSTM) for m in model.modules())
     packed = ptq(model, plan, None if recurrent else calib, calib_labels=None if recurrent else labels,
                  min_agreement=m.ptq_min_agreement, strict=m.ptq_strict)
     if recurrent:

@@ -31,20 +31,8 @@ resident_bytes: what the model holds in memory once every packed layer has prepa
 forward); resident_flag marks a model holding more than 1.1x its stored bytes.
 """
 
-COLUMNS = (
-    "model",
-    "format",
-    "bits_per_weight",
-    "params",
-    "stored_bytes",
-    "active_bytes",
-    "kb",
-    "mb",
-    "reduction_vs_fp32",
-    "resident_bytes",
-    "resident_vs_stored",
-    "resident_flag",
-)
+COLUMNS = ("model", "format", "bits_per_weight", "params", "stored_bytes", "active_bytes", "kb", "mb",
+           "reduction_vs_fp32", "resident_bytes", "resident_vs_stored", "resident_flag")
 
 
 def _positive_int(option: str):
@@ -72,9 +60,8 @@ def _name_list(text: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="qwave size", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="qwave size", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", type=Path, help="saved artifact directories to report instead")
     p.add_argument("--in-dim", type=_positive_int("--in-dim"), default=1536, help="embedding dimension (1536)")
     p.add_argument("--num-classes", type=_positive_int("--num-classes"), default=50, help="classes (50)")
@@ -116,24 +103,14 @@ def _artifact_rows(paths: list[Path]) -> list[dict]:
         model = load(path)
         measured = report(model).stored_bytes
         if measured != sizes.stored_bytes:
-            raise ConfigError(
-                f"{path}: loaded model holds {measured} bytes but the file's tensors {sizes.stored_bytes}"
-            )
+            raise ConfigError(f"{path}: loaded model holds {measured} bytes but the file's tensors "
+                              f"{sizes.stored_bytes}")
         prepare_kernels(model)
-        rows.append(
-            {
-                "artifact": str(path),
-                "bits_per_weight": sizes.bits_per_weight,
-                "weights": sizes.weight_count,
-                "stored_bytes": sizes.stored_bytes,
-                "header_bytes": sizes.header_bytes,
-                "file_bytes": sizes.file_bytes,
-                "manifest_bytes": sizes.manifest_bytes,
-                "kb": sizes.stored_bytes / 1e3,
-                "mb": sizes.stored_bytes / 1e6,
-                **resident_fields(resident_bytes(model), sizes.stored_bytes),
-            }
-        )
+        rows.append({"artifact": str(path), "bits_per_weight": sizes.bits_per_weight, "weights": sizes.weight_count,
+                     "stored_bytes": sizes.stored_bytes, "header_bytes": sizes.header_bytes,
+                     "file_bytes": sizes.file_bytes, "manifest_bytes": sizes.manifest_bytes,
+                     "kb": sizes.stored_bytes / 1e3, "mb": sizes.stored_bytes / 1e6,
+                     **resident_fields(resident_bytes(model), sizes.stored_bytes)})
     return rows
 
 
@@ -148,10 +125,8 @@ def run(argv: list[str]) -> int:
     else:
         spec = SizeSpec(in_dim=args.in_dim, num_classes=args.num_classes, hidden=args.hidden, seed=args.seed)
         if args.layer_formats and len(args.layer_formats) != len(spec.hidden) + 1:
-            raise ConfigError(
-                f"--layer-formats has {len(args.layer_formats)} entries; "
-                f"the MLP has {len(spec.hidden) + 1} Linear layers"
-            )
+            raise ConfigError(f"--layer-formats has {len(args.layer_formats)} entries; the MLP has "
+                              f"{len(spec.hidden) + 1} Linear layers")
         options = {"group_size": args.group_size, "keep_last_fp": args.keep_last_fp}
         try:
             plans = [QuantPlan.parse(f, **options) for f in args.formats]

@@ -216,11 +216,9 @@ def run(argv: list[str]) -> int:
                              **timing.latency_stats(times[name], batch).as_dict()})
         probe = torch.randn(min(args.batch_sizes[-1], 256), in_dim)
         for fmt, model in packed.items():
-            for layer in speed.layer_audit(model, probe):
-                audits.append({"model": label, "method": f"qwave-{fmt}", "label": _label(f"qwave-{fmt}"),
-                               **layer.as_dict()})
-            memory.append({"model": label, "method": f"qwave-{fmt}", "label": _label(f"qwave-{fmt}"),
-                           **speed.memory_row(model)})
+            method = {"model": label, "method": f"qwave-{fmt}", "label": _label(f"qwave-{fmt}")}
+            audits += [{**method, **layer.as_dict()} for layer in speed.layer_audit(model, probe)]
+            memory.append({**method, **speed.memory_row(model)})
     _add_ratios(rows)
     print(_table(rows, args))
     print(_audit_table(audits))
@@ -297,11 +295,10 @@ def _write(args: argparse.Namespace, rows: list[dict], audits: list[dict], notes
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "speed.csv", rows, list(rows[0]))
-    meta = {"threads": args.threads, "isa": args.isa, "clock": args.clock, "kernels": kernels.status(),
-            "notes": notes}
     from qwave.commands.doctor import cpu_info
 
-    meta["cpu"] = cpu_info()
+    meta = {"threads": args.threads, "isa": args.isa, "clock": args.clock, "kernels": kernels.status(),
+            "notes": notes, "cpu": cpu_info()}
     result = {"meta": meta, "results": rows, "audit": audits, "memory": memory}
     write_text(out / "speed.json", json.dumps(result, indent=2))
     if args.plot:

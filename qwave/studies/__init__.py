@@ -12,6 +12,4 @@ from qwave.studies.moe_curiosity import MoECuriosityConfig, moe_curiosity
 from qwave.studies.ptq_int8 import ptq_int8
 from qwave.studies.qat_vs_ptq import qat_vs_ptq
 
-STUDIES = {"ptq-int8": ptq_int8, "qat-vs-ptq": qat_vs_ptq, "bit-sweep": bit_sweep, "moe-curiosity": moe_curiosity}
-
-__all__ = ["STUDIES", "MoECuriosityConfig", "StudyConfig", "bit_sweep", "moe_curiosity", "ptq_int8", "qat_vs_ptq"]
+__all__ = ["MoECuriosityConfig", "StudyConfig", "bit_sweep", "moe_curiosity", "ptq_int8", "qat_vs_ptq"]
