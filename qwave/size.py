@@ -16,6 +16,7 @@ experts) in the ``active_bytes`` column.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -206,10 +207,7 @@ def artifact_report(directory: str | Path) -> ArtifactSize:
     rows = []
     for name, info in entries.items():
         begin, end = info["data_offsets"]
-        numel = 1
-        for s in info["shape"]:
-            numel *= s
-        rows.append(TensorSize(name, name.rpartition(".")[0], info["dtype"], numel, end - begin))
+        rows.append(TensorSize(name, name.rpartition(".")[0], info["dtype"], math.prod(info["shape"]), end - begin))
     weights = sum(spec["shape"][0] * spec["shape"][1] for spec in manifest["layers"].values())
     return ArtifactSize(
         directory=directory,
