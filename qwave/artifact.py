@@ -49,6 +49,7 @@ from qwave.formats.base import non_finite
 from qwave.formats.spec import FormatSpec
 from qwave.nn.family import family, family_names, family_of
 from qwave.nn.packed_linear import PackedLinear
+from qwave.nn.surgery import set_module
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -445,11 +446,6 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ArtifactError(f"{path} is not a readable safetensors file: {err}") from None
 
 
-def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent_path) if parent_path else model, name, module)
-
-
 def _architecture(manifest: dict, where: Path) -> type:
     name = manifest["architecture"]["name"]
     found = family(name)
@@ -562,7 +558,7 @@ def load(directory: str | Path, allow_unverified: bool = False) -> nn.Module:
                                  tuple(spec["shape"]), bias)
         except FormatError as err:
             raise ArtifactError(f"{directory / WEIGHTS}: packed layer {path!r}: {err}") from None
-        _set_module(model, path, layer)
+        model = set_module(model, path, layer)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

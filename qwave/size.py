@@ -16,6 +16,7 @@ experts) in the ``active_bytes`` column.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,18 +77,6 @@ class SizeReport:
         return sum(r.bytes for r in self.rows if r.layer == prefix or r.layer.startswith(prefix + "."))
 
 
-def _layer_format(module: nn.Module | None) -> str:
-    if isinstance(module, (PackedLinear, QuantLinear)):
-        return module.fmt.name
-    return "-"
-
-
-def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
-    if isinstance(module, (nn.Linear, PackedLinear)):
-        return module.out_features, module.in_features
-    return None
-
-
 def _uncovered(intervals: list[tuple[int, int, str]], start: int, end: int) -> tuple[int, str | None]:
     """Bytes of ``[start, end)`` not inside any of ``intervals``, and the name of the first one it overlaps."""
     cuts = sorted((max(s, start), min(e, end)) for s, e, _ in intervals if s < end and e > start)
@@ -121,14 +110,15 @@ def report(module: nn.Module) -> SizeReport:
         sub = modules.get(row.layer)
         entry = layers.get(row.layer)
         if entry is None:
-            shape = _linear_shape(sub) if sub is not None else None
+            shape = (sub.out_features, sub.in_features) if isinstance(sub, (nn.Linear, PackedLinear)) else None
             weights = 0
             if shape is not None:
                 ref = sub.weight if isinstance(sub, nn.Linear) else next(iter(sub.packed.values()))
                 key = (ref.untyped_storage().data_ptr(), ref.storage_offset(), shape)
                 weights = 0 if key in weight_keys else shape[0] * shape[1]
                 weight_keys.add(key)
-            entry = layers[row.layer] = LayerSize(row.layer, type(sub).__name__, _layer_format(sub), weights, 0)
+            fmt = sub.fmt.name if isinstance(sub, (PackedLinear, QuantLinear)) else "-"
+            entry = layers[row.layer] = LayerSize(row.layer, type(sub).__name__, fmt, weights, 0)
             weight_count += weights
             if isinstance(sub, PackedLinear):
                 params += weights + (0 if sub.bias is None else sub.bias.numel())
@@ -206,10 +196,7 @@ def artifact_report(directory: str | Path) -> ArtifactSize:
     rows = []
     for name, info in entries.items():
         begin, end = info["data_offsets"]
-        numel = 1
-        for s in info["shape"]:
-            numel *= s
-        rows.append(TensorSize(name, name.rpartition(".")[0], info["dtype"], numel, end - begin))
+        rows.append(TensorSize(name, name.rpartition(".")[0], info["dtype"], math.prod(info["shape"]), end - begin))
     weights = sum(spec["shape"][0] * spec["shape"][1] for spec in manifest["layers"].values())
     return ArtifactSize(
         directory=directory,

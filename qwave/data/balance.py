@@ -1,10 +1,9 @@
-"""Class-imbalance helpers: inverse-frequency loss weights and a class-balanced sampler."""
+"""Class-imbalance helper: inverse-frequency loss weights."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import WeightedRandomSampler
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -18,11 +17,3 @@ def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
     weights[present] = len(y) / (present.sum() * counts[present])
     return torch.from_numpy(weights).to(torch.float32)
 
-
-def balanced_sampler(y: np.ndarray, seed: int) -> WeightedRandomSampler:
-    """Draw len(y) samples with replacement, each class equally likely; seeded for reproducibility."""
-    y = np.asarray(y, dtype=np.int64)
-    per_sample = 1.0 / np.bincount(y)[y]
-    generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(torch.from_numpy(per_sample), num_samples=len(y), replacement=True,
-                                 generator=generator)

@@ -82,10 +82,7 @@ def _stratified_folds(ds: Dataset, n_folds: int, seed: int) -> list[Fold]:
             raise DataError(f"{ds.source}: group column has {n_groups} groups, fewer than cv.n_folds={n_folds} "
                             "folds; lower cv.n_folds.")
         splits = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(rows, ds.y, ds.group)
-    return [
-        Fold(k, train.astype(np.int64), test.astype(np.int64))
-        for k, (train, test) in enumerate(splits, 1)
-    ]
+    return [Fold(k, train.astype(np.int64), test.astype(np.int64)) for k, (train, test) in enumerate(splits, 1)]
 
 
 def inner_split(

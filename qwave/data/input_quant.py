@@ -106,28 +106,3 @@ def fit_input_quantizer(X_train: np.ndarray, mode: str) -> InputQuantizer:
         scale = np.abs(X - center).mean(axis=0)  # 0 for a constant dimension: decodes exactly to its center
     return InputQuantizer(mode, center.astype(np.float32), scale.astype(np.float32))
 
-
-@dataclass(frozen=True)
-class InputQuantReport:
-    """Storage of one quantized embedding and the error it makes on the rows it was applied to."""
-
-    mode: str
-    dim: int
-    bytes_per_embedding: int
-    shared_bytes: int
-    compression: float
-    rmse: float
-    clipped_fraction: float
-
-
-def quantize_split(X_train: np.ndarray, X_test: np.ndarray, mode: str
-                   ) -> tuple[np.ndarray, np.ndarray, InputQuantReport]:
-    """Fit on ``X_train`` only, return both splits as the model would read them back, and the test-side report."""
-    quantizer = fit_input_quantizer(X_train, mode)
-    test = _check_rows(X_test, "test")
-    test_q = quantizer.quantize(test)
-    report = InputQuantReport(
-        mode=mode, dim=quantizer.dim, bytes_per_embedding=quantizer.bytes_per_embedding,
-        shared_bytes=quantizer.shared_bytes, compression=4 * quantizer.dim / quantizer.bytes_per_embedding,
-        rmse=float(np.sqrt(np.mean((test_q - test) ** 2))), clipped_fraction=quantizer.clipped_fraction(test))
-    return quantizer.quantize(X_train), test_q, report

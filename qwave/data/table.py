@@ -107,17 +107,10 @@ class Dataset:
 
     def subset(self, idx: np.ndarray) -> Dataset:
         """The rows ``idx`` (indices or boolean mask), keeping the full class list so codes stay stable."""
-        return Dataset(
-            X=self.X[idx],
-            y=self.y[idx],
-            classes=list(self.classes),
-            fold=None if self.fold is None else self.fold[idx],
-            group=None if self.group is None else self.group[idx],
-            ids=self.ids[idx],
+        return dataclasses.replace(
+            self, X=self.X[idx], y=self.y[idx], classes=list(self.classes), ids=self.ids[idx],
+            fold=None if self.fold is None else self.fold[idx], group=None if self.group is None else self.group[idx],
             feature_names=list(self.feature_names),
-            source=self.source,
-            file_sha256=self.file_sha256,
-            file_bytes=self.file_bytes,
         )
 
 

@@ -15,7 +15,6 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "roc_auc_macro", "ece")
 INTERVAL = ("seeds averaged within each fold, then mean, std and 95% CI (t, folds - 1 degrees of freedom) over "
             "the fold means")
 
@@ -131,7 +130,3 @@ def aggregate_over_folds(folds: list, values: list[float | None]) -> dict:
     result["n_runs"] = sum(len(v) for v in by_fold.values())
     return result
 
-
-def summarize(runs: list[dict], keys: tuple[str, ...] = SUMMARY_KEYS) -> dict[str, dict]:
-    """``aggregate_over_folds`` of each metric in ``keys`` over runs (dicts with ``fold`` and the metrics)."""
-    return {key: aggregate_over_folds([run["fold"] for run in runs], [run.get(key) for run in runs]) for key in keys}

@@ -89,8 +89,18 @@ def _pool(x: np.ndarray, rows: int, cols: int | None = None) -> np.ndarray:
     return np.stack([out[:, block].mean(axis=1) for block in _blocks(out.shape[1], cols)], axis=1)
 
 
+class _PerItem:
+    """A built-in backbone that embeds each 2-D (frequency, time) item of a batch on its own (its ``embed_one``)
+    and learns its ``dim`` from the first batch."""
+
+    def embed(self, batch: list[np.ndarray]) -> np.ndarray:
+        out = np.stack([self.embed_one(_as_2d(x, self.name)) for x in batch])
+        self.dim = out.shape[1]
+        return out
+
+
 @dataclass
-class LogMelStats:
+class LogMelStats(_PerItem):
     """Per band mean/std/min/max of log-mel and of its delta, plus MFCC mean/std: 8 * n_mels + 2 * n_mfcc."""
 
     n_mfcc: int = 20
@@ -103,14 +113,9 @@ class LogMelStats:
         parts = _moments(log_mel) + _moments(_delta(log_mel)) + [cepstrum.mean(axis=1), cepstrum.std(axis=1)]
         return np.concatenate(parts).astype(np.float32)
 
-    def embed(self, batch: list[np.ndarray]) -> np.ndarray:
-        out = np.stack([self.embed_one(_as_2d(x, self.name)) for x in batch])
-        self.dim = out.shape[1]
-        return out
-
 
 @dataclass
-class MfccSegments:
+class MfccSegments(_PerItem):
     """MFCC mean and std over the clip plus MFCC means over ``segments`` equal time spans, which keep the order of
     events that whole-clip statistics lose (a spoken word's syllables): (2 + segments) * n_mfcc values."""
 
@@ -125,14 +130,9 @@ class MfccSegments:
         spans = [cepstrum[:, block].mean(axis=1) for block in _blocks(cepstrum.shape[1], self.segments)]
         return np.concatenate([cepstrum.mean(axis=1), cepstrum.std(axis=1), *spans]).astype(np.float32)
 
-    def embed(self, batch: list[np.ndarray]) -> np.ndarray:
-        out = np.stack([self.embed_one(_as_2d(x, self.name)) for x in batch])
-        self.dim = out.shape[1]
-        return out
-
 
 @dataclass
-class ImageStats:
+class ImageStats(_PerItem):
     """Spectrogram image statistics: ``bands`` frequency bands x 9 time statistics + a coarse x coarse thumbnail.
 
     Per band: mean, std, min, max, 10/50/90th percentiles, mean |delta| and std of delta over time.
@@ -150,11 +150,6 @@ class ImageStats:
         stats = [banded.mean(1), banded.std(1), banded.min(1), banded.max(1),
                  *np.percentile(banded, [10, 50, 90], axis=1), np.abs(delta).mean(1), delta.std(1)]
         return np.concatenate(stats + [_pool(image, self.coarse, self.coarse).ravel()]).astype(np.float32)
-
-    def embed(self, batch: list[np.ndarray]) -> np.ndarray:
-        out = np.stack([self.embed_one(_as_2d(x, self.name)) for x in batch])
-        self.dim = out.shape[1]
-        return out
 
 
 def _as_2d(x: np.ndarray, name: str) -> np.ndarray:

@@ -96,8 +96,15 @@ def _check_clip_options(crop: str, level: str, duration: float | None) -> None:
         raise ConfigError(f"--duration must be positive seconds, got {duration}.")
 
 
+class _Recorded:
+    """A front end whose settings, all but its file ``suffixes``, go into the sidecar (``params``)."""
+
+    def params(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "suffixes"}
+
+
 @dataclass
-class MelSettings:
+class MelSettings(_Recorded):
     """Clip and mel settings shared by the log-mel front ends; unset n_fft / hop take each front end's defaults."""
 
     sample_rate: int
@@ -124,9 +131,6 @@ class MelSettings:
     def waveform(self, path: Path) -> np.ndarray:
         return Waveform(self.sample_rate, self.duration, self.crop, self.level).load(path)
 
-    def params(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "suffixes"}
-
 
 @dataclass
 class LogMel(MelSettings):
@@ -149,7 +153,7 @@ class LogMel(MelSettings):
 
 
 @dataclass
-class Waveform:
+class Waveform(_Recorded):
     """Audio -> mono float32 at ``sample_rate``, level-normalised, optionally cropped/padded to ``duration`` s."""
 
     sample_rate: int
@@ -167,9 +171,6 @@ class Waveform:
         if self.duration:
             wave = fix_length(wave, int(round(self.duration * self.sample_rate)), self.crop)
         return wave
-
-    def params(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "suffixes"}
 
 
 @dataclass
@@ -209,7 +210,7 @@ def log_mel_picture(wave: np.ndarray, sample_rate: int, n_fft: int, hop: int, n_
 
 
 @dataclass
-class SpectrogramImage:
+class SpectrogramImage(_Recorded):
     """Rendered spectrogram picture -> (frequency, time) intensity in [0, 1] (see :mod:`qwave.extract.image`)."""
 
     colormap: str = "magma"
@@ -219,9 +220,6 @@ class SpectrogramImage:
 
     def load(self, path: Path) -> np.ndarray:
         return read_spectrogram_image(path, self.colormap, self.crop_axes)
-
-    def params(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "suffixes"}
 
 
 FRONTENDS = {"logmel": LogMel, "logmel-image": LogMelImage, "waveform": Waveform, "image": SpectrogramImage}

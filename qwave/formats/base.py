@@ -317,6 +317,18 @@ class FormatBase:
         codes, zero, scale = quantize_rows_int8(x.detach().float(), self.act_recipe)
         return ste(x, (codes - zero) * scale)
 
+    def _integer_matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int],
+                        size: int) -> torch.Tensor:
+        """``matmul`` of integer weight codes: exact int8-activation dots per group of ``size`` inputs
+        (``int8_activation_matmul``) or, for ``activations="float"``, the input times the dequantized weight."""
+        rows = as_rows(x, shape[1])
+        q = self.unpack(packed, shape)
+        if self.activations == "int8":
+            y = int8_activation_matmul(rows, q.codes, q.scale, size, self.act_recipe)
+        else:
+            y = rows @ self.dequantize(q).T
+        return y.reshape(*x.shape[:-1], shape[0])
+
     def options(self) -> dict:
         """Constructor options: ``get_format(self.name, **self.options())`` rebuilds this format."""
         return {}
@@ -373,3 +385,13 @@ class FormatBase:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({self.name!r}{', ' + opts if opts else ''})"
+
+
+class UnitCodeFormat(FormatBase):
+    """A format whose codes are -1, 0 or +1 (binary: -1 or +1) times one fp16 scale per output channel."""
+
+    def code_range(self) -> tuple[int, int]:
+        return -1, 1
+
+    def dequantize(self, q: QuantizedTensor) -> torch.Tensor:
+        return q.codes.float() * q.scale.float()

@@ -14,9 +14,9 @@ import torch
 
 from qwave.formats.base import (
     FP16_MAX,
-    FormatBase,
     PackedSpec,
     QuantizedTensor,
+    UnitCodeFormat,
     as_rows,
     check_scale,
     first_true,
@@ -53,7 +53,7 @@ def check_word_padding(fmt: str, name: str, words: torch.Tensor, n: int) -> np.n
     return data
 
 
-class Binary(FormatBase):
+class Binary(UnitCodeFormat):
     """Sign codes packed 64 per int64 word, fp16 absmean scale per output channel, binarised activations."""
 
     name, bits, activations = "binary", 1.0, "binary"
@@ -66,9 +66,6 @@ class Binary(FormatBase):
         out, n = shape
         return {"bits": PackedSpec(torch.int64, (out, -(-n // 64))), "scale": PackedSpec(torch.float16, (out, 1))}
 
-    def code_range(self) -> tuple[int, int]:
-        return -1, 1
-
     def _check_values(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
         check_word_padding(self.name, "bits", packed["bits"], shape[1])
         check_scale(self.name, packed["scale"])
@@ -79,9 +76,6 @@ class Binary(FormatBase):
     def unpack(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> QuantizedTensor:
         signs = unpack_words(packed["bits"], shape[1]).to(torch.int8) * 2 - 1
         return QuantizedTensor(codes=signs, scale=packed["scale"], shape=tuple(shape))
-
-    def dequantize(self, q: QuantizedTensor) -> torch.Tensor:
-        return q.codes.float() * q.scale.float()
 
     def fake_quant_input(self, x: torch.Tensor) -> torch.Tensor:
         signs, scale = binarize_rows(x.detach().float())

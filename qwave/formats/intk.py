@@ -36,12 +36,10 @@ from qwave.formats.base import (
     FormatBase,
     PackedSpec,
     QuantizedTensor,
-    as_rows,
     check_choice,
     check_scale,
     first_true,
     host_array,
-    int8_activation_matmul,
     refuse_bits,
     refuse_code,
     register,
@@ -188,13 +186,7 @@ class IntK(FormatBase):
         return wg.reshape(out, groups * size)[:, :n]
 
     def matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
-        rows = as_rows(x, shape[1])
-        q = self.unpack(packed, shape)
-        if self.activations != "int8":
-            y = rows @ self.dequantize(q).T
-        else:
-            y = int8_activation_matmul(rows, q.codes, q.scale, self._group(q.shape[1])[0], self.act_recipe)
-        return y.reshape(*x.shape[:-1], shape[0])
+        return self._integer_matmul(x, packed, shape, self._group(shape[1])[0])
 
 
 for _k in range(8, 1, -1):

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 
 from qwave.formats.base import (
-    FormatBase,
     PackedSpec,
     QuantizedTensor,
+    UnitCodeFormat,
     as_rows,
     check_scale,
     first_true,
@@ -36,7 +36,7 @@ def ternarize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scaled_codes(x, scale, 1), scale
 
 
-class Qesc(FormatBase):
+class Qesc(UnitCodeFormat):
     """Ternary weights as plus/minus int64 bit-planes, ternary activations, AND-popcount inference."""
 
     name, bits, activations = "qesc", 2.0, "ternary"
@@ -48,9 +48,6 @@ class Qesc(FormatBase):
         out, n = shape
         words = PackedSpec(torch.int64, (out, -(-n // 64)))
         return {"plus": words, "minus": words, "scale": PackedSpec(torch.float16, (out, 1))}
-
-    def code_range(self) -> tuple[int, int]:
-        return -1, 1
 
     def _check_values(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
         plus = check_word_padding(self.name, "plus", packed["plus"], shape[1])
@@ -67,9 +64,6 @@ class Qesc(FormatBase):
         plus = unpack_words(packed["plus"], shape[1]).to(torch.int8)
         minus = unpack_words(packed["minus"], shape[1]).to(torch.int8)
         return QuantizedTensor(codes=plus - minus, scale=packed["scale"], shape=tuple(shape))
-
-    def dequantize(self, q: QuantizedTensor) -> torch.Tensor:
-        return q.codes.float() * q.scale.float()
 
     def fake_quant_input(self, x: torch.Tensor) -> torch.Tensor:
         trits, scale = ternarize_rows(x.detach().float())

@@ -18,15 +18,13 @@ from qwave.formats.base import (
     ACT_RECIPES,
     ACTIVATIONS,
     FP16_MAX,
-    FormatBase,
     PackedSpec,
     QuantizedTensor,
-    as_rows,
+    UnitCodeFormat,
     check_choice,
     check_scale,
     first_true,
     host_array,
-    int8_activation_matmul,
     refuse_bits,
     register,
     scaled_codes,
@@ -41,7 +39,7 @@ def ternarize(w: torch.Tensor) -> QuantizedTensor:
     return QuantizedTensor(codes=codes, scale=scale, shape=tuple(w.shape))
 
 
-class Ternary(FormatBase):
+class Ternary(UnitCodeFormat):
     """Ternary codes packed 5 per byte with an fp16 absmean scale per output channel."""
 
     name, bits = "ternary", 1.6
@@ -64,9 +62,6 @@ class Ternary(FormatBase):
         out, n = shape
         return {"codes": PackedSpec(torch.uint8, (out, -(-n // 5))), "scale": PackedSpec(torch.float16, (out, 1))}
 
-    def code_range(self) -> tuple[int, int]:
-        return -1, 1
-
     def _check_values(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
         """Bytes below 3^5 = 243 (five trits), and the padding trits of a row's last byte 0 (digit 1)."""
         data = host_array(packed["codes"])
@@ -86,17 +81,8 @@ class Ternary(FormatBase):
     def unpack(self, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> QuantizedTensor:
         return QuantizedTensor(codes=unpack_trits(packed["codes"], shape[1]), scale=packed["scale"], shape=tuple(shape))
 
-    def dequantize(self, q: QuantizedTensor) -> torch.Tensor:
-        return q.codes.float() * q.scale.float()
-
     def matmul(self, x: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
-        rows = as_rows(x, shape[1])
-        q = self.unpack(packed, shape)
-        if self.activations == "int8":
-            y = int8_activation_matmul(rows, q.codes, q.scale, shape[1], self.act_recipe)
-        else:
-            y = rows @ self.dequantize(q).T
-        return y.reshape(*x.shape[:-1], shape[0])
+        return self._integer_matmul(x, packed, shape, shape[1])
 
 
 @register("ternary", "bitnet")

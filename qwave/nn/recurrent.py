@@ -25,6 +25,7 @@ from qwave.formats import QuantFormat, get_format
 from qwave.nn.family import register_family
 from qwave.nn.packed_linear import PackedLinear
 from qwave.nn.quant_linear import as_format
+from qwave.nn.surgery import set_module
 from qwave.settings import need_bool, need_choice, need_int, need_keys
 
 CELLS = {"gru": (nn.GRU, 3), "lstm": (nn.LSTM, 4)}
@@ -168,9 +169,7 @@ def pack_recurrent(model: nn.Module, fmt: str | int | QuantFormat = "int8") -> n
         return PackedRecurrent.from_rnn(model, fmt)
     for name, child in list(model.named_modules()):
         if type(child) in (nn.GRU, nn.LSTM):
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, attr, PackedRecurrent.from_rnn(child, fmt))
+            set_module(model, name, PackedRecurrent.from_rnn(child, fmt))
     return model
 
 

@@ -34,7 +34,7 @@ def linear_paths(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
-def _set_module(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
+def set_module(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
     """Put ``module`` at ``path`` inside ``model``; returns the (possibly new) root."""
     if not path:
         return module
@@ -50,7 +50,7 @@ def quantize_model(model: nn.Module, plan: QuantPlan | str | int) -> nn.Module:
     paths, plan = linear_paths(model), plan if isinstance(plan, QuantPlan) else QuantPlan.parse(plan)
     for path, spec in zip(paths, plan.layer_specs(len(paths)), strict=True):
         linear = model.get_submodule(path) if path else model
-        model = _set_module(model, path, QuantLinear.from_linear(linear, spec.build()))
+        model = set_module(model, path, QuantLinear.from_linear(linear, spec.build()))
     return model
 
 
@@ -66,7 +66,7 @@ def pack_model(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with every QuantLinear (and remaining nn.Linear, as fp32) replaced by PackedLinear."""
     packed = copy.deepcopy(model)
     for path in linear_paths(packed):
-        packed = _set_module(packed, path, pack_linear(packed.get_submodule(path) if path else packed))
+        packed = set_module(packed, path, pack_linear(packed.get_submodule(path) if path else packed))
     return packed.eval()
 
 
