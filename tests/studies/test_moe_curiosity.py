@@ -70,7 +70,7 @@ def test_a_tiny_study_runs_every_arm_and_its_tables_agree_with_the_fold_files(ti
     threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
     overrides = [
         f"bench.data.path={tiny_table}", "bench.data.group=group", f"bench.output_dir={tmp_path}", "tag=s",
-        "bench.seeds=[0,1]", "bench.model.hidden=[8]", "bench.train.epochs=2", "bench.train.patience=2",
+        "bench.seeds=[0]", "bench.model.hidden=[8]", "bench.train.epochs=2", "bench.train.patience=2",
         "bench.plots=false", "bench.device=cpu", "bench.threads=1", "bench.moe.pool=[1,8]", "bench.moe.num_experts=2",
         "bench.moe.selection_epochs=1", "singles=[fp32,1]", "alphas=[1.0]", "measures=[max_softmax]",
         "moe_arms={by_f1: [moe.selection=f1]}",
@@ -87,11 +87,11 @@ def test_a_tiny_study_runs_every_arm_and_its_tables_agree_with_the_fold_files(ti
     saved = json.loads((out / "results.json").read_text())
     summary = saved["summary"]
     assert set(summary) == {"fp32", "binary", "moe", "by_f1", "curious_max_softmax_a1"}
-    assert len(saved["records"]) == 5 * 4 * 2, "5 arms x 4 folds x 2 seeds"
+    assert len(saved["records"]) == 5 * 4, "5 arms x 4 folds x 1 seed"
     # the curious arm's macro-F1 and active bytes, recomputed from its metrics.json files
     files = sorted(Path(out, "curious_max_softmax_a1", "moe").glob("fold_*/metrics.json"))
     metrics = [json.loads(p.read_text()) for p in files]
-    assert len(metrics) == 8 and all(m["moe"]["curiosity"]["enabled"] for m in metrics)
+    assert len(metrics) == 4 and all(m["moe"]["curiosity"]["enabled"] for m in metrics)
     per_fold = [np.mean([m["macro_f1"] for m in metrics if m["fold"] == k]) for k in (1, 2, 3, 4)]
     curious = summary["curious_max_softmax_a1"]
     assert curious["macro_f1"]["mean"] == pytest.approx(np.mean(per_fold))
@@ -110,7 +110,7 @@ def test_a_tiny_study_runs_every_arm_and_its_tables_agree_with_the_fold_files(ti
     experts = summary["moe"]["experts"]
     assert set(experts) == {"binary", "int8"} and sum(e["usage"] for e in experts.values()) == pytest.approx(1.0)
     solo = [row["expert_accuracy_on_all"] for m in plain for row in m["moe"]["experts"] if row["format"] == "binary"]
-    assert experts["binary"]["solo_accuracy"] == pytest.approx(np.mean(solo)) and experts["binary"]["runs"] == 8
+    assert experts["binary"]["solo_accuracy"] == pytest.approx(np.mean(solo)) and experts["binary"]["runs"] == 4
     assert summary["moe"]["routes_changed_by_curiosity"]["mean"] is None
     assert 0 <= curious["routes_changed_vs_constant_u"]["mean"] <= 1
     assert set(saved["wall_seconds"]["arms"]) == set(summary) - {"fp32", "binary"} | {"singles"}
