@@ -37,14 +37,13 @@ import torch
 
 from qwave.kernels import FAST_KERNELS
 
-SERIAL_WORK = 1 << 21  # multiply-adds (or elements) below which a torch call inside qwave stays on one thread, as
-# ``wa8.PARALLEL_MACS`` does for the kernels
+SERIAL_WORK = 1 << 21  # multiply-adds (or elements) below which a call stays on one thread: the kernels' own
+# threshold (``wa8.PARALLEL_MACS``, half's, popcount's in words), torch's calls inside qwave, ``threads_by_load``
 MAX_THREADS = 256  # prange iterations of a work-sharing loop: at least the thread count (``prange`` gives each
 # thread a contiguous share of them; a thread's first iteration takes items until none is left, the others find none)
 
 LOADAVG = "/proc/loadavg"  # its 4th field: threads running or runnable now / threads in all (Linux)
 _OPEN: dict[str, int] = {}  # LOADAVG's descriptor, kept open: pread costs 2 us, open + read + close 14 us
-SPLIT_MACS = 1 << 21  # a layer call of fewer multiply-adds stays on one thread (W·A8, popcount and half kernels)
 
 
 def others_running(loadavg: str, own_workers: int) -> int:
@@ -82,12 +81,15 @@ def _usable_cpus() -> int:
 def threads_by_load(macs: int) -> Iterator[None]:
     """Run the enclosed kernel calls (``macs``: the multiply-adds of the largest) on as many threads as the machine
     has cores to spare (``spare_cores``, plus the calling thread's own), at most the threads set; on the calling
-    thread alone when none is spare. Calls too small to split (below ``SPLIT_MACS``), and machines where
+    thread alone when none is spare. Calls too small to split (below ``SERIAL_WORK``), and machines where
     ``/proc/loadavg`` cannot be read, change nothing."""
+    if macs < SERIAL_WORK:
+        yield
+        return
     import numba  # present whenever a kernel runs (``FAST_KERNELS``)
 
     threads = numba.get_num_threads()
-    if macs < SPLIT_MACS or threads == 1:
+    if threads == 1:
         yield
         return
     text = _loadavg()

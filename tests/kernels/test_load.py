@@ -49,21 +49,21 @@ def two_threads():
 def test_a_crowded_machine_runs_a_large_call_on_the_calling_thread_and_restores_the_threads(
         monkeypatch, tmp_path, two_threads):
     _with_loadavg(monkeypatch, tmp_path, running=4)  # the caller, its worker, two other threads
-    with work.threads_by_load(work.SPLIT_MACS):
+    with work.threads_by_load(work.SERIAL_WORK):
         assert two_threads.get_num_threads() == 1
     assert two_threads.get_num_threads() == 2
 
 
 def test_a_spare_core_or_a_small_call_keeps_the_threads(monkeypatch, tmp_path, two_threads):
     _with_loadavg(monkeypatch, tmp_path, running=2)  # the caller and its own spinning worker only
-    with work.threads_by_load(work.SPLIT_MACS):
+    with work.threads_by_load(work.SERIAL_WORK):
         assert two_threads.get_num_threads() == 2
     _with_loadavg(monkeypatch, tmp_path, running=9)
-    with work.threads_by_load(work.SPLIT_MACS - 1):
+    with work.threads_by_load(work.SERIAL_WORK - 1):
         assert two_threads.get_num_threads() == 2
 
 
 def test_an_unreadable_loadavg_changes_nothing(monkeypatch, tmp_path, two_threads):
     monkeypatch.setattr(work, "LOADAVG", str(tmp_path / "missing"))
-    with work.threads_by_load(work.SPLIT_MACS):
+    with work.threads_by_load(work.SERIAL_WORK):
         assert two_threads.get_num_threads() == 2
