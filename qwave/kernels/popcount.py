@@ -40,7 +40,6 @@ from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
 PARALLEL_WORDS = 1 << 15  # below this many (row, output, word) triples a call stays on one thread
 ROW_CHUNK, COL_BLOCK = 64, 64
 PAD = 16  # outputs are padded to a multiple of 16 in the transposed planes
-CHAIN_LAYERS = 4  # most layers one compiled chain call runs (``chain_layers``)
 BYTE_WORDS = 31  # avx2: words whose byte counts are summed in bytes before widening (31 * 8 = 248 < 256)
 
 
@@ -124,6 +123,7 @@ if FAST_KERNELS:
         zero_i64x4,
         zero_i64x8,
     )
+    from qwave.kernels.table import address_table, view1, view2
     from qwave.kernels.work import MAX_THREADS, take
 
     ISA = "avx512" if HAS_VPOPCNTDQ else "avx2"
@@ -508,17 +508,18 @@ if FAST_KERNELS:
     QESC_GEMM = {"avx2": QESC_AVX2, "avx512": QESC_512}
 
     def _chain(wide: bool):
-        """Consecutive binary / qesc layers in one compiled call (no Python between layers). ``layers``: a tuple of
-        ``CHAIN_LAYERS`` entries ``(plane 0, plane 1, scale, bias, meta)``, the first ``count`` real (the rest empty,
-        so every depth shares one compiled signature); binary: plane 0 = signs, plane 1 empty; qesc: nonzero,
-        negative; ``meta`` int64 ``[qesc?, in, out, act]``. Each layer is what ``binary_np`` / ``qesc_np`` compute."""
+        """Consecutive binary / qesc layers in one compiled call (no Python between layers). ``table``
+        (``qwave.kernels.table``) has a row per layer: plane 0, plane 1, scale, bias, then ``[qesc?, in, out, act]``;
+        binary: plane 0 = signs, plane 1 empty; qesc: nonzero, negative. Each layer is what ``binary_np`` /
+        ``qesc_np`` compute."""
 
         @njit(cache=True, boundscheck=False, nogil=True)
-        def chain(x, layers, count):
+        def chain(x, table):
             h = x
-            for i in range(count):
-                p0, p1, scale, bias, meta = layers[i]
-                trits, n_in, n_out, act = meta[0] == 1, meta[1], meta[2], meta[3]
+            for i in range(table.shape[0]):
+                p0, p1 = view2(table, i, 0, np.uint64), view2(table, i, 1, np.uint64)
+                scale, bias = view1(table, i, 2, np.float32), view1(table, i, 3, np.float32)
+                trits, n_in, n_out, act = table[i, 12] == 1, table[i, 13], table[i, 14], table[i, 15]
                 m = h.shape[0]
                 parallel = m * n_out * p0.shape[0] >= PARALLEL_WORDS
                 out = np.empty((m, n_out), dtype=np.float32)
@@ -541,23 +542,19 @@ if FAST_KERNELS:
 
     CHAIN = {"avx2": _chain(False), "avx512": _chain(True)}
     _EMPTY_PLANE = np.empty((0, 0), np.uint64)
-    _EMPTY_LAYER = (_EMPTY_PLANE, _EMPTY_PLANE, np.empty(0, np.float32), np.empty(0, np.float32),
-                    np.zeros(4, np.int64))
 
     def chain_layers(layers: list[tuple[BitWeights, np.ndarray, int]]):
         """A callable ``x float32 [batch, in] -> float32 [batch, out]`` running the ``(weights, bias, act)`` binary /
         qesc layers in one compiled call, bit for bit ``binary_np`` / ``qesc_np`` layer after layer; ``None`` for
-        more than ``CHAIN_LAYERS`` layers or mixed variants."""
-        if len(layers) > CHAIN_LAYERS or len({w.isa for w, _, _ in layers}) != 1:
+        mixed variants."""
+        if len({w.isa for w, _, _ in layers}) != 1:
             return None
-        entries = tuple(
-            (w.planes[0], w.planes[1] if len(w.planes) > 1 else _EMPTY_PLANE, w.scale,
-             np.ascontiguousarray(bias, np.float32),
-             np.array([len(w.planes) > 1, w.in_features, w.out_features, act], np.int64))
-            for w, bias, act in layers
-        ) + (_EMPTY_LAYER,) * (CHAIN_LAYERS - len(layers))
-        run, count = CHAIN[layers[0][0].isa], len(layers)
-        return lambda x: run(np.ascontiguousarray(x, np.float32), entries, count)
+        table = address_table(
+            [(w.planes[0], w.planes[1] if len(w.planes) > 1 else _EMPTY_PLANE, w.scale,
+              np.ascontiguousarray(bias, np.float32)) for w, bias, _ in layers],
+            [(len(w.planes) > 1, w.in_features, w.out_features, act) for w, _, act in layers])
+        run = CHAIN[layers[0][0].isa]
+        return lambda x: run(np.ascontiguousarray(x, np.float32), table.table)
 
     def _parallel(weights: BitWeights, m: int) -> bool:
         return m * weights.out_features * weights.planes[0].shape[0] >= PARALLEL_WORDS

@@ -49,7 +49,6 @@ BLOCK = 1 << 16  # inputs per int32 accumulation before the int64 spill (see the
 CHAIN4, CHAIN2 = 8, 40  # avx2: steps of 4 inputs summed in int16 before widening (4-bit and 2-bit codes)
 ROW_CHUNK = 64  # batch rows per work item
 COL_BLOCK = 64  # output columns per work item
-CHAIN_LAYERS = 4  # most layers one compiled chain call runs (``chain_layers``)
 PARALLEL_MACS = 1 << 21  # below this many multiply-adds a call stays on the calling thread (``qwave.kernels.work``;
 # measured on 2 threads, forced AVX2: batch 1 and 2 of the reference MLP gain nothing from a second thread, batch 4
 # of its 1536 x 640 layer does)
@@ -154,6 +153,7 @@ if FAST_KERNELS:
         zero_i32x16,
     )
     from qwave.kernels.act8 import emit, quantize_rows
+    from qwave.kernels.table import address_table, view1, view2
     from qwave.kernels.work import MAX_THREADS, take
 
     # ---- avx2 register tiles: 4 rows x 16 columns (8 int32x8 accumulators), and 1 row x 16 columns --------------
@@ -290,14 +290,26 @@ if FAST_KERNELS:
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
     def _int8_1x64(qa, wf, x0, w0, steps):
-        """One row x 64 columns, ``vpdpbusd``."""
+        """One row x 64 columns, ``vpdpbusd``; odd and even steps in two accumulator sets, so eight independent
+        ``vpdpbusd`` chains hide its latency (one set of four left batch 1 latency-bound at 2.5x its throughput)."""
         c0 = zero_i32x16(); c1 = zero_i32x16(); c2 = zero_i32x16(); c3 = zero_i32x16()  # noqa: E702
-        for s in range(steps):
+        d0 = zero_i32x16(); d1 = zero_i32x16(); d2 = zero_i32x16(); d3 = zero_i32x16()  # noqa: E702
+        s = 0
+        while s + 1 < steps:
+            wk, k = w0 + 256 * s, x0 + 4 * s
+            u = bcast4_i32x16(qa, k)
+            c0 = dpbusd(c0, u, load_i32x16(wf, wk)); c1 = dpbusd(c1, u, load_i32x16(wf, wk + 64))  # noqa: E702
+            c2 = dpbusd(c2, u, load_i32x16(wf, wk + 128)); c3 = dpbusd(c3, u, load_i32x16(wf, wk + 192))  # noqa: E702
+            u = bcast4_i32x16(qa, k + 4)
+            d0 = dpbusd(d0, u, load_i32x16(wf, wk + 256)); d1 = dpbusd(d1, u, load_i32x16(wf, wk + 320))  # noqa: E702
+            d2 = dpbusd(d2, u, load_i32x16(wf, wk + 384)); d3 = dpbusd(d3, u, load_i32x16(wf, wk + 448))  # noqa: E702
+            s += 2
+        if s < steps:
             wk = w0 + 256 * s
             u = bcast4_i32x16(qa, x0 + 4 * s)
             c0 = dpbusd(c0, u, load_i32x16(wf, wk)); c1 = dpbusd(c1, u, load_i32x16(wf, wk + 64))  # noqa: E702
             c2 = dpbusd(c2, u, load_i32x16(wf, wk + 128)); c3 = dpbusd(c3, u, load_i32x16(wf, wk + 192))  # noqa: E702
-        return c0, c1, c2, c3
+        return vadd(c0, d0), vadd(c1, d1), vadd(c2, d2), vadd(c3, d3)
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
     def _nibbles4(wf, wk):
@@ -337,18 +349,30 @@ if FAST_KERNELS:
         return a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
+    def _low_steps(wf, wk, bits):
+        """The four 16-column vectors of one step of a 64-column tile: 4-bit or 2-bit codes."""
+        return _nibbles4(wf, wk) if bits == 4 else _crumbs4(wf, wk)
+
+    @njit(cache=True, boundscheck=False, nogil=True, inline="always")
     def _low_1x64(qs, wf, x0, w0, steps, bits):
-        """One row x 64 columns, ``vpdpbusd``."""
+        """One row x 64 columns, ``vpdpbusd``; odd and even steps in two accumulator sets (see ``_int8_1x64``)."""
         c0 = zero_i32x16(); c1 = zero_i32x16(); c2 = zero_i32x16(); c3 = zero_i32x16()  # noqa: E702
+        d0 = zero_i32x16(); d1 = zero_i32x16(); d2 = zero_i32x16(); d3 = zero_i32x16()  # noqa: E702
         step_bytes = 128 if bits == 4 else 64
-        for s in range(steps):
-            if bits == 4:
-                b0, b1, b2, b3 = _nibbles4(wf, w0 + step_bytes * s)
-            else:
-                b0, b1, b2, b3 = _crumbs4(wf, w0 + step_bytes * s)
+        s = 0
+        while s + 1 < steps:
+            b0, b1, b2, b3 = _low_steps(wf, w0 + step_bytes * s, bits)
             a = bcast4_i32x16(qs, x0 + 4 * s)
             c0 = dpbusd(c0, b0, a); c1 = dpbusd(c1, b1, a); c2 = dpbusd(c2, b2, a); c3 = dpbusd(c3, b3, a)  # noqa: E702
-        return c0, c1, c2, c3
+            b0, b1, b2, b3 = _low_steps(wf, w0 + step_bytes * (s + 1), bits)
+            a = bcast4_i32x16(qs, x0 + 4 * s + 4)
+            d0 = dpbusd(d0, b0, a); d1 = dpbusd(d1, b1, a); d2 = dpbusd(d2, b2, a); d3 = dpbusd(d3, b3, a)  # noqa: E702
+            s += 2
+        if s < steps:
+            b0, b1, b2, b3 = _low_steps(wf, w0 + step_bytes * s, bits)
+            a = bcast4_i32x16(qs, x0 + 4 * s)
+            c0 = dpbusd(c0, b0, a); c1 = dpbusd(c1, b1, a); c2 = dpbusd(c2, b2, a); c3 = dpbusd(c3, b3, a)  # noqa: E702
+        return vadd(c0, d0), vadd(c1, d1), vadd(c2, d2), vadd(c3, d3)
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
     def _epilogue(f, total, rows, r, g, c0, tile, sums, zero, w_scale, colsum, alpha, beta):
@@ -533,18 +557,19 @@ if FAST_KERNELS:
 
     def _chain(wide: bool):
         """Consecutive W·A8 layers in one compiled call (the fused path's batch-1 case: no Python between layers).
-        ``layers`` is a tuple of ``CHAIN_LAYERS`` entries ``(codes as uint8, scale, column sums, bias, meta)``, the
-        first ``count`` real (the rest empty, so every depth shares one compiled signature), ``meta`` int64 ``[bits,
-        alpha, beta, chain, out, in, group size, groups, padded group, act]``; each layer is what ``linear_np``
-        computes."""
+        ``table`` (``qwave.kernels.table``) has a row per layer: its codes (as uint8), scale, column sums and bias,
+        then ``[bits, alpha, beta, chain, out, in, group size, groups, padded group, act]``; each layer is what
+        ``linear_np`` computes."""
 
         @njit(cache=True, boundscheck=False, nogil=True)
-        def chain(x, layers, count):
+        def chain(x, table):
             h = x
-            for i in range(count):
-                codes, scale, colsum, bias, meta = layers[i]
-                bits, alpha, beta, steps, n_out = meta[0], meta[1], meta[2], meta[3], meta[4]
-                n_in, group_size, groups, padded, act = meta[5], meta[6], meta[7], meta[8], meta[9]
+            for i in range(table.shape[0]):
+                codes, scale = view2(table, i, 0, np.uint8), view2(table, i, 1, np.float32)
+                colsum, bias = view2(table, i, 2, np.int32), view1(table, i, 3, np.float32)
+                bits, alpha, beta, steps, n_out = table[i, 12], table[i, 13], table[i, 14], table[i, 15], table[i, 16]
+                n_in, group_size, groups, padded, act = (table[i, 17], table[i, 18], table[i, 19], table[i, 20],
+                                                         table[i, 21])
                 m = h.shape[0]
                 parallel = m * n_out * n_in >= PARALLEL_MACS
                 a, x_scale, zero, sums = quantize_rows(h, group_size, groups, padded, parallel)
@@ -561,23 +586,19 @@ if FAST_KERNELS:
         return chain
 
     CHAIN = {"avx2": _chain(False), "avx512vnni": _chain(True)}
-    _EMPTY_LAYER = (np.empty((0, 0), np.uint8), np.empty((0, 0), np.float32), np.empty((0, 0), np.int32),
-                    np.empty(0, np.float32), np.zeros(10, np.int64))
 
     def chain_layers(layers: list[tuple[IntWeights, np.ndarray, int]]):
         """A callable ``x float32 [batch, in] -> float32 [batch, out]`` running the ``(weights, bias, act)`` layers
-        in one compiled call, bit for bit ``linear_np`` layer after layer; ``None`` for more than ``CHAIN_LAYERS``
-        layers or mixed variants."""
-        if len(layers) > CHAIN_LAYERS or len({w.isa for w, _, _ in layers}) != 1:
+        in one compiled call, bit for bit ``linear_np`` layer after layer; ``None`` for mixed variants."""
+        if len({w.isa for w, _, _ in layers}) != 1:
             return None
-        entries = tuple(
-            (w.codes.view(np.uint8), w.scale, w.column_sums, np.ascontiguousarray(bias, np.float32),
-             np.array([w.bits, w.alpha, w.beta, CHAIN4 if w.bits == 4 else CHAIN2, w.out_features, w.in_features,
-                       w.group_size, w.scale.shape[0], w.padded_group, act], np.int64))
-            for w, bias, act in layers
-        ) + (_EMPTY_LAYER,) * (CHAIN_LAYERS - len(layers))
-        run, count = CHAIN[layers[0][0].isa], len(layers)
-        return lambda x: run(np.ascontiguousarray(x, np.float32), entries, count)
+        table = address_table(
+            [(w.codes.view(np.uint8), w.scale, w.column_sums, np.ascontiguousarray(bias, np.float32))
+             for w, bias, _ in layers],
+            [(w.bits, w.alpha, w.beta, CHAIN4 if w.bits == 4 else CHAIN2, w.out_features, w.in_features,
+              w.group_size, w.scale.shape[0], w.padded_group, act) for w, _, act in layers])
+        run = CHAIN[layers[0][0].isa]
+        return lambda x: run(np.ascontiguousarray(x, np.float32), table.table)
 
     def linear_np(weights: IntWeights, x: np.ndarray, bias: np.ndarray, act: int) -> np.ndarray:
         """``act(W·A8 recipe(x) + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""

@@ -32,7 +32,7 @@ from torch import nn
 
 from qwave import kernels
 from qwave.data.normalize import Normalize
-from qwave.kernels.work import threads_by_load, torch_threads
+from qwave.kernels.work import SERIAL_WORK, threads_by_load, torch_threads
 from qwave.nn.packed_linear import PackedLinear
 
 _CPU = torch.device("cpu")
@@ -74,6 +74,7 @@ class FusedMLP:
         # NumPy views of a per-feature normaliser's buffers (in-place updates show through; see ``_normalised``)
         self.affine = ((norm.shift.numpy(), norm.scale.numpy()) if isinstance(norm, Normalize)
                        and norm.mode in ("standard", "min_max") else None)
+        self.raw = norm is None or (isinstance(norm, Normalize) and norm.mode == "raw")
         self.kernel_names = [f"{layer.kernel.name}{FUSED_SUFFIX}" for layer in layers]
         self.row_macs = max((layer.layer.in_features * layer.layer.out_features for layer in layers), default=0)
         builders = {layer.kernel.chain for layer in layers}
@@ -91,33 +92,40 @@ class FusedMLP:
         """``norm(rows)`` as a C-contiguous float32 array. The per-feature modes run in NumPy (float32 subtract and
         divide are correctly rounded, so the result is torch's bit for bit) for small inputs, and ``raw`` is the
         rows themselves: at batch 1 a torch call and its inference-mode guard cost a third of the whole forward."""
+        if self.raw:
+            h = rows.numpy()
+            return h if h.flags.c_contiguous else np.ascontiguousarray(h)
         if self.affine is not None and rows.numel() < NUMPY_ELEMENTS:
             shift, scale = self.affine
             return (rows.numpy() - shift) / scale
-        if self.norm is None or (isinstance(self.norm, Normalize) and self.norm.mode == "raw"):
-            return np.ascontiguousarray(rows.numpy())
         if self.affine is not None:  # a whole fold: torch's own threads (2 threads 55 us, 1 thread 97 us, 400 x 1280)
             with torch.inference_mode():
                 return np.ascontiguousarray(self.norm(rows).numpy())
         with torch.inference_mode(), torch_threads(rows.numel()):  # element-wise: torch splits a batch of 256
             return np.ascontiguousarray(self.norm(rows).numpy())
 
+    def _layers(self, h: np.ndarray) -> np.ndarray:
+        if self.chain is not None:
+            return self.chain(h)
+        for layer in self.layers:
+            h = layer(h)
+        return h
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        rows = x if x.dim() == 2 and x.dtype == torch.float32 and not x.requires_grad else (
-            x.detach().reshape(-1, x.shape[-1]).float())
+        plain = x.dim() == 2 and x.dtype == torch.float32 and not x.requires_grad
+        rows = x if plain else x.detach().reshape(-1, x.shape[-1]).float()
         h = self._normalised(rows)
-        with threads_by_load(h.shape[0] * self.row_macs):
-            if self.chain is not None:
-                h = self.chain(h)
-            else:
-                for layer in self.layers:
-                    h = layer(h)
+        work = h.shape[0] * self.row_macs
+        if work < SERIAL_WORK:  # the batch-1 case: no context manager (a microsecond) around the kernels
+            h = self._layers(h)
+        else:
+            with threads_by_load(work):
+                h = self._layers(h)
         for layer, name in zip(self.layers, self.kernel_names, strict=True):
             if layer.layer.last_kernel != name:  # nn.Module.__setattr__ costs a microsecond a layer
                 layer.layer.last_kernel = name
         y = torch.from_numpy(h)
-        return y if len(lead) == 1 else y.reshape(*lead, h.shape[-1])
+        return y if plain else y.reshape(*x.shape[:-1], h.shape[-1])
 
 
 def _modules(model: nn.Module) -> tuple[nn.Module | None, list[nn.Module]] | None:

@@ -68,10 +68,36 @@ def test_popcount_chain_equals_run_np_layer_after_layer(isa, formats, batch):
     assert np.array_equal(popcount.chain_layers(layers)(x), want)
 
 
-def test_chains_refuse_more_layers_than_one_call_takes_and_mixed_variants():
+def test_chains_take_any_depth_keep_their_arrays_alive_and_refuse_mixed_variants():
+    import gc
+
     from qwave.kernels import int8, wa8
 
-    layers = _layers(["int8"], int8.prepare, "avx2")
-    assert wa8.chain_layers(layers * (wa8.CHAIN_LAYERS + 1)) is None
+    isa = variants()[-1]
+    layers = _layers(["int8"], int8.prepare, isa)
+    state, bias, _ = layers[0]
+    square = [(state, bias, kernels.RELU)]  # 77 -> 33 is not square: a deep chain of one 33 x 33 layer instead
+    fmt = get_format("int8")
+    w = torch.randn(33, 33, generator=torch.Generator().manual_seed(5))
+    deep = [(int8.prepare(fmt, fmt.pack(fmt.quantize(w)), (33, 33), isa), torch.randn(33).numpy(), kernels.RELU)
+            for _ in range(9)]
+    x = np.random.default_rng(0).standard_normal((3, 77)).astype(np.float32)
+    want = _layer_by_layer(wa8.linear_np, square + deep, x)
+    run = wa8.chain_layers(square + deep)
+    del layers, state, bias, square, deep, w  # the chain's table points into these arrays: it must hold them
+    gc.collect()
+    assert np.array_equal(run(x), want)
     if "avx512vnni" in variants():
-        assert wa8.chain_layers(layers + _layers(["int8"], int8.prepare, "avx512vnni")) is None
+        mixed = _layers(["int8"], int8.prepare, "avx2") + _layers(["int8"], int8.prepare, "avx512vnni")
+        assert wa8.chain_layers(mixed) is None
+
+
+def test_address_table_refuses_a_strided_array_and_records_address_and_shape():
+    from qwave.kernels.table import SLOT, address_table
+
+    a, b = np.zeros((4, 6), np.uint8), np.arange(5, dtype=np.float32)
+    t = address_table([(a, b)], [(7, 8)])
+    assert t.table.tolist() == [[a.ctypes.data, 4, 6, b.ctypes.data, 5, 1, 7, 8]] and SLOT == 3
+    assert t.arrays[0] is a and t.arrays[1] is b
+    with pytest.raises(ValueError, match="C-contiguous"):
+        address_table([(a[:, ::2],)], [()])

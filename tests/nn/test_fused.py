@@ -142,12 +142,10 @@ def test_a_chain_of_one_kernel_family_runs_as_one_compiled_call_with_the_same_lo
     _assert_fused_equals_per_layer(model)
 
 
-def test_a_chain_deeper_than_one_compiled_call_takes_runs_layer_by_layer_with_the_same_logits():
-    from qwave.kernels.wa8 import CHAIN_LAYERS
-
+def test_a_deep_chain_runs_as_one_compiled_call_with_the_same_logits():
     torch.manual_seed(2)
-    depth = CHAIN_LAYERS + 1
+    depth = 9
     modules = [m for _ in range(depth - 1) for m in (nn.Linear(IN, IN), nn.ReLU())] + [nn.Linear(IN, CLASSES)]
     model = _packed(nn.Sequential(*modules).eval(), "int8")
-    assert compile_model(model).chain is None
+    assert compile_model(model).chain is not None
     _assert_fused_equals_per_layer(model)

@@ -1,0 +1,74 @@
+"""The arrays of a compiled chain call, passed by address in one int64 table instead of as arrays.
+
+numba unboxes every array argument of a call (type check, shape, strides, data pointer, a reference taken and
+dropped): a chain of 4 layers x 5 arrays spent 2.4 us of a 20 us batch-1 forward on that, against 0.3 us for one
+table. A table row describes one layer: ``SLOT`` int64 per array (address, rows, columns), then the layer's integer
+metadata; the compiled chain views the arrays in place with ``carray`` (no copy, no reference count), so the object
+that built the table must keep the arrays alive while it is used (``AddressTable.arrays``). The table also lifts
+the old limit of a fixed number of padded layer entries: any depth runs in one call with one compiled signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from qwave.kernels import FAST_KERNELS
+
+SLOT = 3  # int64 per array: address, rows, columns (a 1-d array: its length, then 1)
+
+
+@dataclass(frozen=True)
+class AddressTable:
+    """``table`` int64 [layers, arrays * SLOT + meta] and the arrays it points into (held: they must outlive it)."""
+
+    table: np.ndarray
+    arrays: tuple[np.ndarray, ...]
+
+
+def address_table(layers: Sequence[Sequence[np.ndarray]], meta: Sequence[Sequence[int]]) -> AddressTable:
+    """One table row per layer: its arrays (the same count and dtypes in every row; C-contiguous, 1-d or 2-d),
+    then its integers ``meta``. A non-contiguous array is a bug in the caller (a copy here would double the weights
+    in memory), so it raises."""
+    rows, held = [], []
+    for arrays, ints in zip(layers, meta, strict=True):
+        row: list[int] = []
+        for a in arrays:
+            if a.ndim not in (1, 2) or not a.flags.c_contiguous:
+                raise ValueError(f"address_table takes C-contiguous 1-d or 2-d arrays, not {a.shape} {a.strides}")
+            rows_, cols = (a.shape[0], 1) if a.ndim == 1 else a.shape
+            row += [a.ctypes.data, rows_, cols]
+            held.append(a)
+        rows.append(row + [int(v) for v in ints])
+    return AddressTable(np.array(rows, dtype=np.int64), tuple(held))
+
+
+if FAST_KERNELS:
+    from llvmlite import ir
+    from numba import carray, njit, types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _pointer(typingctx, address):
+        """The int64 ``address`` as a ``void *`` (what ``carray`` views)."""
+        if not isinstance(address, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+
+        return types.voidptr(address), codegen
+
+    @njit(cache=True, nogil=True, inline="always")
+    def view2(table, layer, slot, dtype):
+        """Array ``slot`` of row ``layer``, 2-d, in place."""
+        at = SLOT * slot
+        return carray(_pointer(table[layer, at]), (table[layer, at + 1], table[layer, at + 2]), dtype)
+
+    @njit(cache=True, nogil=True, inline="always")
+    def view1(table, layer, slot, dtype):
+        """Array ``slot`` of row ``layer``, 1-d, in place."""
+        at = SLOT * slot
+        return carray(_pointer(table[layer, at]), table[layer, at + 1], dtype)
