@@ -89,6 +89,7 @@ if FAST_KERNELS:
         zero_f32x8,
         zero_f32x16,
     )
+    from qwave.kernels.table import address_table, meta, view1, view3
     from qwave.kernels.work import MAX_THREADS, take
 
     ISA = "avx512" if HAS_AVX512 else "avx2"
@@ -328,7 +329,8 @@ if FAST_KERNELS:
 
         return gemm
 
-    GEMM = {"avx2": _driver(False), "avx512": _driver(True)}
+    GEMM_AVX2, GEMM_512 = _driver(False), _driver(True)
+    GEMM = {"avx2": GEMM_AVX2, "avx512": GEMM_512}
 
     def linear_np(weights: HalfWeights, x: np.ndarray, bias: np.ndarray, act: int) -> np.ndarray:
         """``act(x @ W.T + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
@@ -337,6 +339,42 @@ if FAST_KERNELS:
         GEMM[weights.isa](np.ascontiguousarray(x), weights.codes, weights.bf16, weights.out_features, bias, act, out,
                           parallel)
         return out
+
+    def _chain(wide: bool):
+        """Consecutive fp16 / bf16 layers in one compiled call: no Python, and so no wait for the GIL, between
+        layers. ``table`` (``qwave.kernels.table``) has a row per layer: its codes and bias, then ``[bf16?, out,
+        in, act]``; each layer is what ``linear_np`` computes. The drivers are globals, not closure values (see
+        ``_driver``)."""
+
+        @njit(cache=True, boundscheck=False, nogil=True)
+        def chain(x, table):
+            h = x
+            for i in range(table.shape[0]):
+                w, bias = view3(table, i, 0, np.uint16), view1(table, i, 1, np.float32)
+                bf16, n_out, n_in, act = meta(table, i, 2, 0) == 1, meta(table, i, 2, 1), meta(table, i, 2, 2), \
+                    meta(table, i, 2, 3)
+                out = np.empty((h.shape[0], n_out), dtype=np.float32)
+                parallel = h.shape[0] * n_out * n_in >= PARALLEL_MACS
+                if wide:
+                    GEMM_512(h, w, bf16, n_out, bias, act, out, parallel)
+                else:
+                    GEMM_AVX2(h, w, bf16, n_out, bias, act, out, parallel)
+                h = out
+            return h
+
+        return chain
+
+    CHAIN = {"avx2": _chain(False), "avx512": _chain(True)}
+
+    def chain_layers(layers: list[tuple[HalfWeights, np.ndarray, int]]):
+        """A callable ``x float32 [batch, in] -> float32 [batch, out]`` running the ``(weights, bias, act)`` layers
+        in one compiled call, bit for bit ``linear_np`` layer after layer; ``None`` for mixed variants."""
+        if len({w.isa for w, _, _ in layers}) != 1:
+            return None
+        table = address_table([(w.codes, np.ascontiguousarray(bias, np.float32)) for w, bias, _ in layers],
+                              [(w.bf16, w.out_features, w.in_features, act) for w, _, act in layers])
+        run = CHAIN[layers[0][0].isa]
+        return lambda x: run(np.ascontiguousarray(x, np.float32), table.table)
 
     _NO_BIAS = np.empty(0, dtype=np.float32)
 
@@ -350,5 +388,6 @@ if FAST_KERNELS:
             cached_bytes=lambda w: w.cached_bytes,
             unprepare=lambda fmt, w: unprepare_weight(w),
             run_np=linear_np,
+            chain=chain_layers,
         )
     )

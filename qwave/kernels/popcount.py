@@ -123,7 +123,7 @@ if FAST_KERNELS:
         zero_i64x4,
         zero_i64x8,
     )
-    from qwave.kernels.table import address_table, view1, view2
+    from qwave.kernels.table import address_table, meta, view1, view2
     from qwave.kernels.work import MAX_THREADS, take
 
     ISA = "avx512" if HAS_VPOPCNTDQ else "avx2"
@@ -519,7 +519,8 @@ if FAST_KERNELS:
             for i in range(table.shape[0]):
                 p0, p1 = view2(table, i, 0, np.uint64), view2(table, i, 1, np.uint64)
                 scale, bias = view1(table, i, 2, np.float32), view1(table, i, 3, np.float32)
-                trits, n_in, n_out, act = table[i, 12] == 1, table[i, 13], table[i, 14], table[i, 15]
+                trits, n_in = meta(table, i, 4, 0) == 1, meta(table, i, 4, 1)
+                n_out, act = meta(table, i, 4, 2), meta(table, i, 4, 3)
                 m = h.shape[0]
                 parallel = m * n_out * p0.shape[0] >= PARALLEL_WORDS
                 out = np.empty((m, n_out), dtype=np.float32)

@@ -2,10 +2,11 @@
 
 numba unboxes every array argument of a call (type check, shape, strides, data pointer, a reference taken and
 dropped): a chain of 4 layers x 5 arrays spent 2.4 us of a 20 us batch-1 forward on that, against 0.3 us for one
-table. A table row describes one layer: ``SLOT`` int64 per array (address, rows, columns), then the layer's integer
-metadata; the compiled chain views the arrays in place with ``carray`` (no copy, no reference count), so the object
-that built the table must keep the arrays alive while it is used (``AddressTable.arrays``). The table also lifts
-the old limit of a fixed number of padded layer entries: any depth runs in one call with one compiled signature.
+table. A table row describes one layer: ``SLOT`` int64 per array (address, then its shape padded with 1s to 3
+dimensions), then the layer's integer metadata (``meta(table, layer, arrays, j)``). The compiled chain views the
+arrays in place with ``carray`` (no copy, no reference count), so the object that built the table must keep the
+arrays alive while it is used (``AddressTable.arrays``). The table also lifts the old limit of a fixed number of
+padded layer entries: any depth runs in one call with one compiled signature.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from qwave.kernels import FAST_KERNELS
 
-SLOT = 3  # int64 per array: address, rows, columns (a 1-d array: its length, then 1)
+SLOT = 4  # int64 per array: address, then the shape padded with 1s to 3 dimensions
 
 
 @dataclass(frozen=True)
@@ -29,17 +30,17 @@ class AddressTable:
 
 
 def address_table(layers: Sequence[Sequence[np.ndarray]], meta: Sequence[Sequence[int]]) -> AddressTable:
-    """One table row per layer: its arrays (the same count and dtypes in every row; C-contiguous, 1-d or 2-d),
+    """One table row per layer: its arrays (the same count, dtypes and dimensions in every row; C-contiguous),
     then its integers ``meta``. A non-contiguous array is a bug in the caller (a copy here would double the weights
     in memory), so it raises."""
     rows, held = [], []
     for arrays, ints in zip(layers, meta, strict=True):
         row: list[int] = []
         for a in arrays:
-            if a.ndim not in (1, 2) or not a.flags.c_contiguous:
-                raise ValueError(f"address_table takes C-contiguous 1-d or 2-d arrays, not {a.shape} {a.strides}")
-            rows_, cols = (a.shape[0], 1) if a.ndim == 1 else a.shape
-            row += [a.ctypes.data, rows_, cols]
+            if not 1 <= a.ndim <= SLOT - 1 or not a.flags.c_contiguous:
+                raise ValueError(f"address_table takes C-contiguous arrays of 1 to {SLOT - 1} dimensions, not shape "
+                                 f"{a.shape} strides {a.strides}")
+            row += [a.ctypes.data, *a.shape, *(1,) * (SLOT - 1 - a.ndim)]
             held.append(a)
         rows.append(row + [int(v) for v in ints])
     return AddressTable(np.array(rows, dtype=np.int64), tuple(held))
@@ -60,6 +61,18 @@ if FAST_KERNELS:
             return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
 
         return types.voidptr(address), codegen
+
+    @njit(cache=True, nogil=True, inline="always")
+    def meta(table, layer, arrays, j):
+        """Integer ``j`` of row ``layer``'s metadata (after its ``arrays`` slots)."""
+        return table[layer, SLOT * arrays + j]
+
+    @njit(cache=True, nogil=True, inline="always")
+    def view3(table, layer, slot, dtype):
+        """Array ``slot`` of row ``layer``, 3-d, in place."""
+        at = SLOT * slot
+        return carray(_pointer(table[layer, at]), (table[layer, at + 1], table[layer, at + 2], table[layer, at + 3]),
+                      dtype)
 
     @njit(cache=True, nogil=True, inline="always")
     def view2(table, layer, slot, dtype):

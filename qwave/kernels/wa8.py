@@ -153,7 +153,7 @@ if FAST_KERNELS:
         zero_i32x16,
     )
     from qwave.kernels.act8 import emit, quantize_rows
-    from qwave.kernels.table import address_table, view1, view2
+    from qwave.kernels.table import address_table, meta, view1, view2
     from qwave.kernels.work import MAX_THREADS, take
 
     # ---- avx2 register tiles: 4 rows x 16 columns (8 int32x8 accumulators), and 1 row x 16 columns --------------
@@ -567,9 +567,10 @@ if FAST_KERNELS:
             for i in range(table.shape[0]):
                 codes, scale = view2(table, i, 0, np.uint8), view2(table, i, 1, np.float32)
                 colsum, bias = view2(table, i, 2, np.int32), view1(table, i, 3, np.float32)
-                bits, alpha, beta, steps, n_out = table[i, 12], table[i, 13], table[i, 14], table[i, 15], table[i, 16]
-                n_in, group_size, groups, padded, act = (table[i, 17], table[i, 18], table[i, 19], table[i, 20],
-                                                         table[i, 21])
+                bits, alpha, beta = meta(table, i, 4, 0), meta(table, i, 4, 1), meta(table, i, 4, 2)
+                steps, n_out, n_in = meta(table, i, 4, 3), meta(table, i, 4, 4), meta(table, i, 4, 5)
+                group_size, groups, padded = meta(table, i, 4, 6), meta(table, i, 4, 7), meta(table, i, 4, 8)
+                act = meta(table, i, 4, 9)
                 m = h.shape[0]
                 parallel = m * n_out * n_in >= PARALLEL_MACS
                 a, x_scale, zero, sums = quantize_rows(h, group_size, groups, padded, parallel)

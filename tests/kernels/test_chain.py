@@ -1,6 +1,6 @@
-"""The whole-chain entry points (``wa8.chain_layers``, ``popcount.chain_layers``) give the per-layer ``run_np``
-outputs bit for bit, layer after layer, on both variants: mixed formats of one family, every activation code,
-odd widths, batch 1, odd batches and the threaded sizes."""
+"""The whole-chain entry points (``wa8.chain_layers``, ``popcount.chain_layers``, ``half.chain_layers``) give the
+per-layer ``run_np`` outputs bit for bit, layer after layer, on both variants: mixed formats of one family, every
+activation code, odd widths, batch 1, odd batches and the threaded sizes."""
 
 from __future__ import annotations
 
@@ -68,6 +68,17 @@ def test_popcount_chain_equals_run_np_layer_after_layer(isa, formats, batch):
     assert np.array_equal(popcount.chain_layers(layers)(x), want)
 
 
+@pytest.mark.parametrize("isa", ["avx512" if isa == "avx512vnni" else isa for isa in variants()])
+@pytest.mark.parametrize("batch", [1, 5, 7, 301])
+def test_half_chain_equals_linear_np_layer_after_layer(isa, batch):
+    from qwave.kernels import half
+
+    layers = _layers(["fp16", "bf16", "fp16"], lambda fmt, packed, shape, isa: half.prepare_weight(
+        packed["weight"], isa), isa)
+    x = np.random.default_rng(batch).standard_normal((batch, WIDTHS[0])).astype(np.float32) * 3
+    assert np.array_equal(half.chain_layers(layers)(x), _layer_by_layer(half.linear_np, layers, x))
+
+
 def test_chains_take_any_depth_keep_their_arrays_alive_and_refuse_mixed_variants():
     import gc
 
@@ -97,7 +108,9 @@ def test_address_table_refuses_a_strided_array_and_records_address_and_shape():
 
     a, b = np.zeros((4, 6), np.uint8), np.arange(5, dtype=np.float32)
     t = address_table([(a, b)], [(7, 8)])
-    assert t.table.tolist() == [[a.ctypes.data, 4, 6, b.ctypes.data, 5, 1, 7, 8]] and SLOT == 3
+    assert t.table.tolist() == [[a.ctypes.data, 4, 6, 1, b.ctypes.data, 5, 1, 1, 7, 8]] and SLOT == 4
     assert t.arrays[0] is a and t.arrays[1] is b
     with pytest.raises(ValueError, match="C-contiguous"):
         address_table([(a[:, ::2],)], [()])
+    with pytest.raises(ValueError, match="1 to 3 dimensions"):
+        address_table([(np.zeros((1, 1, 1, 1)),)], [()])

@@ -133,7 +133,7 @@ def test_fused_refuses_layer_norm_and_a_hardtanh_with_other_bounds():
     (["int8"] * 3, True), (["ternary"] * 3, True), (["binary"] * 3, True), (["qesc"] * 3, True),
     (["int8", "int4", "ternary"], True),  # one W·A8 family: one chain
     (["binary", "qesc", "binary"], True),  # one popcount family
-    (["int8", "binary", "qesc"], False), (["fp16"] * 3, False),
+    (["int8", "binary", "qesc"], False), (["fp16"] * 3, True), (["fp16", "bf16", "fp16"], True),
 ])
 def test_a_chain_of_one_kernel_family_runs_as_one_compiled_call_with_the_same_logits(layer_formats, chained):
     plan = QuantPlan.parse("int8", layer_formats=layer_formats)
