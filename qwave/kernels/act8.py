@@ -22,7 +22,7 @@ if FAST_KERNELS:
     from numba import njit, prange
 
     from qwave.kernels._simd import activate
-    from qwave.kernels.work import MAX_THREADS, take
+    from qwave.kernels.work import MAX_THREADS, new_counter, take
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _row_range(bits):
@@ -83,7 +83,7 @@ if FAST_KERNELS:
         sums = np.empty((m, groups), dtype=np.int32)
         ranges = np.empty((m, 2), dtype=np.int32)
         if parallel:  # chunks of ROWS rows handed out one at a time (``qwave.kernels.work``)
-            n_items, counter = (m + ROWS - 1) // ROWS, np.zeros(1, np.int64)
+            n_items, counter = (m + ROWS - 1) // ROWS, new_counter()
             for _ in prange(min(n_items, MAX_THREADS)):
                 item = take(counter)
                 while item < n_items:

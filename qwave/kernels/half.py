@@ -90,7 +90,7 @@ if FAST_KERNELS:
         zero_f32x16,
     )
     from qwave.kernels.table import address_table, meta, view1, view3
-    from qwave.kernels.work import MAX_THREADS, take
+    from qwave.kernels.work import MAX_THREADS, new_counter, take
 
     ISA = "avx512" if HAS_AVX512 else "avx2"
 
@@ -320,7 +320,7 @@ if FAST_KERNELS:
 
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
         def gemm(x, w, bf16, n_out, bias, act, out, parallel):
-            counter = np.zeros(1, np.int64)
+            counter = new_counter()
             if not parallel:
                 items(x, w, bf16, n_out, bias, act, out, counter)
                 return

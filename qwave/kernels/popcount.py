@@ -124,7 +124,7 @@ if FAST_KERNELS:
         zero_i64x8,
     )
     from qwave.kernels.table import address_table, meta, view1, view2
-    from qwave.kernels.work import MAX_THREADS, take
+    from qwave.kernels.work import MAX_THREADS, new_counter, take
 
     ISA = "avx512" if HAS_VPOPCNTDQ else "avx2"
 
@@ -461,7 +461,7 @@ if FAST_KERNELS:
                 return
             chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
             n_chunks, n_blocks = (m + chunk - 1) // chunk, (n_out + COL_BLOCK - 1) // COL_BLOCK
-            n_items, counter = n_chunks * n_blocks, np.zeros(1, np.int64)
+            n_items, counter = n_chunks * n_blocks, new_counter()
             for _ in prange(min(n_items, MAX_THREADS)):  # items handed out one at a time (``qwave.kernels.work``)
                 item = take(counter)
                 while item < n_items:
@@ -488,7 +488,7 @@ if FAST_KERNELS:
                 return
             chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
             n_chunks, n_blocks = (m + chunk - 1) // chunk, (n_out + COL_BLOCK - 1) // COL_BLOCK
-            n_items, counter = n_chunks * n_blocks, np.zeros(1, np.int64)
+            n_items, counter = n_chunks * n_blocks, new_counter()
             for _ in prange(min(n_items, MAX_THREADS)):  # items handed out one at a time (``qwave.kernels.work``)
                 item = take(counter)
                 while item < n_items:

@@ -154,7 +154,7 @@ if FAST_KERNELS:
     )
     from qwave.kernels.act8 import emit, quantize_rows
     from qwave.kernels.table import address_table, meta, view1, view2
-    from qwave.kernels.work import MAX_THREADS, take
+    from qwave.kernels.work import MAX_THREADS, new_counter, take
 
     # ---- avx2 register tiles: 4 rows x 16 columns (8 int32x8 accumulators), and 1 row x 16 columns --------------
 
@@ -536,7 +536,7 @@ if FAST_KERNELS:
             n_blocks = (n_tiles + per_block - 1) // per_block
             chunk = ROW_CHUNK if m > 2 * ROW_CHUNK else m
             n_items = ((m + chunk - 1) // chunk) * n_blocks
-            counter = np.zeros(1, np.int64)
+            counter = new_counter()
             for _ in prange(min(n_items, MAX_THREADS)):  # items handed out one at a time (``qwave.kernels.work``)
                 item = take(counter)
                 while item < n_items:
