@@ -8,8 +8,10 @@ times: **quiet** (nothing started by this script; the machine's load average is 
 process spinning on one core), **ort** (a default ONNX Runtime session, spinning threads and all, running the
 reference MLP's FP32 ONNX model at batch 64 back to back in a thread of this process, as a backbone in the same
 process does). Per format: batch-1 p50 and p99 in each condition and p99 over the quiet p50 (target <= 3x), batch-256
-throughput over the quiet one (target >= 0.45x); medians over the rounds. A benchmark, not a test: the figures go to
-``docs/benchmarks.md``.
+throughput over the quiet one (target >= 0.45x); medians over the rounds. Where the slow batch-1 calls' time went
+(``split_slow_calls``, Linux): for each call above 3x the quiet p50, the share of its wall time this thread ran, waited
+on a run queue for a core (``/proc/thread-self/schedstat``), or neither (blocked: waiting for the GIL or a lock). A
+benchmark, not a test: the figures go to ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -33,6 +36,7 @@ from qwave.nn.fused import deployed
 
 FORMATS = "int8,int4,int2,ternary,binary,qesc,fp16,bf16"
 CONDITIONS = ("quiet", "busy", "ort")
+SCHEDSTAT = "/proc/thread-self/schedstat"  # this thread's ns on a CPU, ns waiting on a run queue, time slices
 
 
 @contextmanager
@@ -88,12 +92,46 @@ def measure(methods: dict[str, Callable], in_dim: int, seconds: float) -> dict[s
     return result
 
 
+def split_slow_calls(methods: dict[str, Callable], in_dim: int, calls: int, quiet_p50_ms: dict[str, float]
+                     ) -> dict[str, dict]:
+    """Batch-1 calls of every method, interleaved; for those slower than 3x ``quiet_p50_ms``: their count and the
+    shares of their summed wall time spent running (this thread's CPU time), waiting for a core (its run-queue
+    delay) and blocked (the rest: the GIL, a lock). Empty where ``SCHEDSTAT`` cannot be read."""
+    try:
+        fd = os.open(SCHEDSTAT, os.O_RDONLY)
+    except OSError:
+        return {}
+    x = torch.randn(1, in_dim, generator=torch.Generator().manual_seed(1))
+    slow = {name: np.zeros(4) for name in methods}  # calls, wall, running, waiting (seconds)
+    try:
+        with torch.inference_mode():
+            for _ in range(calls):
+                for name, fn in methods.items():
+                    # the schedstat reads inside the outer window: a wait is booked when the thread gets a core
+                    # back, so one that began before the call can be booked by the read after it
+                    outer, before = time.perf_counter(), os.pread(fd, 128, 0).split()
+                    t0, c0 = time.perf_counter(), time.thread_time()
+                    fn(x)
+                    call, cpu = time.perf_counter() - t0, time.thread_time() - c0
+                    after = os.pread(fd, 128, 0).split()
+                    wall = time.perf_counter() - outer
+                    if call * 1e3 > 3 * quiet_p50_ms[name]:
+                        slow[name] += (1, wall, cpu, (int(after[1]) - int(before[1])) * 1e-9)
+    finally:
+        os.close(fd)
+    return {name: {"slow_calls": int(c), "running": r / w if w else 0.0, "waiting_for_core": q / w if w else 0.0,
+                   "blocked": max(0.0, 1 - (r + q) / w) if w else 0.0}
+            for name, (c, w, r, q) in slow.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--formats", default=FORMATS)
     p.add_argument("--rounds", type=int, default=2, help="times the three conditions are run in turn")
     p.add_argument("--seconds", type=float, default=20.0, help="most seconds per condition and batch size")
+    p.add_argument("--split-calls", type=int, default=300,
+                   help="batch-1 calls per method whose slow ones are split into running / waiting / blocked")
     p.add_argument("--output", type=Path, default=None, help="write every figure as JSON")
     args = p.parse_args()
     timing.set_threads(args.threads)
@@ -104,11 +142,15 @@ def main() -> None:
         methods[f"qwave-{fmt}"] = deployed(speed.deployed_reference(0, fmt))
     conditions = {"quiet": nullcontext, "busy": busy_core, "ort": lambda: ort_in_process(reference, in_dim)}
     runs: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
+    splits: dict[str, list[dict]] = {c: [] for c in CONDITIONS[1:]}
     for r in range(args.rounds):
         for condition in CONDITIONS:
             load = os.getloadavg()[0]
             with conditions[condition]():
                 runs[condition].append(measure(methods, in_dim, args.seconds))
+                if condition != "quiet":
+                    quiet = {name: runs["quiet"][-1][name][1]["p50_ms"] for name in methods}
+                    splits[condition].append(split_slow_calls(methods, in_dim, args.split_calls, quiet))
             print(f"round {r + 1} {condition}: done (load average at start {load:.2f})", file=sys.stderr, flush=True)
 
     def median(condition: str, name: str, batch: int, key: str) -> float:
@@ -134,8 +176,25 @@ def main() -> None:
               f"{r['busy_p99_ms']:.3f} ({r['busy_p99_vs_quiet_p50']:.1f}x) | {r['ort_p50_ms']:.3f} / "
               f"{r['ort_p99_ms']:.3f} ({r['ort_p99_vs_quiet_p50']:.1f}x) | {r['busy_b256_vs_quiet']:.2f}x | "
               f"{r['ort_b256_vs_quiet']:.2f}x |")
+    print("\nbatch-1 calls above 3x the quiet p50, summed over the rounds: their wall time running / waiting for a "
+          "core / blocked (GIL, locks)")
+    print("| method | condition | slow calls | running | waiting for a core | blocked |")
+    print("|---|---|---|---|---|---|")
+    for condition, per_round in splits.items():
+        for name in methods:
+            parts = [run[name] for run in per_round if name in run]
+            count = sum(p["slow_calls"] for p in parts)
+            if not count:
+                print(f"| {name} | {condition} | 0 of {args.split_calls * len(parts)} | | | |")
+                continue
+            weights = [p["slow_calls"] / count for p in parts]
+            share = {k: sum(w * p[k] for w, p in zip(weights, parts, strict=True))
+                     for k in ("running", "waiting_for_core", "blocked")}
+            print(f"| {name} | {condition} | {count} of {args.split_calls * len(parts)} | {share['running']:.0%} | "
+                  f"{share['waiting_for_core']:.0%} | {share['blocked']:.0%} |")
     if args.output is not None:
-        args.output.write_text(json.dumps({"threads": args.threads, "rows": rows, "runs": runs}, indent=1))
+        args.output.write_text(json.dumps({"threads": args.threads, "rows": rows, "runs": runs, "splits": splits},
+                                          indent=1))
 
 
 if __name__ == "__main__":
