@@ -89,7 +89,7 @@ if FAST_KERNELS:
         zero_f32x8,
         zero_f32x16,
     )
-    from qwave.kernels.table import address_table, meta, view1, view3
+    from qwave.kernels.table import chained, meta, view1, view3
     from qwave.kernels.work import MAX_THREADS, new_counter, take
 
     ISA = "avx512" if HAS_AVX512 else "avx2"
@@ -369,12 +369,8 @@ if FAST_KERNELS:
     def chain_layers(layers: list[tuple[HalfWeights, np.ndarray, int]]):
         """A callable ``x float32 [batch, in] -> float32 [batch, out]`` running the ``(weights, bias, act)`` layers
         in one compiled call, bit for bit ``linear_np`` layer after layer; ``None`` for mixed variants."""
-        if len({w.isa for w, _, _ in layers}) != 1:
-            return None
-        table = address_table([(w.codes, np.ascontiguousarray(bias, np.float32)) for w, bias, _ in layers],
-                              [(w.bf16, w.out_features, w.in_features, act) for w, _, act in layers])
-        run = CHAIN[layers[0][0].isa]
-        return lambda x: run(np.ascontiguousarray(x, np.float32), table.table)
+        return chained(CHAIN, layers, lambda w, bias: (w.codes, bias),
+                       lambda w, act: (w.bf16, w.out_features, w.in_features, act))
 
     _NO_BIAS = np.empty(0, dtype=np.float32)
 

@@ -123,7 +123,7 @@ if FAST_KERNELS:
         zero_i64x4,
         zero_i64x8,
     )
-    from qwave.kernels.table import address_table, meta, view1, view2
+    from qwave.kernels.table import chained, meta, view1, view2
     from qwave.kernels.work import MAX_THREADS, new_counter, take
 
     ISA = "avx512" if HAS_VPOPCNTDQ else "avx2"
@@ -548,14 +548,9 @@ if FAST_KERNELS:
         """A callable ``x float32 [batch, in] -> float32 [batch, out]`` running the ``(weights, bias, act)`` binary /
         qesc layers in one compiled call, bit for bit ``binary_np`` / ``qesc_np`` layer after layer; ``None`` for
         mixed variants."""
-        if len({w.isa for w, _, _ in layers}) != 1:
-            return None
-        table = address_table(
-            [(w.planes[0], w.planes[1] if len(w.planes) > 1 else _EMPTY_PLANE, w.scale,
-              np.ascontiguousarray(bias, np.float32)) for w, bias, _ in layers],
-            [(len(w.planes) > 1, w.in_features, w.out_features, act) for w, _, act in layers])
-        run = CHAIN[layers[0][0].isa]
-        return lambda x: run(np.ascontiguousarray(x, np.float32), table.table)
+        return chained(CHAIN, layers, lambda w, bias: (w.planes[0], w.planes[1] if len(w.planes) > 1 else _EMPTY_PLANE,
+                                                       w.scale, bias),
+                       lambda w, act: (len(w.planes) > 1, w.in_features, w.out_features, act))
 
     def _parallel(weights: BitWeights, m: int) -> bool:
         return m * weights.out_features * weights.planes[0].shape[0] >= PARALLEL_WORDS

@@ -11,8 +11,9 @@ padded layer entries: any depth runs in one call with one compiled signature.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,20 @@ def address_table(layers: Sequence[Sequence[np.ndarray]], meta: Sequence[Sequenc
             held.append(a)
         rows.append(row + [int(v) for v in ints])
     return AddressTable(np.array(rows, dtype=np.int64), tuple(held))
+
+
+def chained(runs: dict[str, Callable], layers: Sequence[tuple[Any, np.ndarray, int]],
+            arrays: Callable[[Any, np.ndarray], Sequence[np.ndarray]], meta: Callable[[Any, int], Sequence[int]]
+            ) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A kernel family's chain call: ``x float32 [batch, in] -> float32 [batch, out]`` through the ``(state, bias,
+    act)`` layers, by ``runs[state.isa](x, table)``, with each row's arrays ``arrays(state, bias)`` and integers
+    ``meta(state, act)``; ``None`` when the layers' variants differ."""
+    if len({state.isa for state, _, _ in layers}) != 1:
+        return None
+    table = address_table([arrays(state, np.ascontiguousarray(bias, np.float32)) for state, bias, _ in layers],
+                          [meta(state, act) for state, _, act in layers])
+    run = runs[layers[0][0].isa]
+    return lambda x: run(np.ascontiguousarray(x, np.float32), table.table)
 
 
 if FAST_KERNELS:

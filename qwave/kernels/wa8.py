@@ -153,7 +153,7 @@ if FAST_KERNELS:
         zero_i32x16,
     )
     from qwave.kernels.act8 import emit, quantize_rows
-    from qwave.kernels.table import address_table, meta, view1, view2
+    from qwave.kernels.table import chained, meta, view1, view2
     from qwave.kernels.work import MAX_THREADS, new_counter, take
 
     # ---- avx2 register tiles: 4 rows x 16 columns (8 int32x8 accumulators), and 1 row x 16 columns --------------
@@ -591,15 +591,9 @@ if FAST_KERNELS:
     def chain_layers(layers: list[tuple[IntWeights, np.ndarray, int]]):
         """A callable ``x float32 [batch, in] -> float32 [batch, out]`` running the ``(weights, bias, act)`` layers
         in one compiled call, bit for bit ``linear_np`` layer after layer; ``None`` for mixed variants."""
-        if len({w.isa for w, _, _ in layers}) != 1:
-            return None
-        table = address_table(
-            [(w.codes.view(np.uint8), w.scale, w.column_sums, np.ascontiguousarray(bias, np.float32))
-             for w, bias, _ in layers],
-            [(w.bits, w.alpha, w.beta, CHAIN4 if w.bits == 4 else CHAIN2, w.out_features, w.in_features,
-              w.group_size, w.scale.shape[0], w.padded_group, act) for w, _, act in layers])
-        run = CHAIN[layers[0][0].isa]
-        return lambda x: run(np.ascontiguousarray(x, np.float32), table.table)
+        return chained(CHAIN, layers, lambda w, bias: (w.codes.view(np.uint8), w.scale, w.column_sums, bias),
+                       lambda w, act: (w.bits, w.alpha, w.beta, CHAIN4 if w.bits == 4 else CHAIN2, w.out_features,
+                                       w.in_features, w.group_size, w.scale.shape[0], w.padded_group, act))
 
     def linear_np(weights: IntWeights, x: np.ndarray, bias: np.ndarray, act: int) -> np.ndarray:
         """``act(W·A8 recipe(x) + bias)`` on float32 rows ``x [batch, in]`` (``bias`` may be empty)."""
