@@ -15,6 +15,12 @@ so two processes adding different entries of one function (two signatures, or th
 both take ``name.1.nbc``: one index then points at the other's machine code, which segfaults when loaded (seen in
 this project's worktrees). ``serialize_cache_writes`` makes each save (read the index, pick the name, write the index
 and the data) hold an exclusive lock on the folder's ``.qwave-lock``.
+
+numba names a function's machine code after its qualified name, argument types and a counter of the process that
+compiled it. Two variants made by one factory (``_driver(wide)``: the same ``_driver.<locals>.gemm``, the same
+argument types) compiled in two processes can therefore get one symbol name, and once both are loaded from the
+cache into one process, a caller linked against one runs the other (seen: the AVX-512 fp16 chain ran the AVX2 work
+items, logits off by 1e5). ``variant(name)`` renames a factory's function per variant before it is jitted.
 """
 
 from __future__ import annotations
@@ -23,10 +29,24 @@ import hashlib
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def variant(name: str) -> Callable[[F], F]:
+    """A decorator (below ``@njit``) giving a factory-made function the qualified name ``<qualname>_<name>``: its
+    machine code's symbol and its cache files are then its variant's own (see the module docstring)."""
+
+    def rename(fn: F) -> F:
+        fn.__name__, fn.__qualname__ = f"{fn.__name__}_{name}", f"{fn.__qualname__}_{name}"
+        return fn
+
+    return rename
 
 
 def writable(folder: Path) -> bool:

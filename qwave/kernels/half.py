@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
+from qwave.kernels.cache import variant
 
 TILES = {"avx2": 16, "avx512": 32}
 ROWS = 6  # rows per register tile
@@ -298,6 +299,7 @@ if FAST_KERNELS:
         tile, kc = (32, KC_512) if wide else (16, KC_AVX2)
 
         @njit(cache=True, boundscheck=False, nogil=True)
+        @variant("512" if wide else "avx2")
         def items(x, w, bf16, n_out, bias, act, out, counter):
             """Work items taken from ``counter`` until none is left, with this thread's scratch panel and sums."""
             m, n_tiles = x.shape[0], w.shape[0]
@@ -319,6 +321,7 @@ if FAST_KERNELS:
                 item = take(counter)
 
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+        @variant("512" if wide else "avx2")
         def gemm(x, w, bf16, n_out, bias, act, out, parallel):
             counter = new_counter()
             if not parallel:
@@ -347,6 +350,7 @@ if FAST_KERNELS:
         ``_driver``)."""
 
         @njit(cache=True, boundscheck=False, nogil=True)
+        @variant("512" if wide else "avx2")
         def chain(x, table):
             h = x
             for i in range(table.shape[0]):

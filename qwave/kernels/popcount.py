@@ -36,6 +36,7 @@ import torch
 
 from qwave.errors import FormatError
 from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
+from qwave.kernels.cache import variant
 
 PARALLEL_WORDS = 1 << 15  # below this many (row, output, word) triples a call stays on one thread
 ROW_CHUNK, COL_BLOCK = 64, 64
@@ -450,6 +451,7 @@ if FAST_KERNELS:
 
     def _binary_driver(wide: bool):
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+        @variant("512" if wide else "avx2")
         def gemm(xb, x_scale, wt, w_scale, n, bias, act, out, parallel):
             """``out[i, j] = act((n - 2 popcount(xb[i] ^ w[j])) * s_x[i] * s_w[j] + bias[j])``, ``wt = w.T``."""
             m, n_out, zero = xb.shape[0], w_scale.shape[0], np.int64(0)  # int64, not Literal[0]: one compiled block
@@ -477,6 +479,7 @@ if FAST_KERNELS:
 
     def _qesc_driver(wide: bool):
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+        @variant("512" if wide else "avx2")
         def gemm(xn, xs, x_scale, wn, ws, w_scale, bias, act, out, parallel):
             """``out[i, j] = act(ternary dot(x[i], w[j]) * s_x[i] * s_w[j] + bias[j])`` from transposed planes."""
             m, n_out, zero = xn.shape[0], w_scale.shape[0], np.int64(0)  # int64, not Literal[0]: one compiled block
@@ -514,6 +517,7 @@ if FAST_KERNELS:
         ``qesc_np`` compute."""
 
         @njit(cache=True, boundscheck=False, nogil=True)
+        @variant("512" if wide else "avx2")
         def chain(x, table):
             h = x
             for i in range(table.shape[0]):

@@ -43,6 +43,7 @@ import torch
 
 from qwave.errors import FormatError
 from qwave.kernels import FAST_KERNELS, NO_ACTIVATION, Kernel, register_kernel
+from qwave.kernels.cache import variant
 
 TILES = {"avx2": 16, "avx512vnni": 64}  # output columns per register tile
 BLOCK = 1 << 16  # inputs per int32 accumulation before the int64 spill (see the bound above)
@@ -521,6 +522,7 @@ if FAST_KERNELS:
         tile = TILES["avx512vnni" if wide else "avx2"]
 
         @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+        @variant("512" if wide else "avx2")
         def gemm(a, sums, zero, x_scale, w, w_scale, colsum, bits, alpha, beta, chain, n_out, groups, padded, bias,
                  act, out, parallel):
             m, n_tiles, first = a.shape[0], w.shape[0], np.int64(0)  # int64, not Literal[0]: one compiled block
@@ -562,6 +564,7 @@ if FAST_KERNELS:
         ``linear_np`` computes."""
 
         @njit(cache=True, boundscheck=False, nogil=True)
+        @variant("512" if wide else "avx2")
         def chain(x, table):
             h = x
             for i in range(table.shape[0]):

@@ -131,3 +131,33 @@ def test_concurrent_cache_saves_of_one_function_keep_each_entry_its_own_data(tmp
     assert _race(tmp_path / "locked", IndexDataCacheFile.save) == {"a": "code of a", "b": "code of b"}
     # numba's own save, unlocked, loses an entry or points it at the other's data: the race the lock closes
     assert _race(tmp_path / "unlocked", IndexDataCacheFile.save.__wrapped__) != {"a": "code of a", "b": "code of b"}
+
+
+@pytest.mark.skipif(not __import__("qwave.kernels").kernels.FAST_KERNELS, reason="fast kernels unavailable")
+def test_every_jitted_kernel_function_has_a_qualified_name_of_its_own():
+    """numba names machine code after the qualified name, the argument types and a per-process counter: two variants
+    of one factory sharing a name, compiled in two processes, could get one symbol and run each other's code once
+    both are loaded from the cache (the AVX-512 fp16 chain ran the AVX2 work items). Every dispatcher reachable from
+    the kernel modules, through closures too, must be named apart (``cache.variant``)."""
+    import importlib
+
+    from numba.core.registry import CPUDispatcher
+
+    seen: dict[str, CPUDispatcher] = {}
+
+    def visit(value: object) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        if not isinstance(value, CPUDispatcher) or any(value is d for d in seen.values()):
+            return
+        name = f"{value.py_func.__module__}.{value.py_func.__qualname__}"
+        assert name not in seen, f"two jitted functions are named {name}"
+        seen[name] = value
+        for cell in value.py_func.__closure__ or ():
+            visit(cell.cell_contents)
+
+    for module in ("wa8", "popcount", "half", "act8", "table", "work"):
+        for value in vars(importlib.import_module(f"qwave.kernels.{module}")).values():
+            visit(value)
+    assert any(name.endswith("items_512") for name in seen) and any(name.endswith("items_avx2") for name in seen)
