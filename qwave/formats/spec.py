@@ -35,10 +35,11 @@ def option_names(name: str) -> frozenset[str]:
 def _options(owner: str, options: dict, user: bool = True) -> Options:
     """``options`` sorted into a tuple (specs hash and compare by value) of JSON scalars; a ``user``'s options are
     ones some format takes (a manifest's unknown option fails in ``build`` instead, as an artifact error)."""
-    known = frozenset().union(*map(option_names, _REGISTRY))
-    if user and set(options) - known:
-        raise ConfigError(f"quantization option(s) {sorted(set(options) - known)} are taken by no format; known "
-                          f"options: {sorted(known)}")
+    if user:  # every format's signature read: only where a user's options need it, not for each manifest layer
+        known = frozenset().union(*map(option_names, _REGISTRY))
+        if set(options) - known:
+            raise ConfigError(f"quantization option(s) {sorted(set(options) - known)} are taken by no format; known "
+                              f"options: {sorted(known)}")
     for key, value in options.items():
         if value is not None and not isinstance(value, (bool, int, float, str)):
             raise FormatError(f"{owner} option {key!r} must be a number, string, bool or null; got {value!r}")

@@ -11,6 +11,8 @@ import pytest
 
 from qwave.cli import SUBCOMMANDS, main
 
+# the jobs run the timing path without its 0.5 s floor (see the fixture)
+pytestmark = pytest.mark.usefixtures("no_timing_floor")
 
 def test_help_lists_every_subcommand_with_examples(capsys):
     assert main(["--help"]) == 0

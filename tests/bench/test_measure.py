@@ -51,7 +51,7 @@ def test_ms_per_sample_excludes_the_first_forward(fast_config, monkeypatch) -> N
         assert record["inference_ms_per_sample"] == 1e3 * record["inference_seconds"] / record["n_test"]
 
 
-def test_peak_memory_is_the_jobs_own_not_the_process_peak_so_far(fast_config) -> None:
+def test_peak_memory_is_the_jobs_own_not_the_process_peak_so_far(fast_config, no_timing_floor) -> None:
     if not measure.JobMemory.begin().reset:
         import pytest
 
@@ -66,7 +66,7 @@ def test_peak_memory_is_the_jobs_own_not_the_process_peak_so_far(fast_config) ->
         assert "clear_refs" in record["memory_method"]
 
 
-def test_each_layer_records_the_kernel_that_ran(fast_config) -> None:
+def test_each_layer_records_the_kernel_that_ran(fast_config, no_timing_floor) -> None:
     fast_config.models = ["8", "1"]
     run_benchmark(fast_config)
     for model, fmt in (("8", "int8"), ("1", "binary")):
@@ -85,7 +85,7 @@ def test_each_layer_records_the_kernel_that_ran(fast_config) -> None:
     assert set(summary["layer_kernels"]) == set(packed)
 
 
-def test_a_fallback_to_the_reference_recipe_warns_once(fast_config, monkeypatch, caplog) -> None:
+def test_a_fallback_to_the_reference_recipe_warns_once(fast_config, monkeypatch, caplog, no_timing_floor) -> None:
     monkeypatch.setattr(measure, "_warned", set())
     previous = kernels.set_fast_kernels(False)
     try:
@@ -101,7 +101,7 @@ def test_a_fallback_to_the_reference_recipe_warns_once(fast_config, monkeypatch,
     assert len(warnings) == 1 and "fp32" in warnings[0].getMessage()  # three folds, two layers: one warning
 
 
-def test_resident_bytes_are_those_of_the_loaded_artifact_after_a_forward(fast_config) -> None:
+def test_resident_bytes_are_those_of_the_loaded_artifact_after_a_forward(fast_config, no_timing_floor) -> None:
     fast_config.models = ["fp32", "8"]
     run_benchmark(fast_config)
     for model in ("fp32", "8"):

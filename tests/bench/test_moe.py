@@ -40,7 +40,7 @@ def config(table: Path, tmp_path: Path, moe: MoEConfig, **kwargs) -> BenchConfig
     )
 
 
-def test_moe_with_selection_and_curiosity_runs_end_to_end(table, tmp_path):
+def test_moe_with_selection_and_curiosity_runs_end_to_end(table, tmp_path, no_timing_floor):
     moe = MoEConfig(pool=["bitnet", "4", "8"], num_experts=2, selection="f1_per_byte", selection_epochs=1,
                     curiosity=CuriosityConfig(enabled=True, alpha=0.5, mc_samples=4))
     run_benchmark(config(table, tmp_path, moe))
@@ -65,7 +65,7 @@ def test_moe_with_selection_and_curiosity_runs_end_to_end(table, tmp_path):
         assert {manifest["layers"][f"router.{k}"]["format"] for k in ("fc1", "fc2")} == {"int8"}
 
 
-def test_probes_train_and_validate_on_training_fold_rows_only(table, tmp_path, monkeypatch):
+def test_probes_train_and_validate_on_training_fold_rows_only(table, tmp_path, monkeypatch, no_timing_floor):
     seen = []
     real = moe_kind.fit_model
 
@@ -88,7 +88,9 @@ def test_probes_train_and_validate_on_training_fold_rows_only(table, tmp_path, m
             assert not {row.tobytes() for row in rows} & test_rows
 
 
-def test_probes_fitted_by_the_fold_pipeline_keep_the_scores_and_rng_chain_of_directly_trained_ones(table, tmp_path):
+def test_probes_fitted_by_the_fold_pipeline_keep_the_scores_and_rng_chain_of_directly_trained_ones(
+    table, tmp_path, no_timing_floor
+):
     """The reference is the probe loop as it was before the fold pipeline took over (build the expert-shaped MLP,
     QAT, train on the CPU, pack): same F1, bytes and global RNG state after probing, so the same MoE is built."""
     import copy

@@ -17,6 +17,9 @@ from qwave.bench.config import DataConfig
 from qwave.bench.runner import run_benchmark
 from qwave.errors import ConfigError
 
+# the jobs run the timing path without its 0.5 s floor (see the fixture)
+pytestmark = pytest.mark.usefixtures("no_timing_floor")
+
 TIMING_KEYS = {"train", "inference_seconds", "inference_ms_per_sample", "first_call_seconds", "peak_rss_mb",
                "peak_rss_delta_mb", "history", "inference_repeats", "fp32_twin_ms_per_sample", "speed_vs_fp32"}
 

@@ -11,6 +11,9 @@ from qwave import artifact
 from qwave.cli import main
 from qwave.nn import PackedLinear
 
+# the jobs run the timing path without its 0.5 s floor (see the fixture)
+pytestmark = pytest.mark.usefixtures("no_timing_floor")
+
 
 def _formats(directory):
     return [m.fmt.name for m in artifact.load(directory).modules() if isinstance(m, PackedLinear)]

@@ -14,6 +14,9 @@ from qwave import artifact
 from qwave.cli import main
 from qwave.eval.metrics import classification_metrics
 
+# the jobs run the timing path without its 0.5 s floor (see the fixture)
+pytestmark = pytest.mark.usefixtures("no_timing_floor")
+
 
 def test_train_holds_out_the_test_fold_and_records_its_metrics(fp32_artifact, tiny_table):
     manifest = json.loads((fp32_artifact / "manifest.json").read_text())

@@ -65,7 +65,7 @@ def test_config_errors_name_the_option(tmp_path):
     assert cfg.bench.moe.pool == ["bitnet", "1", "2", "4", "8", "16", "qesc"], "defaults kept"
 
 
-def test_a_tiny_study_runs_every_arm_and_its_tables_agree_with_the_fold_files(tiny_table, tmp_path):
+def test_a_tiny_study_runs_every_arm_and_its_tables_agree_with_the_fold_files(tiny_table, tmp_path, no_timing_floor):
     numba = pytest.importorskip("numba")
     threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
     overrides = [

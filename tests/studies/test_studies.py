@@ -12,6 +12,9 @@ from qwave.bench.config import BenchConfig, DataConfig, ModelConfig
 from qwave.studies import StudyConfig, bit_sweep, ptq_int8, qat_vs_ptq
 from qwave.train import TrainConfig
 
+# the jobs run the timing path without its 0.5 s floor (see the fixture)
+pytestmark = pytest.mark.usefixtures("no_timing_floor")
+
 
 def bench(tiny_table, tmp_path) -> BenchConfig:
     return BenchConfig(data=DataConfig(str(tiny_table), fold="fold", id="name"), output_dir=str(tmp_path),
