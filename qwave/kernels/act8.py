@@ -34,7 +34,7 @@ if FAST_KERNELS:
         for k in range(bits.shape[0]):
             b = bits[k]
             top = max(top, b)
-            bottom = max(bottom, b ^ flip)
+            bottom = max(bottom, np.int32(b ^ flip))  # int32: numba widens ``^`` to int64 (no AVX2 int64 max)
         return top, bottom
 
     @njit(cache=True, boundscheck=False, nogil=True, inline="always")
@@ -44,6 +44,25 @@ if FAST_KERNELS:
         is the same as clamping after it."""
         magic = np.float32(12582912.0)
         return (v + magic) - magic
+
+    @njit(cache=True, boundscheck=False, nogil=True)
+    def _codes(src, dst, s, lo_b, hi_b, z):
+        """``dst[k] = rint(clamp(src[k] / s, lo_b, hi_b)) + z``: a loop of its own, so that it vectorizes (inside
+        ``_quantize_row`` with the code sum it did not; with ``_code_sum`` and the int32 row range, 256 x 1536 rows
+        on AVX2 226 -> 118 us)."""
+        for k in range(src.shape[0]):
+            v = src[k] / s
+            v = v if v > lo_b else lo_b
+            v = v if v < hi_b else hi_b
+            dst[k] = np.uint8(np.int32(_round(v)) + z)
+
+    @njit(cache=True, boundscheck=False, nogil=True)
+    def _code_sum(codes, n):
+        """``sum(codes[:n])`` in wrapping int32 (exact: ``n * 127 < 2^31``; numba would widen ``+=`` to int64)."""
+        total = np.int32(0)
+        for k in range(n):
+            total = np.int32(total + np.int32(codes[k]))
+        return total
 
     @njit(cache=True, boundscheck=False, nogil=True)
     def _quantize_row(x, i, a, scale, zero, sums, group_size, padded, ranges):
@@ -66,15 +85,8 @@ if FAST_KERNELS:
             src = row[g * group_size : min(n, (g + 1) * group_size)]
             dst = arow[g * padded : (g + 1) * padded]
             dst[src.shape[0] :] = np.uint8(0)  # the group's padding
-            for k in range(src.shape[0]):  # two loops: each vectorizes, one loop with the sum did not (2x slower)
-                v = src[k] / s
-                v = v if v > lo_b else lo_b
-                v = v if v < hi_b else hi_b
-                dst[k] = np.uint8(np.int32(_round(v)) + z)
-            total = np.int32(0)
-            for k in range(src.shape[0]):
-                total += np.int32(dst[k])
-            sums[i, g] = total
+            _codes(src, dst, s, lo_b, hi_b, z)
+            sums[i, g] = _code_sum(dst, src.shape[0])
 
     @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
     def quantize_rows(x, group_size, groups, padded, parallel):

@@ -131,8 +131,8 @@ if FAST_KERNELS:
     def new_counter():
         """A work-item counter at 0. Not ``np.zeros(1)``: inside an ``njit(parallel=True)`` function that is a
         parallel loop of its own, a region that wakes every thread and waits at its barrier, for one element; in a
-        serial path (batch 1) that woke the thread pool on every call (fp16 at batch 1 on 2 threads: p50 40 us but
-        p90 24 ms on a loaded machine)."""
+        serial path (batch 1) that woke the thread pool on every call (fp16 at batch 1 on 2 threads, a loaded machine:
+        p50 58 us, p90 24 ms)."""
         counter = np.empty(1, np.int64)
         counter[0] = 0
         return counter
