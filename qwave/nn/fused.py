@@ -14,8 +14,9 @@ unchanged (``sign(hardtanh(y)) = sign(y)``), but both recipes scale their activa
 the clamp changes, and qesc's trits ``rint(x / mean|x|)`` depend on that scale too.
 
 Each layer's own prepared kernel state is used (``PackedLinear._kernel``), never a second copy. When every layer's
-kernel offers the same ``Kernel.chain`` (the W·A8 family: int8, int5..int7, int4, int3, int2, ternary), the whole
-chain runs in one compiled call, with no Python between the layers (what batch 1 needs).
+kernel offers the same ``Kernel.chain`` (one family: W·A8 = int8, int5..int7, int4, int3, int2, ternary; popcount =
+binary, qesc; half = fp16, bf16), the whole chain runs in one compiled call of any depth, with no Python (and no wait
+for the GIL) between the layers (what batch 1 needs).
 Usage: ``fused = compile_model(packed_model); logits = fused(x) if fused else packed_model(x)``.
 Recompile after loading new weights.
 """
