@@ -73,10 +73,10 @@ if FAST_KERNELS:
         hi = ranges[i].view(np.float32)  # max(x_row, 0), -min(x_row, 0)
         s = np.float32(hi[0] + hi[1]) / np.float32(127.0)  # (hi - lo) / 127 with lo = -hi[1]
         scale[i] = s
-        sums[i, :] = 0
-        zero[i] = 0
-        if s == 0:
+        if s == 0:  # an all-zero row: every code, sum and the zero point 0
             arow[:] = np.uint8(0)
+            sums[i, :] = 0
+            zero[i] = 0
             return
         z = np.int32(min(_round(hi[1] / s), np.float32(127.0)))
         zero[i] = z
